@@ -1,0 +1,15 @@
+drop table if exists outbox_events;
+drop table if exists payouts;
+drop table if exists offers;
+drop trigger if exists service_requests_status_transition on service_requests;
+drop function if exists service_requests_check_transition();
+drop table if exists service_request_transitions;
+drop table if exists service_requests;
+drop table if exists extra_multipliers;
+drop table if exists difficulty_multipliers;
+drop table if exists service_categories;
+drop table if exists worker_profiles;
+drop table if exists customers;
+drop table if exists system_config;
+drop function if exists system_config_notify();
+drop table if exists cities;

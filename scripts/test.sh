@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quick-start command 2: prepare PostgreSQL (and NATS), then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+eval "$(scripts/dev-env.sh)"
+# Each test makes its own database; drop the ones earlier runs left behind.
+psql "${DATABASE_URL%/*}/postgres" -Atqc "select datname from pg_database where datname like 'test\_%'" |
+  while read -r db; do psql "${DATABASE_URL%/*}/postgres" -qc "drop database if exists \"$db\"" >/dev/null || true; done
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

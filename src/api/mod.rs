@@ -1,0 +1,33 @@
+//! HTTP surface: health and readiness now; GraphQL, the worker WebSocket and ops routes
+//! are merged in by `startup`.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
+use serde_json::json;
+
+use crate::store::Store;
+
+/// Routes every deployment needs: `/health` (the guide's check) and `/ready`.
+pub fn health_routes(store: Store) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(store)
+}
+
+/// Liveness: the process answers. Exactly `{"status":"ok"}`, as the guide's check expects.
+async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 only while the database answers, so a load balancer stops routing to an
+/// engine that lost its database.
+async fn ready(State(store): State<Store>) -> impl IntoResponse {
+    if store.ping().await {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "database not answering"})),
+        )
+    }
+}

@@ -1,0 +1,98 @@
+//! Command line: `serve` (default), `migrate [--revert]`, `seed`, `token`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::{
+    auth::{parse_ttl, Role, TokenKeys},
+    config::Config,
+    startup::Application,
+    store::Store,
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "arreglame",
+    version,
+    about = "Realtime dispatch engine of Arreglame Ya"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine: HTTP, GraphQL, worker WebSockets, actors and cron sweeps.
+    Serve,
+    /// Apply pending migrations (embedded in the binary).
+    Migrate {
+        /// Revert the latest applied migration instead (the rollback plan).
+        #[arg(long)]
+        revert: bool,
+    },
+    /// Insert system configuration, multipliers, cities and demo people. Idempotent.
+    Seed,
+    /// Print a JWT signed with JWT_SECRET, for development and tests.
+    Token {
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The customer's, worker's or operator's id.
+        #[arg(long)]
+        sub: Uuid,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+    },
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    telemetry::init(&config.log_level, config.log_file.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tracing::info!(target: "Server", port = app.port(), "[Server] listening on :{}", app.port());
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate { revert } => {
+            let store = Store::connect(&config.database_url, 2).await?;
+            if revert {
+                match store.revert_latest_migration().await? {
+                    Some(v) => println!("reverted migration {v}"),
+                    None => println!("no migration to revert"),
+                }
+            } else {
+                store.migrate().await?;
+                println!("migrations applied");
+            }
+        }
+        Command::Seed => {
+            let store = Store::connect(&config.database_url, 2).await?;
+            store.seed().await?;
+            println!("seed applied");
+        }
+        Command::Token { role, sub, ttl } => {
+            println!(
+                "{}",
+                TokenKeys::new(&config.jwt_secret).issue(role, sub, ttl)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! How dispatch talks to workers. The WebSocket gateway implements [`WorkerGateway`]; tests
+//! and the in-process engine use [`InProcessGateway`], which records every notice.
+//!
+//! Methods do not wait: a slow phone must never stall a request actor. Delivery guarantees
+//! come from the database (an offer is persisted before it is pushed; a reconnecting worker
+//! resumes its pending offer), not from this call.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::domain::Status;
+
+/// Everything a worker needs to decide on an offer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfferNotice {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    pub worker_id: Uuid,
+    pub attempt: i32,
+    pub expires_at: DateTime<Utc>,
+    pub description: String,
+    pub square_meters: f64,
+    pub worker_net_cents: i64,
+    pub currency: String,
+    pub distance_meters: f64,
+    /// Neighbourhood-level area (address without the street number is not known here:
+    /// the city and a rounded position).
+    pub area: String,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+/// What dispatch tells a worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerNotice {
+    Offer(OfferNotice),
+    OfferWithdrawn {
+        worker_id: Uuid,
+        offer_id: Uuid,
+        request_id: Uuid,
+        /// `expired`, `cancelled`, `unassigned`.
+        reason: String,
+    },
+    AssignmentConfirmed {
+        worker_id: Uuid,
+        offer_id: Uuid,
+        request_id: Uuid,
+    },
+    JobUpdate {
+        worker_id: Uuid,
+        request_id: Uuid,
+        status: Status,
+    },
+}
+
+impl WorkerNotice {
+    pub fn worker_id(&self) -> Uuid {
+        match self {
+            WorkerNotice::Offer(o) => o.worker_id,
+            WorkerNotice::OfferWithdrawn { worker_id, .. }
+            | WorkerNotice::AssignmentConfirmed { worker_id, .. }
+            | WorkerNotice::JobUpdate { worker_id, .. } => *worker_id,
+        }
+    }
+}
+
+/// Pushes notices to workers.
+pub trait WorkerGateway: Send + Sync + 'static {
+    fn notify(&self, notice: WorkerNotice);
+}
+
+/// Sends every notice down a channel: the engine without WebSockets, and tests.
+#[derive(Clone)]
+pub struct InProcessGateway {
+    tx: mpsc::UnboundedSender<WorkerNotice>,
+}
+
+impl InProcessGateway {
+    pub fn new() -> (InProcessGateway, mpsc::UnboundedReceiver<WorkerNotice>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (InProcessGateway { tx }, rx)
+    }
+}
+
+impl WorkerGateway for InProcessGateway {
+    fn notify(&self, notice: WorkerNotice) {
+        tracing::debug!(target: "Gateway", ?notice, "worker notice");
+        let _ = self.tx.send(notice);
+    }
+}

@@ -1,0 +1,522 @@
+//! Dispatch: city actors (R-trees of online workers), request actors (one per open request,
+//! each with its own offer timer), their supervisor and the registry that routes commands.
+//!
+//! [`Dispatcher`] is the façade the GraphQL API, the worker gateway and the cron sweeps use.
+
+pub mod city;
+pub mod gateway;
+pub mod request;
+pub mod supervisor;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use ractor::{call, Actor, ActorId, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    domain::Status,
+    store::{CancelledBy, ServiceRequest, SettingsWatch, Store, StoreError},
+};
+use city::{Availability, CityActor, CityError, CityInfo, CityMsg, CityStats};
+use gateway::WorkerGateway;
+use request::{RequestMsg, RequestSnapshot};
+use supervisor::{RequestSupervisor, SupervisorMsg};
+
+/// Why a command on a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "code", content = "detail", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CommandError {
+    #[error("service request not found")]
+    NotFound,
+    #[error(
+        "the offer is not pending any more (expired, withdrawn, already answered, or never sent)"
+    )]
+    OfferNotPending,
+    #[error("the offer is addressed to another worker")]
+    NotYourOffer,
+    #[error("the job is assigned to another worker")]
+    NotYourJob,
+    #[error("cannot {action} a request that is {status}")]
+    IllegalState {
+        status: Status,
+        action: &'static str,
+    },
+    #[error("the request changed concurrently; try again")]
+    Conflict,
+    #[error("the request's actor is restarting; try again")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ConcurrencyConflict { .. } => CommandError::Conflict,
+            StoreError::NotFound { .. } => CommandError::NotFound,
+            StoreError::IllegalTransition(t) => CommandError::IllegalState {
+                status: t.from,
+                action: "change",
+            },
+            other => CommandError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A monotonically increasing count, cheap to bump from any actor.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of the dispatch loop (metrics export them, tests assert on them).
+#[derive(Debug, Default)]
+pub struct DispatchStats {
+    pub offers_sent: Counter,
+    pub offers_accepted: Counter,
+    pub offers_rejected: Counter,
+    pub offers_expired: Counter,
+    pub conflicts: Counter,
+    pub unassigned: Counter,
+    pub cancelled: Counter,
+    pub completed: Counter,
+    pub actor_restarts: Counter,
+    pub actors_escalated: Counter,
+    /// Sum and count of creation-to-assignment times, in milliseconds.
+    pub assignment_ms_sum: Counter,
+    pub assignments: Counter,
+}
+
+impl DispatchStats {
+    pub fn record_assignment(&self, created_at: DateTime<Utc>) {
+        let ms = (Utc::now() - created_at).num_milliseconds().max(0) as u64;
+        self.assignment_ms_sum.0.fetch_add(ms, Ordering::Relaxed);
+        self.assignments.inc();
+    }
+}
+
+/// What every request actor shares.
+pub struct DispatchContext {
+    pub store: Store,
+    pub settings: SettingsWatch,
+    /// City id → (city, its actor).
+    pub cities: HashMap<String, (CityInfo, ActorRef<CityMsg>)>,
+    /// Service category → the skill a worker needs for it.
+    pub categories: HashMap<String, String>,
+    pub gateway: Arc<dyn WorkerGateway>,
+    /// Live request actors by request id.
+    pub registry: DashMap<Uuid, ActorRef<RequestMsg>>,
+    /// Request id of each live request actor, for supervision events.
+    pub actor_requests: DashMap<ActorId, Uuid>,
+    pub stats: DispatchStats,
+}
+
+impl DispatchContext {
+    pub fn city(&self, id: &str) -> Option<ActorRef<CityMsg>> {
+        self.cities.get(id).map(|(_, a)| a.clone())
+    }
+
+    /// Drops the registry entries of a stopped actor (only if they still point at it).
+    pub fn forget(&self, request_id: Uuid, actor: ActorId) {
+        self.registry
+            .remove_if(&request_id, |_, a| a.get_id() == actor);
+        self.actor_requests.remove(&actor);
+    }
+}
+
+/// Entry point to dispatch for the API, the gateway and the sweeps.
+#[derive(Clone)]
+pub struct Dispatcher {
+    ctx: Arc<DispatchContext>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Dispatcher {
+    /// Starts one actor per active city and the request supervisor, then recovers every
+    /// open request from the database.
+    pub async fn start(
+        store: Store,
+        settings: SettingsWatch,
+        gateway: Arc<dyn WorkerGateway>,
+    ) -> anyhow::Result<Dispatcher> {
+        let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+            r#"select id, name, "serviceArea" from cities where "isActive" order by id"#,
+        )
+        .fetch_all(store.pool())
+        .await?;
+        let mut cities = HashMap::new();
+        for (id, name, area) in rows {
+            let info = match CityInfo::from_geojson(id.clone(), name, &area) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::error!(target: "Dispatch", city = %id, "city skipped: {e}");
+                    continue;
+                }
+            };
+            let (actor, _) = Actor::spawn(None, CityActor, info.clone()).await?;
+            cities.insert(id, (info, actor));
+        }
+        let categories: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+            r#"select code, "requiredSkill" from service_categories"#,
+        )
+        .fetch_all(store.pool())
+        .await?
+        .into_iter()
+        .collect();
+        let ctx = Arc::new(DispatchContext {
+            store,
+            settings,
+            cities,
+            categories,
+            gateway,
+            registry: DashMap::new(),
+            actor_requests: DashMap::new(),
+            stats: DispatchStats::default(),
+        });
+        let (supervisor, _) =
+            Actor::spawn(None, RequestSupervisor { ctx: ctx.clone() }, ()).await?;
+        let dispatcher = Dispatcher { ctx, supervisor };
+        let recovered = dispatcher.recover().await?;
+        tracing::info!(target: "Dispatch", cities = dispatcher.ctx.cities.len(), recovered, "dispatch started");
+        Ok(dispatcher)
+    }
+
+    pub fn context(&self) -> &Arc<DispatchContext> {
+        &self.ctx
+    }
+
+    /// Gives every open request without a live actor its actor back. Returns how many.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let mut spawned = 0;
+        for row in self.ctx.store.open_requests().await? {
+            if !self.ctx.registry.contains_key(&row.id) && self.ensure_actor(row.id).await.is_ok() {
+                spawned += 1;
+            }
+        }
+        Ok(spawned)
+    }
+
+    /// Starts dispatching a newly created (or recovered) request; idempotent.
+    pub async fn ensure_actor(
+        &self,
+        request_id: Uuid,
+    ) -> Result<ActorRef<RequestMsg>, CommandError> {
+        if let Some(actor) = self.ctx.registry.get(&request_id) {
+            return Ok(actor.clone());
+        }
+        supervisor::spawn_request(&self.ctx, &self.supervisor, request_id).await
+    }
+
+    /// The live actor of a request, starting one from the database when the request is
+    /// open but has none (after an escalation, say).
+    async fn actor(&self, request_id: Uuid) -> Result<ActorRef<RequestMsg>, CommandError> {
+        if let Some(actor) = self.ctx.registry.get(&request_id) {
+            return Ok(actor.clone());
+        }
+        let row = self.ctx.store.get_request(request_id).await?;
+        if row.status.is_terminal() {
+            return Err(CommandError::IllegalState {
+                status: row.status,
+                action: "change",
+            });
+        }
+        self.ensure_actor(request_id).await
+    }
+
+    /// Sends a command to the request's actor and waits for the answer. An actor that
+    /// stopped between lookup and delivery (it just reached a terminal state, or crashed) is
+    /// dropped from the registry and the command is tried once more against the database's
+    /// view, so callers get a definite answer instead of "unavailable".
+    async fn command<T: Send + 'static>(
+        &self,
+        request_id: Uuid,
+        make: impl Fn(RpcReplyPort<Result<T, CommandError>>) -> RequestMsg,
+    ) -> Result<T, CommandError> {
+        for _ in 0..2 {
+            let actor = self.actor(request_id).await?;
+            match actor.call(&make, None).await {
+                Ok(ractor::rpc::CallResult::Success(answer)) => return answer,
+                _ => {
+                    let dead = actor.get_id();
+                    self.ctx
+                        .registry
+                        .remove_if(&request_id, |_, a| a.get_id() == dead);
+                    self.ctx.actor_requests.remove(&dead);
+                }
+            }
+        }
+        Err(CommandError::Unavailable)
+    }
+
+    pub async fn accept_offer(
+        &self,
+        worker_id: Uuid,
+        request_id: Uuid,
+        offer_id: Uuid,
+    ) -> Result<ServiceRequest, CommandError> {
+        self.command(request_id, |reply| RequestMsg::Accept {
+            worker_id,
+            offer_id,
+            reply,
+        })
+        .await
+        .map_err(offer_gone)
+    }
+
+    pub async fn reject_offer(
+        &self,
+        worker_id: Uuid,
+        request_id: Uuid,
+        offer_id: Uuid,
+        reason: Option<String>,
+    ) -> Result<(), CommandError> {
+        self.command(request_id, |reply| RequestMsg::Reject {
+            worker_id,
+            offer_id,
+            reason: reason.clone(),
+            reply,
+        })
+        .await
+        .map_err(offer_gone)
+    }
+
+    pub async fn start_job(
+        &self,
+        worker_id: Uuid,
+        request_id: Uuid,
+    ) -> Result<ServiceRequest, CommandError> {
+        self.command(request_id, |reply| RequestMsg::StartJob {
+            worker_id,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn complete_job(
+        &self,
+        worker_id: Uuid,
+        request_id: Uuid,
+    ) -> Result<ServiceRequest, CommandError> {
+        self.command(request_id, |reply| RequestMsg::CompleteJob {
+            worker_id,
+            reply,
+        })
+        .await
+    }
+
+    /// Cancels a request. Ownership is the caller's to check (the API does, per customer).
+    pub async fn cancel(
+        &self,
+        request_id: Uuid,
+        by: CancelledBy,
+        reason: Option<String>,
+    ) -> Result<ServiceRequest, CommandError> {
+        self.command(request_id, |reply| RequestMsg::Cancel {
+            by,
+            reason: reason.clone(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn snapshot(&self, request_id: Uuid) -> Option<RequestSnapshot> {
+        let actor = self.ctx.registry.get(&request_id)?.clone();
+        call!(actor, RequestMsg::Snapshot).ok()
+    }
+
+    pub async fn snapshots(&self) -> Vec<RequestSnapshot> {
+        let actors: Vec<_> = self
+            .ctx
+            .registry
+            .iter()
+            .map(|e| e.value().clone())
+            .collect();
+        let mut out = Vec::with_capacity(actors.len());
+        for actor in actors {
+            if let Ok(s) = call!(actor, RequestMsg::Snapshot) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    pub fn live_actors(&self) -> usize {
+        self.ctx.registry.len()
+    }
+
+    /// Fault injection for resilience drills: makes the request's actor panic.
+    pub fn inject_panic(&self, request_id: Uuid) -> bool {
+        self.ctx
+            .registry
+            .get(&request_id)
+            .map(|a| a.send_message(RequestMsg::InjectPanic).is_ok())
+            .unwrap_or(false)
+    }
+
+    // ---- workers ------------------------------------------------------------------------
+
+    fn city_actor(&self, city_id: &str) -> Result<ActorRef<CityMsg>, CityError> {
+        self.ctx.city(city_id).ok_or(CityError::OutsideServiceArea {
+            city: city_id.to_string(),
+            lon: f64::NAN,
+            lat: f64::NAN,
+        })
+    }
+
+    /// The city whose service area contains (lon, lat).
+    pub fn city_at(&self, lon: f64, lat: f64) -> Option<&CityInfo> {
+        self.ctx
+            .cities
+            .values()
+            .map(|(info, _)| info)
+            .find(|c| c.serves(lon, lat))
+    }
+
+    /// A worker comes online. A job it already holds (per the database) keeps it busy.
+    pub async fn worker_online(
+        &self,
+        city_id: &str,
+        worker_id: Uuid,
+        lon: f64,
+        lat: f64,
+        skills: Vec<String>,
+    ) -> Result<(), CityError> {
+        let city = self.city_actor(city_id)?;
+        let busy_with: Option<Uuid> = sqlx::query_scalar(
+            r#"select id from service_requests
+               where "assignedWorkerId" = $1 and status in ('ASSIGNED', 'IN_PROGRESS')
+               limit 1"#,
+        )
+        .bind(worker_id)
+        .fetch_optional(self.ctx.store.pool())
+        .await
+        .unwrap_or(None);
+        let result = call!(city, |reply| CityMsg::Online {
+            worker_id,
+            lon,
+            lat,
+            skills,
+            busy_with,
+            reply
+        })
+        .unwrap_or(Err(CityError::NotOnline(worker_id)));
+        if result.is_ok() {
+            // A pending offer from before a reconnect keeps the worker reserved for it.
+            if let Ok(Some(request_id)) = sqlx::query_scalar::<_, Uuid>(
+                r#"select "requestId" from offers where "workerId" = $1 and outcome is null"#,
+            )
+            .bind(worker_id)
+            .fetch_optional(self.ctx.store.pool())
+            .await
+            {
+                let _ = call!(city, |reply| CityMsg::Reserve {
+                    worker_id,
+                    request_id,
+                    reply
+                });
+            }
+            let _ = sqlx::query(r#"update worker_profiles set "cityId" = $2, "lastActiveAt" = now(), "lastLatitude" = $3, "lastLongitude" = $4 where id = $1"#)
+                .bind(worker_id)
+                .bind(city_id)
+                .bind(lat)
+                .bind(lon)
+                .execute(self.ctx.store.pool())
+                .await;
+        }
+        result
+    }
+
+    /// A worker moved. Fire and forget when `wait` is false (the hot path of location updates).
+    pub async fn worker_moved(
+        &self,
+        city_id: &str,
+        worker_id: Uuid,
+        lon: f64,
+        lat: f64,
+        wait: bool,
+    ) -> Result<(), CityError> {
+        let city = self.city_actor(city_id)?;
+        if !wait {
+            let _ = city.cast(CityMsg::Moved {
+                worker_id,
+                lon,
+                lat,
+                reply: None,
+            });
+            return Ok(());
+        }
+        call!(city, |reply| CityMsg::Moved {
+            worker_id,
+            lon,
+            lat,
+            reply: Some(reply)
+        })
+        .unwrap_or(Err(CityError::NotOnline(worker_id)))
+    }
+
+    /// A worker goes offline (or its connection died). An offer it held is settled as a
+    /// timeout at once, so the request moves on instead of waiting for the timer.
+    pub async fn worker_offline(&self, city_id: &str, worker_id: Uuid) {
+        let Ok(city) = self.city_actor(city_id) else {
+            return;
+        };
+        let held = call!(city, |reply| CityMsg::Offline {
+            worker_id,
+            reply: Some(reply)
+        })
+        .ok()
+        .flatten();
+        if let Some(Availability::HoldingOffer { request_id }) = held {
+            if let Some(actor) = self.ctx.registry.get(&request_id) {
+                let _ = actor.send_message(RequestMsg::WorkerLost { worker_id });
+            }
+        }
+    }
+
+    pub async fn city_stats(&self) -> Vec<CityStats> {
+        let mut out = Vec::new();
+        let mut ids: Vec<_> = self.ctx.cities.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(actor) = self.ctx.city(&id) {
+                if let Ok(s) = call!(actor, CityMsg::Stats) {
+                    out.push(s);
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops every actor (request actors first, through their supervisor).
+    pub async fn shutdown(&self) {
+        self.supervisor.stop_children(None);
+        self.supervisor.stop(None);
+        for (_, city) in self.ctx.cities.values() {
+            city.stop(None);
+        }
+    }
+}
+
+/// An offer answered on a request that already ended was simply not pending any more.
+fn offer_gone(e: CommandError) -> CommandError {
+    match e {
+        CommandError::IllegalState { .. } => CommandError::OfferNotPending,
+        other => other,
+    }
+}

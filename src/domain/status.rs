@@ -1,0 +1,193 @@
+//! The service-request status machine. `TRANSITIONS` is the one table of allowed moves; the
+//! database holds the same edges (`service_request_transitions`, checked by a trigger), and a
+//! test keeps the two in step.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a service request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, async_graphql::Enum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Created, or between offers: the engine is looking for a worker.
+    Pending,
+    /// One worker holds an offer and its timer runs (`"workerTimeoutAt"`).
+    Offering,
+    /// A worker accepted.
+    Assigned,
+    /// The worker started the job.
+    InProgress,
+    /// The worker finished; a payout waits for the cancellation window.
+    Completed,
+    /// Cancelled by the customer, ops or the system.
+    Cancelled,
+    /// Nobody suitable within the largest radius, or max attempts reached.
+    Unassigned,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pending,
+        Status::Offering,
+        Status::Assigned,
+        Status::InProgress,
+        Status::Completed,
+        Status::Cancelled,
+        Status::Unassigned,
+    ];
+
+    /// The value stored in `service_requests.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Offering => "OFFERING",
+            Status::Assigned => "ASSIGNED",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Completed => "COMPLETED",
+            Status::Cancelled => "CANCELLED",
+            Status::Unassigned => "UNASSIGNED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// No command leaves a terminal status; its actor stops.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Status::Completed | Status::Cancelled | Status::Unassigned
+        )
+    }
+
+    /// Still being dispatched: an offer may be made or is out.
+    pub fn is_dispatching(self) -> bool {
+        matches!(self, Status::Pending | Status::Offering)
+    }
+
+    /// Applies a command, or says why it is not allowed from here.
+    pub fn apply(self, command: Command) -> Result<Status, IllegalTransition> {
+        TRANSITIONS
+            .iter()
+            .find(|(from, cmd, _)| *from == self && *cmd == command)
+            .map(|(_, _, to)| *to)
+            .ok_or(IllegalTransition {
+                from: self,
+                command,
+            })
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What can happen to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// An offer goes to a worker.
+    SendOffer,
+    /// The worker holding the offer accepts it.
+    AcceptOffer,
+    /// The worker rejects the offer, or its timer runs out: look for the next worker.
+    SettleOffer,
+    /// No candidate left within the largest radius, or max attempts reached.
+    GiveUp,
+    /// Customer, ops or system cancel.
+    Cancel,
+    StartJob,
+    CompleteJob,
+}
+
+impl Command {
+    pub const ALL: [Command; 7] = [
+        Command::SendOffer,
+        Command::AcceptOffer,
+        Command::SettleOffer,
+        Command::GiveUp,
+        Command::Cancel,
+        Command::StartJob,
+        Command::CompleteJob,
+    ];
+}
+
+/// The allowed moves: (from, command, to). Anything not listed is refused.
+pub const TRANSITIONS: &[(Status, Command, Status)] = &[
+    (Status::Pending, Command::SendOffer, Status::Offering),
+    (Status::Pending, Command::GiveUp, Status::Unassigned),
+    (Status::Pending, Command::Cancel, Status::Cancelled),
+    (Status::Offering, Command::AcceptOffer, Status::Assigned),
+    (Status::Offering, Command::SettleOffer, Status::Pending),
+    (Status::Offering, Command::GiveUp, Status::Unassigned),
+    (Status::Offering, Command::Cancel, Status::Cancelled),
+    (Status::Assigned, Command::StartJob, Status::InProgress),
+    (Status::Assigned, Command::Cancel, Status::Cancelled),
+    (Status::InProgress, Command::CompleteJob, Status::Completed),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {command:?} a request that is {from}")]
+pub struct IllegalTransition {
+    pub from: Status,
+    pub command: Command,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        proptest::sample::select(Command::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Random command sequences never reach an illegal state: every accepted step is an
+        /// edge of the table, terminal states absorb everything, and a request only reaches
+        /// ASSIGNED, IN_PROGRESS or COMPLETED through an accepted offer.
+        #[test]
+        fn random_command_sequences_only_follow_allowed_edges(commands in proptest::collection::vec(any_command(), 0..64)) {
+            let mut status = Status::Pending;
+            let mut accepted = false;
+            let mut offers_out = 0u32;
+            for command in commands {
+                match status.apply(command) {
+                    Ok(next) => {
+                        prop_assert!(!status.is_terminal(), "{status} accepted {command:?}");
+                        prop_assert!(TRANSITIONS.contains(&(status, command, next)));
+                        if command == Command::SendOffer { offers_out += 1; }
+                        if command == Command::AcceptOffer { accepted = true; prop_assert!(offers_out > 0); }
+                        if matches!(next, Status::Assigned | Status::InProgress | Status::Completed) {
+                            prop_assert!(accepted);
+                        }
+                        status = next;
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.from, status);
+                        prop_assert!(!TRANSITIONS.iter().any(|(f, c, _)| *f == status && *c == command));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_round_trips_through_its_column_value() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("offering"), None);
+    }
+
+    #[test]
+    fn each_from_and_command_pair_has_one_destination() {
+        for (i, a) in TRANSITIONS.iter().enumerate() {
+            for b in &TRANSITIONS[i + 1..] {
+                assert!(!(a.0 == b.0 && a.1 == b.1), "duplicate edge {a:?} {b:?}");
+            }
+        }
+    }
+}

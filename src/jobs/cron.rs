@@ -1,0 +1,165 @@
+//! The two sweeps the operators already know by their log lines:
+//! `[WorkerAssignmentCron] Checking for worker assignment timeouts...` and
+//! `[PayoutReleaseCron] Checking for payouts ready to release...`.
+//!
+//! Each runs on the schedule in `system_config` (both cron forms), re-read whenever the
+//! configuration changes, and is safe with several engines running it at once.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::schedule;
+use crate::{
+    dispatch::Dispatcher,
+    store::{Change, OfferOutcome, ServiceRequest, Settings, SettingsWatch, Store},
+};
+
+/// Counts of one sweep, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Overdue offers this sweep settled itself (no live actor owned them).
+    pub settled: usize,
+    /// Open requests that had no actor and got one back.
+    pub respawned: usize,
+    /// Payouts released.
+    pub released: usize,
+}
+
+/// The backstop for offers no live actor watches: settles every OFFERING request whose
+/// `"workerTimeoutAt"` has passed and that has no actor, then gives every open request
+/// without an actor its actor back. The version check keeps it from fighting a live actor.
+pub async fn worker_assignment_sweep(
+    store: &Store,
+    dispatcher: &Dispatcher,
+) -> anyhow::Result<SweepReport> {
+    tracing::info!(target: "WorkerAssignmentCron", "[WorkerAssignmentCron] Checking for worker assignment timeouts...");
+    let overdue: Vec<ServiceRequest> = sqlx::query_as(
+        r#"select * from service_requests
+           where status = 'OFFERING' and "workerTimeoutAt" < now()
+           order by "workerTimeoutAt"
+           limit 1000"#,
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut report = SweepReport::default();
+    let registry = &dispatcher.context().registry;
+    for row in overdue.iter().filter(|r| !registry.contains_key(&r.id)) {
+        let Some(offer) = store.pending_offer(row.id).await? else {
+            continue;
+        };
+        let change = Change::OfferSettled {
+            offer_id: offer.id,
+            outcome: OfferOutcome::Expired,
+            reason: Some("settled by WorkerAssignmentCron".into()),
+        };
+        match store.transition(row, change).await {
+            Ok(_) => {
+                report.settled += 1;
+                dispatcher.context().stats.offers_expired.inc();
+            }
+            Err(e) if e.is_conflict() => continue, // an actor or another engine got there first
+            Err(e) => return Err(e.into()),
+        }
+    }
+    report.respawned = dispatcher.recover().await?;
+    if report.settled > 0 || report.respawned > 0 {
+        tracing::info!(target: "WorkerAssignmentCron", settled = report.settled, respawned = report.respawned,
+            "[WorkerAssignmentCron] settled overdue offers and restored request actors");
+    }
+    Ok(report)
+}
+
+/// Releases every payout whose cancellation window has passed, in batches.
+pub async fn payout_release_sweep(store: &Store, batch: i64) -> anyhow::Result<SweepReport> {
+    tracing::info!(target: "PayoutReleaseCron", "[PayoutReleaseCron] Checking for payouts ready to release...");
+    let mut report = SweepReport::default();
+    loop {
+        let released = store.release_due_payouts(batch).await?;
+        report.released += released.len();
+        if (released.len() as i64) < batch {
+            break;
+        }
+    }
+    if report.released > 0 {
+        tracing::info!(target: "PayoutReleaseCron", released = report.released, "[PayoutReleaseCron] payouts released");
+    }
+    Ok(report)
+}
+
+/// Starts both sweeps; they stop when `shutdown` fires.
+pub fn spawn_sweeps(
+    store: Store,
+    dispatcher: Dispatcher,
+    settings: SettingsWatch,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let assignment = {
+        let (store, dispatcher) = (store.clone(), dispatcher.clone());
+        run_on_schedule(
+            "WorkerAssignmentCron",
+            |s| s.worker_assignment_cron.clone(),
+            settings.clone(),
+            shutdown.clone(),
+            Arc::new(move |_| {
+                let (store, dispatcher) = (store.clone(), dispatcher.clone());
+                Box::pin(async move {
+                    worker_assignment_sweep(&store, &dispatcher)
+                        .await
+                        .map(|_| ())
+                })
+            }),
+        )
+    };
+    let payouts = run_on_schedule(
+        "PayoutReleaseCron",
+        |s| s.payout_release_cron.clone(),
+        settings,
+        shutdown,
+        Arc::new(move |s: Arc<Settings>| {
+            let store = store.clone();
+            Box::pin(async move {
+                payout_release_sweep(&store, s.payout_release_batch_size)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+    );
+    vec![assignment, payouts]
+}
+
+type Job = Arc<
+    dyn Fn(Arc<Settings>) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
+>;
+
+fn run_on_schedule(
+    name: &'static str,
+    expr_of: fn(&Settings) -> String,
+    mut settings: SettingsWatch,
+    mut shutdown: watch::Receiver<bool>,
+    job: Job,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let current = settings.borrow().clone();
+            let expr = expr_of(&current);
+            let wait = match schedule::parse(&expr).map(|s| s.next_after(Utc::now())) {
+                Ok(Some(next)) => (next - Utc::now()).to_std().unwrap_or_default(),
+                _ => Duration::from_secs(60), // validated on load; a fallback all the same
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                // A new schedule takes effect at once.
+                changed = settings.changed() => { if changed.is_err() { return } continue }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let started = std::time::Instant::now();
+            if let Err(e) = job(current).await {
+                tracing::error!(target: "Cron", job = name, error = %e, "[{name}] sweep failed");
+            } else {
+                tracing::debug!(target: "Cron", job = name, ms = started.elapsed().as_millis() as u64, "sweep done");
+            }
+        }
+    })
+}

@@ -1,0 +1,5 @@
+//! Background sweeps: the worker-assignment backstop and the payout release, on cron
+//! schedules read from `system_config`.
+
+pub mod cron;
+pub mod schedule;

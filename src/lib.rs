@@ -1,0 +1,14 @@
+//! arreglame: the realtime dispatch engine of the Arreglame Ya home-services marketplace.
+//!
+//! See `docs/architecture.md` for the modules and how a request flows through them.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+pub mod domain;
+pub mod jobs;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,169 @@
+//! Wiring, shared by `main` and the tests: `Application::build` connects the database,
+//! loads settings, starts dispatch and the sweeps, binds the HTTP listener;
+//! `run_until_stopped` serves until SIGTERM, Ctrl-C or `AppHandle::shutdown`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::Router;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tower_http::timeout::TimeoutLayer;
+
+use crate::{
+    api,
+    auth::TokenKeys,
+    config::Config,
+    dispatch::{
+        gateway::{InProcessGateway, WorkerGateway},
+        Dispatcher,
+    },
+    jobs,
+    store::{SettingsWatch, Store},
+};
+
+/// What request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub settings: SettingsWatch,
+    pub keys: TokenKeys,
+}
+
+/// Lets a test (or an embedding program) reach into a running engine and stop it.
+#[derive(Clone)]
+pub struct AppHandle {
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppHandle {
+    /// Starts a graceful shutdown, as SIGTERM would.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    handle: AppHandle,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Builds the engine with workers reached through the default gateway.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let (gateway, mut notices) = InProcessGateway::new();
+        // Until a worker transport is attached, notices are only logged.
+        tokio::spawn(async move {
+            while let Some(n) = notices.recv().await {
+                tracing::debug!(target: "Gateway", ?n, "worker notice");
+            }
+        });
+        Self::build_with_gateway(config, Arc::new(gateway)).await
+    }
+
+    /// Builds the engine with a given worker gateway (tests pass an in-process one).
+    pub async fn build_with_gateway(
+        config: Config,
+        gateway: Arc<dyn WorkerGateway>,
+    ) -> anyhow::Result<Application> {
+        let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
+        let dispatcher = Dispatcher::start(store.clone(), settings.clone(), gateway).await?;
+        let mut background = jobs::cron::spawn_sweeps(
+            store.clone(),
+            dispatcher.clone(),
+            settings.clone(),
+            shutdown_rx,
+        );
+        background.push(settings_task);
+
+        let state = AppState {
+            keys: TokenKeys::new(&config.jwt_secret),
+            config: Arc::new(config),
+            store: store.clone(),
+            dispatcher,
+            settings,
+        };
+        let router =
+            Router::new()
+                .merge(api::health_routes(store))
+                .layer(TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    Duration::from_secs(30),
+                ));
+
+        let addr: SocketAddr = format!("{}:{}", state.config.host, state.config.port).parse()?;
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Application {
+            listener,
+            router,
+            handle: AppHandle {
+                state,
+                shutdown: shutdown_tx,
+            },
+            background,
+        })
+    }
+
+    /// The bound port (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until a shutdown signal, then stops actors and background tasks.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            listener,
+            router,
+            handle,
+            background,
+        } = self;
+        let mut stop = handle.shutdown.subscribe();
+        let signal_handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signal_handle.shutdown();
+        });
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let result = server.await;
+        tracing::info!(target: "Server", "[Server] shutting down");
+        handle.state.dispatcher.shutdown().await;
+        for task in background {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

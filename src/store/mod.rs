@@ -1,0 +1,151 @@
+//! PostgreSQL access. Every state change of a service request goes through
+//! [`Store::transition`]: one transaction with the version-guarded update and one
+//! `outbox_events` row. SQL is written inline, next to the code that uses it.
+
+mod outbox;
+mod payouts;
+mod requests;
+pub mod system_config;
+mod transition;
+
+use std::time::Duration;
+
+use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
+use uuid::Uuid;
+
+pub use outbox::{insert_outbox_event, OutboxEvent};
+pub use payouts::Payout;
+pub use requests::{NewServiceRequest, RequestPage, ServiceRequest};
+pub use system_config::{Settings, SettingsWatch};
+pub use transition::{CancelledBy, Change, NewOffer, OfferOutcome, OfferRow};
+
+use crate::domain::IllegalTransition;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The seed files in `seeds/`, embedded in the binary and applied in this order.
+const SEEDS: &[(&str, &str)] = &[
+    (
+        "01_system_config.sql",
+        include_str!("../../seeds/01_system_config.sql"),
+    ),
+    ("02_pricing.sql", include_str!("../../seeds/02_pricing.sql")),
+    ("03_cities.sql", include_str!("../../seeds/03_cities.sql")),
+    (
+        "04_demo_people.sql",
+        include_str!("../../seeds/04_demo_people.sql"),
+    ),
+];
+
+/// Errors at the storage boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row moved on since it was read: someone else won the race. Reload and decide again.
+    #[error("service request {id} is no longer at version {expected_version}")]
+    ConcurrencyConflict { id: Uuid, expected_version: i32 },
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// A named database constraint refused the change (a business rule held by the schema).
+    #[error("constraint {constraint} refused the change")]
+    Constraint { constraint: String },
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if let Some(constraint) = db.constraint() {
+                return StoreError::Constraint {
+                    constraint: constraint.to_string(),
+                };
+            }
+        }
+        StoreError::Database(error)
+    }
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::ConcurrencyConflict { .. })
+    }
+}
+
+/// Handle to the database, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool. The acquire timeout is long on purpose: under a paused test clock a
+    /// short one would fire while a connection is being opened.
+    pub async fn connect(database_url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(3600))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect(database_url)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// Reverts the latest applied migration (the rollback plan); returns its version.
+    pub async fn revert_latest_migration(&self) -> Result<Option<i64>, anyhow::Error> {
+        let applied: Vec<i64> = match sqlx::query_scalar(
+            "select version from _sqlx_migrations where success order by version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(v) => v,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(&latest) = applied.last() else {
+            return Ok(None);
+        };
+        let target = applied.iter().rev().nth(1).copied().unwrap_or(0);
+        MIGRATOR.undo(&self.pool, target).await?;
+        Ok(Some(latest))
+    }
+
+    /// Applies the seed files. Each insert is `on conflict do nothing`, so seeding twice
+    /// leaves the same data and never overwrites values an operator tuned.
+    pub async fn seed(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for (name, sql) in SEEDS {
+            tracing::debug!(seed = name, "applying seed");
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// True while the database answers a trivial query within two seconds.
+    pub async fn ping(&self) -> bool {
+        let query = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&self.pool);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), query).await,
+            Ok(Ok(1))
+        )
+    }
+}

@@ -1,0 +1,229 @@
+//! Service requests: creation (with its first outbox row), reads, and the recovery query.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{insert_outbox_event, Store, StoreError};
+use crate::domain::{Cents, Status};
+
+/// One row of `service_requests`.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[sqlx(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRequest {
+    pub id: Uuid,
+    pub customer_id: Option<Uuid>,
+    pub city_id: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub version: i32,
+    pub assignment_attempts: i32,
+    pub worker_timeout_at: Option<DateTime<Utc>>,
+    pub assigned_worker_id: Option<Uuid>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub address: Option<String>,
+    pub description: Option<String>,
+    pub square_meters: Option<f64>,
+    pub image_ref: Option<String>,
+    pub service_category: Option<String>,
+    pub difficulty_level: Option<String>,
+    pub extras: Vec<String>,
+    pub currency: String,
+    pub price_total_cents: Option<i64>,
+    pub worker_net_cents: Option<i64>,
+    pub platform_fee_cents: Option<i64>,
+    pub pricing_engine: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    pub cancelled_by: Option<String>,
+    pub cancellation_reason: Option<String>,
+    pub cancellation_fee_cents: Option<i64>,
+    pub unassigned_reason: Option<String>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<String> for Status {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Status::parse(&text).ok_or_else(|| format!("unknown service request status {text:?}"))
+    }
+}
+
+impl ServiceRequest {
+    /// The job's location as (lon, lat), when it has one.
+    pub fn position(&self) -> Option<(f64, f64)> {
+        Some((self.longitude?, self.latitude?))
+    }
+
+    pub fn worker_net(&self) -> Cents {
+        Cents(self.worker_net_cents.unwrap_or(0))
+    }
+
+    /// The JSON that outbox events and live subscriptions carry about this request.
+    pub fn event_snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requestId": self.id,
+            "customerId": self.customer_id,
+            "cityId": self.city_id,
+            "status": self.status,
+            "version": self.version,
+            "assignmentAttempts": self.assignment_attempts,
+            "workerTimeoutAt": self.worker_timeout_at,
+            "assignedWorkerId": self.assigned_worker_id,
+        })
+    }
+}
+
+/// What a customer's new request carries once priced.
+#[derive(Debug, Clone)]
+pub struct NewServiceRequest {
+    pub customer_id: Uuid,
+    pub city_id: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub address: String,
+    pub description: String,
+    pub square_meters: f64,
+    pub image_ref: Option<String>,
+    pub service_category: String,
+    pub difficulty_level: String,
+    pub extras: Vec<String>,
+    pub currency: String,
+    pub price_total: Cents,
+    pub worker_net: Cents,
+    pub platform_fee: Cents,
+    pub pricing_engine: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// One page of a customer's requests, newest first.
+#[derive(Debug, Clone)]
+pub struct RequestPage {
+    pub items: Vec<ServiceRequest>,
+    pub has_more: bool,
+}
+
+impl Store {
+    /// Inserts a new PENDING request and its `ServiceRequestCreated` outbox row in one
+    /// transaction. A repeated idempotency key from the same customer returns the existing
+    /// request (`created = false`) and writes nothing.
+    pub async fn create_request(
+        &self,
+        new: &NewServiceRequest,
+    ) -> Result<(ServiceRequest, bool), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<ServiceRequest> = sqlx::query_as(
+            r#"insert into service_requests
+                 ("customerId", "cityId", latitude, longitude, address, description, "squareMeters",
+                  "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
+                  "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey")
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+               on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
+               returning *"#,
+        )
+        .bind(new.customer_id)
+        .bind(&new.city_id)
+        .bind(new.latitude)
+        .bind(new.longitude)
+        .bind(&new.address)
+        .bind(&new.description)
+        .bind(new.square_meters)
+        .bind(&new.image_ref)
+        .bind(&new.service_category)
+        .bind(&new.difficulty_level)
+        .bind(&new.extras)
+        .bind(&new.currency)
+        .bind(new.price_total.0)
+        .bind(new.worker_net.0)
+        .bind(new.platform_fee.0)
+        .bind(&new.pricing_engine)
+        .bind(&new.idempotency_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        let Some(request) = inserted else {
+            tx.rollback().await?;
+            let existing: ServiceRequest = sqlx::query_as(
+                r#"select * from service_requests where "customerId" = $1 and "idempotencyKey" = $2"#,
+            )
+            .bind(new.customer_id)
+            .bind(&new.idempotency_key)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok((existing, false));
+        };
+
+        let mut payload = request.event_snapshot();
+        payload["priceTotalCents"] = request.price_total_cents.into();
+        payload["pricingEngine"] = request.pricing_engine.clone().into();
+        insert_outbox_event(
+            &mut tx,
+            "service_request",
+            &request.id.to_string(),
+            request.version,
+            "ServiceRequestCreated",
+            &payload,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((request, true))
+    }
+
+    pub async fn get_request(&self, id: Uuid) -> Result<ServiceRequest, StoreError> {
+        sqlx::query_as("select * from service_requests where id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(StoreError::NotFound {
+                what: "service request",
+                id: id.to_string(),
+            })
+    }
+
+    /// Requests that still need an actor: being dispatched, or assigned / in progress.
+    pub async fn open_requests(&self) -> Result<Vec<ServiceRequest>, StoreError> {
+        Ok(sqlx::query_as(
+            r#"select * from service_requests
+               where status in ('PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')
+                 and "cityId" is not null
+               order by "createdAt""#,
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// A customer's requests, newest first, keyed by (createdAt, id) for stable cursors.
+    pub async fn customer_requests(
+        &self,
+        customer_id: Uuid,
+        status: Option<Status>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<RequestPage, StoreError> {
+        let (after_ts, after_id) = after.unzip();
+        let mut items: Vec<ServiceRequest> = sqlx::query_as(
+            r#"select * from service_requests
+               where "customerId" = $1
+                 and ($2::text is null or status = $2)
+                 and ($3::timestamptz is null or ("createdAt", id) < ($3, $4))
+               order by "createdAt" desc, id desc
+               limit $5"#,
+        )
+        .bind(customer_id)
+        .bind(status.map(|s| s.as_str()))
+        .bind(after_ts)
+        .bind(after_id)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = items.len() as i64 > limit;
+        items.truncate(limit as usize);
+        Ok(RequestPage { items, has_more })
+    }
+}

@@ -1,0 +1,249 @@
+//! Test fixtures: a fresh, migrated and seeded database per test; the whole application on
+//! an ephemeral port; or just the dispatch core with an in-process worker gateway.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arreglame::{
+    config::Config,
+    dispatch::{
+        gateway::{InProcessGateway, WorkerNotice},
+        Dispatcher,
+    },
+    domain::Cents,
+    startup::{AppHandle, Application},
+    store::{NewServiceRequest, ServiceRequest, Settings, Store},
+};
+use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+pub const CUSTOMER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000c01);
+pub const OTHER_CUSTOMER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000c02);
+
+/// The server's URL with another database name.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
+    let base = base.to_string();
+    let query = url
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{base}/{db}{query}")
+}
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL: run the tests through scripts/test.sh (make test)")
+}
+
+/// Creates a fresh database, migrated and seeded; returns its URL.
+pub async fn fresh_database() -> String {
+    let server = database_url();
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&with_database(&server, "postgres"))
+        .await
+        .expect("connect to postgres");
+    sqlx::query(&format!(r#"create database "{name}""#))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = with_database(&server, &name);
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    store.seed().await.unwrap();
+    store.pool().close().await;
+    url
+}
+
+/// A pool that never opens a connection lazily: every connection is opened up front, so a
+/// paused test clock cannot time out a connect in progress.
+pub async fn warm_store(url: &str, connections: u32) -> Store {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .min_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(24 * 3600))
+        // A liveness ping inside `acquire` is I/O under the acquire timeout; on a paused
+        // clock tokio would jump straight to that timeout.
+        .test_before_acquire(false)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect(url)
+        .await
+        .unwrap();
+    // Touch every connection once so all of them exist before the clock is paused.
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(pool.acquire().await.unwrap());
+    }
+    drop(held);
+    Store::from_pool(pool)
+}
+
+pub fn test_config(database_url: &str) -> Config {
+    let vars: HashMap<String, String> = [
+        ("DATABASE_URL", database_url),
+        ("PORT", "0"),
+        ("HOST", "127.0.0.1"),
+        ("JWT_SECRET", "test-secret"),
+        ("LOG_LEVEL", "warn"),
+        ("DATABASE_MAX_CONNECTIONS", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Config::from_vars(vars).unwrap()
+}
+
+/// The whole engine on an ephemeral loopback port.
+pub struct TestApp {
+    pub address: String,
+    pub handle: AppHandle,
+    pub database_url: String,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let database_url = fresh_database().await;
+        let app = Application::build(test_config(&database_url))
+            .await
+            .expect("build app");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        let server = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            address,
+            handle,
+            database_url,
+            server,
+        }
+    }
+
+    #[allow(dead_code)] // used by the API suites
+    pub fn store(&self) -> &Store {
+        &self.handle.state.store
+    }
+}
+
+/// The dispatch core alone: real PostgreSQL, real actors, an in-process worker gateway, and
+/// settings the test controls. No cron, no reload task: the test owns time.
+pub struct DispatchHarness {
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub notices: mpsc::UnboundedReceiver<WorkerNotice>,
+    pub settings: watch::Sender<Arc<Settings>>,
+    pub database_url: String,
+}
+
+pub fn quick_settings() -> Settings {
+    Settings {
+        worker_timeout: std::time::Duration::from_secs(60),
+        max_assignment_attempts: 5,
+        search_radius_steps_m: vec![2_000, 5_000, 10_000],
+        ..Settings::default()
+    }
+}
+
+impl DispatchHarness {
+    pub async fn start(settings: Settings) -> DispatchHarness {
+        let database_url = fresh_database().await;
+        Self::start_on(database_url, settings).await
+    }
+
+    /// Starts dispatch on an existing database (a "restarted engine").
+    pub async fn start_on(database_url: String, settings: Settings) -> DispatchHarness {
+        init_test_logging();
+        let store = warm_store(&database_url, 16).await;
+        let (settings, rx) = watch::channel(Arc::new(settings));
+        let (gateway, notices) = InProcessGateway::new();
+        let dispatcher = Dispatcher::start(store.clone(), rx, Arc::new(gateway))
+            .await
+            .unwrap();
+        DispatchHarness {
+            store,
+            dispatcher,
+            notices,
+            settings,
+            database_url,
+        }
+    }
+
+    /// Puts a worker online in Buenos Aires at (lon, lat).
+    pub async fn worker_online(&self, lon: f64, lat: f64, skills: &[&str]) -> Uuid {
+        let id = insert_worker(&self.store, "buenos-aires").await;
+        self.dispatcher
+            .worker_online(
+                "buenos-aires",
+                id,
+                lon,
+                lat,
+                skills.iter().map(|s| s.to_string()).collect(),
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    /// Creates a request at (lon, lat) and starts its actor.
+    pub async fn create_request(&self, lon: f64, lat: f64) -> ServiceRequest {
+        let (row, _) = self
+            .store
+            .create_request(&new_request(CUSTOMER, lon, lat))
+            .await
+            .unwrap();
+        self.dispatcher.ensure_actor(row.id).await.unwrap();
+        row
+    }
+
+    /// The next notice a worker gets.
+    pub async fn next_notice(&mut self) -> WorkerNotice {
+        self.notices.recv().await.expect("gateway closed")
+    }
+}
+
+/// `TEST_LOG=debug cargo nextest run ...` shows the engine's logs for a failing test.
+pub fn init_test_logging() {
+    let level = std::env::var("TEST_LOG").unwrap_or_else(|_| "off".into());
+    let _ = arreglame::telemetry::init(&level, None);
+}
+
+pub async fn insert_worker(store: &Store, city: &str) -> Uuid {
+    sqlx::query_scalar(r#"insert into worker_profiles (name, "cityId", skills) values ('Test Worker', $1, '{lawn_mowing}') returning id"#)
+        .bind(city)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+pub fn new_request(customer: Uuid, lon: f64, lat: f64) -> NewServiceRequest {
+    NewServiceRequest {
+        customer_id: customer,
+        city_id: "buenos-aires".into(),
+        latitude: lat,
+        longitude: lon,
+        address: "Av. Corrientes 1234".into(),
+        description: "Corte de pasto".into(),
+        square_meters: 100.0,
+        image_ref: None,
+        service_category: "lawn_mowing".into(),
+        difficulty_level: "EASY".into(),
+        extras: vec![],
+        currency: "ARS".into(),
+        price_total: Cents(1_500_000),
+        worker_net: Cents(1_275_000),
+        platform_fee: Cents(225_000),
+        pricing_engine: "rules".into(),
+        idempotency_key: None,
+    }
+}
+
+/// Outbox rows of one aggregate, in order: (type, aggregate version).
+pub async fn outbox_of(store: &Store, aggregate_id: Uuid) -> Vec<(String, i32)> {
+    sqlx::query_as(r#"select type, "aggregateVersion" from outbox_events where "aggregateId" = $1 order by id"#)
+        .bind(aggregate_id.to_string())
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
