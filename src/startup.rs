@@ -12,11 +12,10 @@ use crate::{
     api,
     auth::TokenKeys,
     config::Config,
-    dispatch::{
-        gateway::{InProcessGateway, WorkerGateway},
-        Dispatcher,
-    },
-    jobs,
+    dispatch::Dispatcher,
+    gateway::{self, Sessions},
+    jobs::{self, outbox_relay::RelayHandle},
+    pricing::{GeminiConfig, Pricing},
     store::{SettingsWatch, Store},
 };
 
@@ -28,6 +27,13 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub settings: SettingsWatch,
     pub keys: TokenKeys,
+    pub pricing: Arc<Pricing>,
+    /// Live worker WebSocket sessions.
+    pub sessions: Arc<Sessions>,
+    /// Committed outbox events (GraphQL subscriptions and the ops feed listen here).
+    pub relay: RelayHandle,
+    /// Flips to true when the engine starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Lets a test (or an embedding program) reach into a running engine and stop it.
@@ -52,34 +58,40 @@ pub struct Application {
 }
 
 impl Application {
-    /// Builds the engine with workers reached through the default gateway.
+    /// Builds the engine: database, settings, pricing, dispatch (workers reached through
+    /// the WebSocket gateway), sweeps, outbox relay and the HTTP router.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let (gateway, mut notices) = InProcessGateway::new();
-        // Until a worker transport is attached, notices are only logged.
-        tokio::spawn(async move {
-            while let Some(n) = notices.recv().await {
-                tracing::debug!(target: "Gateway", ?n, "worker notice");
-            }
-        });
-        Self::build_with_gateway(config, Arc::new(gateway)).await
-    }
-
-    /// Builds the engine with a given worker gateway (tests pass an in-process one).
-    pub async fn build_with_gateway(
-        config: Config,
-        gateway: Arc<dyn WorkerGateway>,
-    ) -> anyhow::Result<Application> {
         let store = Store::connect(&config.database_url, config.database_max_connections).await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
-        let dispatcher = Dispatcher::start(store.clone(), settings.clone(), gateway).await?;
+
+        let sessions = Arc::new(Sessions::new());
+        let dispatcher =
+            Dispatcher::start(store.clone(), settings.clone(), sessions.clone()).await?;
         let mut background = jobs::cron::spawn_sweeps(
             store.clone(),
             dispatcher.clone(),
             settings.clone(),
-            shutdown_rx,
+            shutdown_rx.clone(),
         );
         background.push(settings_task);
+        let relay = jobs::outbox_relay::spawn(
+            store.clone(),
+            settings.clone(),
+            config.nats_url.clone(),
+            shutdown_rx.clone(),
+        );
+
+        let gemini = config.gemini_api_key.clone().map(|api_key| GeminiConfig {
+            api_key,
+            base_url: config.gemini_base_url.clone(),
+            model: config.gemini_model.clone(),
+            timeout: Duration::from_secs(8),
+        });
+        if gemini.is_none() {
+            tracing::info!(target: "RuleBasedPricingEngine", "no API_KEY or GEMINI_API_KEY: pricing with the rules only");
+        }
+        let pricing = Arc::new(Pricing::new(store.clone(), settings.clone(), gemini).await?);
 
         let state = AppState {
             keys: TokenKeys::new(&config.jwt_secret),
@@ -87,14 +99,19 @@ impl Application {
             store: store.clone(),
             dispatcher,
             settings,
+            pricing,
+            sessions,
+            relay,
+            shutdown: shutdown_rx,
         };
-        let router =
-            Router::new()
-                .merge(api::health_routes(store))
-                .layer(TimeoutLayer::with_status_code(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    Duration::from_secs(30),
-                ));
+        let router = Router::new()
+            .merge(api::health_routes(store))
+            .merge(api::routes(state.clone()))
+            .merge(gateway::routes().with_state(state.clone()))
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ));
 
         let addr: SocketAddr = format!("{}:{}", state.config.host, state.config.port).parse()?;
         let listener = TcpListener::bind(addr).await?;

@@ -1,5 +1,7 @@
-//! HTTP surface: health and readiness now; GraphQL, the worker WebSocket and ops routes
-//! are merged in by `startup`.
+//! HTTP surface: health and readiness, GraphQL for customers (`graphql`), ops. The worker
+//! WebSocket lives in `crate::gateway`.
+
+pub mod graphql;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
@@ -30,4 +32,9 @@ async fn ready(State(store): State<Store>) -> impl IntoResponse {
             Json(json!({"status": "unavailable", "reason": "database not answering"})),
         )
     }
+}
+
+/// Everything under `/graphql` (and, later, `/ops` and `/metrics`).
+pub fn routes(state: crate::startup::AppState) -> Router {
+    graphql::routes(state)
 }

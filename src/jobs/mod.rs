@@ -2,4 +2,5 @@
 //! schedules read from `system_config`.
 
 pub mod cron;
+pub mod outbox_relay;
 pub mod schedule;

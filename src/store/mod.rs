@@ -8,7 +8,12 @@ mod requests;
 pub mod system_config;
 mod transition;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use tokio::sync::Notify;
 
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use uuid::Uuid;
@@ -78,7 +83,22 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    outbox: Arc<OutboxSignal>,
 }
+
+/// Tells outbox consumers that new rows were committed. The local relay is woken directly;
+/// other engines hear a `NOTIFY outbox_events` sent *after* the commit, from outside the
+/// write transaction (a NOTIFY inside it would serialise every commit on Postgres's
+/// notification lock). Bursts coalesce into one NOTIFY.
+#[derive(Debug, Default)]
+struct OutboxSignal {
+    local: Notify,
+    remote: Notify,
+    sender_started: OnceLock<()>,
+}
+
+/// The channel on which committed outbox rows are announced.
+pub const OUTBOX_CHANNEL: &str = "outbox_events";
 
 impl Store {
     /// Connects a pool. The acquire timeout is long on purpose: under a paused test clock a
@@ -92,11 +112,40 @@ impl Store {
             .max_lifetime(None)
             .connect(database_url)
             .await?;
-        Ok(Store { pool })
+        Ok(Store::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            outbox: Arc::default(),
+        }
+    }
+
+    /// Called after every commit that wrote outbox rows.
+    pub fn outbox_written(&self) {
+        self.outbox.local.notify_one();
+        self.outbox.remote.notify_one();
+        self.outbox.sender_started.get_or_init(|| {
+            let (pool, signal) = (self.pool.clone(), self.outbox.clone());
+            tokio::spawn(async move {
+                loop {
+                    signal.remote.notified().await;
+                    if pool.is_closed() {
+                        return;
+                    }
+                    let _ = sqlx::query("select pg_notify($1, '')")
+                        .bind(OUTBOX_CHANNEL)
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        });
+    }
+
+    /// Resolves when this process committed outbox rows since the last call (one waiter).
+    pub async fn outbox_committed(&self) {
+        self.outbox.local.notified().await
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -67,6 +67,9 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if !released.is_empty() {
+            self.outbox_written();
+        }
         Ok(released)
     }
 

@@ -172,6 +172,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.outbox_written();
         Ok((request, true))
     }
 

@@ -330,6 +330,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.outbox_written();
         Ok(updated)
     }
 

@@ -1,6 +1,10 @@
 //! One integration-test binary (one link step) for the whole engine, against a real
-//! PostgreSQL started by `scripts/dev-env.sh`. Each test gets a fresh database.
+//! PostgreSQL (and NATS) started by `scripts/dev-env.sh`. Each test gets a fresh database.
 
+mod api;
 mod dispatch;
 mod foundation;
+mod gateway;
 mod helpers;
+mod outbox;
+mod pricing;

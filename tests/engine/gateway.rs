@@ -1,0 +1,1 @@
+//! Tests for the gateway issue (being written).

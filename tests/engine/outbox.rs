@@ -1,0 +1,1 @@
+//! Tests for the outbox issue (being written).
