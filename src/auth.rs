@@ -26,7 +26,7 @@ pub struct Claims {
     pub iat: u64,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing token")]
     Missing,

@@ -36,6 +36,8 @@ pub enum Command {
     },
     /// Insert system configuration, multipliers, cities and demo people. Idempotent.
     Seed,
+    /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
+    Schema,
     /// Print a JWT signed with JWT_SECRET, for development and tests.
     Token {
         #[arg(long, value_enum)]
@@ -62,6 +64,10 @@ pub async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Schema) = cli.command {
+        print!("{}", crate::api::graphql::sdl());
+        return Ok(());
+    }
     let config = Config::from_env()?;
     telemetry::init(&config.log_level, config.log_file.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -87,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.seed().await?;
             println!("seed applied");
         }
+        Command::Schema => unreachable!("handled before reading the environment"),
         Command::Token { role, sub, ttl } => {
             println!(
                 "{}",

@@ -40,6 +40,11 @@ pub struct Config {
     pub app_env: AppEnv,
     /// Largest number of pooled database connections.
     pub database_max_connections: u32,
+    /// How `/metrics` is protected: with this token (or an ops JWT) on the main port...
+    pub metrics_token: Option<String>,
+    /// ...or served without auth on this separate address (e.g. 127.0.0.1:9100), and not
+    /// on the main port at all.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -59,6 +64,11 @@ impl std::fmt::Debug for Config {
             .field("nats_url", &self.nats_url)
             .field("jwt_secret", &"<set>")
             .field("app_env", &self.app_env)
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<set>"),
+            )
+            .field("metrics_addr", &self.metrics_addr)
             .finish()
     }
 }
@@ -172,7 +182,18 @@ impl Config {
                 })?,
         };
 
+        let metrics_addr = match get("METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| ConfigError::Invalid {
+                name: "METRICS_ADDR",
+                value: v.clone(),
+                reason: "expected host:port, e.g. 127.0.0.1:9100".into(),
+            })?),
+        };
+
         Ok(Config {
+            metrics_token: get("METRICS_TOKEN"),
+            metrics_addr,
             database_url,
             port,
             host: get("HOST").unwrap_or_else(|| "0.0.0.0".into()),

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod gateway;
 pub mod jobs;
+pub mod ops;
 pub mod pricing;
 pub mod startup;
 pub mod store;

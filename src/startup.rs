@@ -61,6 +61,8 @@ impl Application {
     /// Builds the engine: database, settings, pricing, dispatch (workers reached through
     /// the WebSocket gateway), sweeps, outbox relay and the HTTP router.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        // Install the metrics recorder before anything records.
+        crate::ops::metrics::handle();
         let store = Store::connect(&config.database_url, config.database_max_connections).await?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
@@ -108,6 +110,7 @@ impl Application {
             .merge(api::health_routes(store))
             .merge(api::routes(state.clone()))
             .merge(gateway::routes().with_state(state.clone()))
+            .merge(crate::ops::routes(state.clone()))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
@@ -115,6 +118,18 @@ impl Application {
 
         let addr: SocketAddr = format!("{}:{}", state.config.host, state.config.port).parse()?;
         let listener = TcpListener::bind(addr).await?;
+        if let Some(metrics_addr) = state.config.metrics_addr {
+            let metrics_listener = TcpListener::bind(metrics_addr).await?;
+            let app = crate::ops::metrics_only(state.clone());
+            let mut stop = state.shutdown.clone();
+            background.push(tokio::spawn(async move {
+                let _ = axum::serve(metrics_listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+        }
         Ok(Application {
             listener,
             router,

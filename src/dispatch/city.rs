@@ -6,7 +6,13 @@
 //! worker holding an offer or a job leaves the tree (it stays in `workers`), so nearest-k
 //! never walks past busy workers and nobody can be handed two offers at once.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+};
 
 use geo::{Contains, Distance, Haversine, Intersects, Point, Polygon};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -25,6 +31,24 @@ pub struct CityInfo {
     pub id: String,
     pub name: String,
     pub area: Polygon<f64>,
+    /// Messages sent to the city's actor and not yet handled (its mailbox depth). Senders
+    /// going through `Dispatcher` count up; the actor counts down as it handles each one.
+    pub mailbox: Arc<AtomicI64>,
+}
+
+impl CityInfo {
+    /// Casts a message, counting it into the mailbox depth.
+    pub fn cast(&self, actor: &ActorRef<CityMsg>, msg: CityMsg) {
+        self.mailbox.fetch_add(1, Ordering::Relaxed);
+        if actor.cast(msg).is_err() {
+            self.mailbox.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The current mailbox depth (never negative, even for messages sent around the count).
+    pub fn mailbox_depth(&self) -> i64 {
+        self.mailbox.load(Ordering::Relaxed).max(0)
+    }
 }
 
 impl CityInfo {
@@ -73,6 +97,7 @@ impl CityInfo {
             id,
             name,
             area: Polygon::new(outer, holes),
+            mailbox: Arc::default(),
         })
     }
 
@@ -82,9 +107,44 @@ impl CityInfo {
         self.area.contains(&p) || self.area.exterior().intersects(&p)
     }
 
+    /// The outer ring as [lon, lat] pairs (for maps).
+    pub fn outline(&self) -> Vec<[f64; 2]> {
+        self.area.exterior().0.iter().map(|c| [c.x, c.y]).collect()
+    }
+
     fn center_lat(&self) -> f64 {
         use geo::Centroid;
         self.area.centroid().map(|c| c.y()).unwrap_or(0.0)
+    }
+}
+
+/// A city's actor with its description; every send through it is counted into the
+/// city's mailbox depth. Cheap to clone.
+#[derive(Clone)]
+pub struct CityHandle {
+    pub info: Arc<CityInfo>,
+    pub actor: ActorRef<CityMsg>,
+}
+
+impl CityHandle {
+    pub fn cast(&self, msg: CityMsg) {
+        self.info.cast(&self.actor, msg)
+    }
+
+    /// Sends a request and waits for the answer; `None` when the actor is gone.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(RpcReplyPort<T>) -> CityMsg,
+    ) -> Option<T> {
+        self.info.mailbox.fetch_add(1, Ordering::Relaxed);
+        match self.actor.call(make, None).await {
+            Ok(ractor::rpc::CallResult::Success(answer)) => Some(answer),
+            Ok(_) => None,
+            Err(_) => {
+                self.info.mailbox.fetch_sub(1, Ordering::Relaxed);
+                None
+            }
+        }
     }
 }
 

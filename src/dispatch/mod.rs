@@ -26,7 +26,9 @@ use crate::{
     domain::Status,
     store::{CancelledBy, ServiceRequest, SettingsWatch, Store, StoreError},
 };
-use city::{Availability, CityActor, CityError, CityInfo, CityMsg, CityStats};
+use city::{
+    Availability, CityActor, CityError, CityHandle, CityInfo, CityMsg, CityStats, OnlineWorker,
+};
 use gateway::WorkerGateway;
 use request::{RequestMsg, RequestSnapshot};
 use supervisor::{RequestSupervisor, SupervisorMsg};
@@ -50,6 +52,8 @@ pub enum CommandError {
         status: Status,
         action: &'static str,
     },
+    #[error("the cancellation window of this job has closed")]
+    WindowClosed,
     #[error("the request changed concurrently; try again")]
     Conflict,
     #[error("the request's actor is restarting; try again")]
@@ -67,6 +71,7 @@ impl From<StoreError> for CommandError {
                 status: t.from,
                 action: "change",
             },
+            StoreError::WindowClosed => CommandError::WindowClosed,
             other => CommandError::Internal(other.to_string()),
         }
     }
@@ -106,6 +111,7 @@ pub struct DispatchStats {
 impl DispatchStats {
     pub fn record_assignment(&self, created_at: DateTime<Utc>) {
         let ms = (Utc::now() - created_at).num_milliseconds().max(0) as u64;
+        metrics::histogram!("arreglame_time_to_assignment_seconds").record(ms as f64 / 1000.0);
         self.assignment_ms_sum.0.fetch_add(ms, Ordering::Relaxed);
         self.assignments.inc();
     }
@@ -115,8 +121,8 @@ impl DispatchStats {
 pub struct DispatchContext {
     pub store: Store,
     pub settings: SettingsWatch,
-    /// City id → (city, its actor).
-    pub cities: HashMap<String, (CityInfo, ActorRef<CityMsg>)>,
+    /// City id → its actor and description.
+    pub cities: HashMap<String, CityHandle>,
     /// Service category → the skill a worker needs for it.
     pub categories: HashMap<String, String>,
     pub gateway: Arc<dyn WorkerGateway>,
@@ -128,8 +134,8 @@ pub struct DispatchContext {
 }
 
 impl DispatchContext {
-    pub fn city(&self, id: &str) -> Option<ActorRef<CityMsg>> {
-        self.cities.get(id).map(|(_, a)| a.clone())
+    pub fn city(&self, id: &str) -> Option<CityHandle> {
+        self.cities.get(id).cloned()
     }
 
     /// Drops the registry entries of a stopped actor (only if they still point at it).
@@ -170,7 +176,13 @@ impl Dispatcher {
                 }
             };
             let (actor, _) = Actor::spawn(None, CityActor, info.clone()).await?;
-            cities.insert(id, (info, actor));
+            cities.insert(
+                id,
+                CityHandle {
+                    info: Arc::new(info),
+                    actor,
+                },
+            );
         }
         let categories: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
             r#"select code, "requiredSkill" from service_categories"#,
@@ -371,7 +383,7 @@ impl Dispatcher {
 
     // ---- workers ------------------------------------------------------------------------
 
-    fn city_actor(&self, city_id: &str) -> Result<ActorRef<CityMsg>, CityError> {
+    fn city_actor(&self, city_id: &str) -> Result<CityHandle, CityError> {
         self.ctx.city(city_id).ok_or(CityError::OutsideServiceArea {
             city: city_id.to_string(),
             lon: f64::NAN,
@@ -384,7 +396,7 @@ impl Dispatcher {
         self.ctx
             .cities
             .values()
-            .map(|(info, _)| info)
+            .map(|c| c.info.as_ref())
             .find(|c| c.serves(lon, lat))
     }
 
@@ -407,15 +419,17 @@ impl Dispatcher {
         .fetch_optional(self.ctx.store.pool())
         .await
         .unwrap_or(None);
-        let result = call!(city, |reply| CityMsg::Online {
-            worker_id,
-            lon,
-            lat,
-            skills,
-            busy_with,
-            reply
-        })
-        .unwrap_or(Err(CityError::NotOnline(worker_id)));
+        let result = city
+            .call(|reply| CityMsg::Online {
+                worker_id,
+                lon,
+                lat,
+                skills,
+                busy_with,
+                reply,
+            })
+            .await
+            .unwrap_or(Err(CityError::NotOnline(worker_id)));
         if result.is_ok() {
             // A pending offer from before a reconnect keeps the worker reserved for it.
             if let Ok(Some(request_id)) = sqlx::query_scalar::<_, Uuid>(
@@ -425,11 +439,13 @@ impl Dispatcher {
             .fetch_optional(self.ctx.store.pool())
             .await
             {
-                let _ = call!(city, |reply| CityMsg::Reserve {
-                    worker_id,
-                    request_id,
-                    reply
-                });
+                let _ = city
+                    .call(|reply| CityMsg::Reserve {
+                        worker_id,
+                        request_id,
+                        reply,
+                    })
+                    .await;
             }
             let _ = sqlx::query(r#"update worker_profiles set "cityId" = $2, "lastActiveAt" = now(), "lastLatitude" = $3, "lastLongitude" = $4 where id = $1"#)
                 .bind(worker_id)
@@ -453,7 +469,7 @@ impl Dispatcher {
     ) -> Result<(), CityError> {
         let city = self.city_actor(city_id)?;
         if !wait {
-            let _ = city.cast(CityMsg::Moved {
+            city.cast(CityMsg::Moved {
                 worker_id,
                 lon,
                 lat,
@@ -461,12 +477,13 @@ impl Dispatcher {
             });
             return Ok(());
         }
-        call!(city, |reply| CityMsg::Moved {
+        city.call(|reply| CityMsg::Moved {
             worker_id,
             lon,
             lat,
-            reply: Some(reply)
+            reply: Some(reply),
         })
+        .await
         .unwrap_or(Err(CityError::NotOnline(worker_id)))
     }
 
@@ -476,16 +493,25 @@ impl Dispatcher {
         let Ok(city) = self.city_actor(city_id) else {
             return;
         };
-        let held = call!(city, |reply| CityMsg::Offline {
-            worker_id,
-            reply: Some(reply)
-        })
-        .ok()
-        .flatten();
+        let held = city
+            .call(|reply| CityMsg::Offline {
+                worker_id,
+                reply: Some(reply),
+            })
+            .await
+            .flatten();
         if let Some(Availability::HoldingOffer { request_id }) = held {
             if let Some(actor) = self.ctx.registry.get(&request_id) {
                 let _ = actor.send_message(RequestMsg::WorkerLost { worker_id });
             }
+        }
+    }
+
+    /// The online workers of a city (for the ops map).
+    pub async fn city_workers(&self, city_id: &str) -> Vec<OnlineWorker> {
+        match self.ctx.city(city_id) {
+            Some(city) => city.call(CityMsg::Workers).await.unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 
@@ -494,8 +520,8 @@ impl Dispatcher {
         let mut ids: Vec<_> = self.ctx.cities.keys().cloned().collect();
         ids.sort();
         for id in ids {
-            if let Some(actor) = self.ctx.city(&id) {
-                if let Ok(s) = call!(actor, CityMsg::Stats) {
+            if let Some(city) = self.ctx.city(&id) {
+                if let Some(s) = city.call(CityMsg::Stats).await {
                     out.push(s);
                 }
             }
@@ -507,8 +533,8 @@ impl Dispatcher {
     pub async fn shutdown(&self) {
         self.supervisor.stop_children(None);
         self.supervisor.stop(None);
-        for (_, city) in self.ctx.cities.values() {
-            city.stop(None);
+        for city in self.ctx.cities.values() {
+            city.actor.stop(None);
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
-    city::{CityMsg, Search},
+    city::{CityHandle, CityMsg, Search},
     gateway::{OfferNotice, WorkerNotice},
     CommandError, DispatchContext,
 };
@@ -47,6 +47,8 @@ pub struct RequestSnapshot {
     pub pending: Option<PendingOffer>,
     pub tried: usize,
     pub created_at: chrono::DateTime<Utc>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
 }
 
 /// The startup error of a second actor for a request that already has one.
@@ -102,7 +104,7 @@ pub struct RequestActor {
 
 pub struct RequestState {
     row: ServiceRequest,
-    city: Option<ActorRef<CityMsg>>,
+    city: Option<CityHandle>,
     skill: Option<String>,
     /// Workers already offered this request (loaded from `offers`, so a restart never
     /// offers the same job to the same worker twice).
@@ -122,6 +124,8 @@ impl RequestState {
             pending: self.pending,
             tried: self.tried.len(),
             created_at: self.row.created_at,
+            latitude: self.row.latitude,
+            longitude: self.row.longitude,
         }
     }
 
@@ -358,11 +362,14 @@ impl RequestActor {
                 state.tried.insert(offer.worker_id);
                 if let Some(city) = &state.city {
                     // The worker may not have reconnected yet; the reservation is best effort.
-                    let _ = ractor::call!(city, |reply| CityMsg::Reserve {
-                        worker_id: offer.worker_id,
-                        request_id: state.row.id,
-                        reply
-                    });
+                    let (worker_id, request_id) = (offer.worker_id, state.row.id);
+                    let _ = city
+                        .call(|reply| CityMsg::Reserve {
+                            worker_id,
+                            request_id,
+                            reply,
+                        })
+                        .await;
                 }
                 let remaining = (offer.expires_at - Utc::now()).to_std().unwrap_or_default();
                 if remaining.is_zero() {
@@ -388,7 +395,7 @@ impl RequestActor {
             }
             Status::Assigned | Status::InProgress => {
                 if let (Some(city), Some(worker)) = (&state.city, state.row.assigned_worker_id) {
-                    let _ = city.cast(CityMsg::MarkBusy {
+                    city.cast(CityMsg::MarkBusy {
                         worker_id: worker,
                         request_id: state.row.id,
                     });
@@ -427,7 +434,7 @@ impl RequestActor {
 
     fn release(&self, state: &RequestState, worker_id: Uuid) {
         if let Some(city) = &state.city {
-            let _ = city.cast(CityMsg::Release {
+            city.cast(CityMsg::Release {
                 worker_id,
                 request_id: state.row.id,
             });
@@ -479,11 +486,18 @@ impl RequestActor {
                 exclude: state.tried.clone(),
                 radius_steps_m: settings.search_radius_steps_m.clone(),
             };
-            let reservation = ractor::call!(city, |reply| CityMsg::ReserveNearest {
-                search,
-                request_id: state.row.id,
-                reply
-            })?;
+            let request_id = state.row.id;
+            let searching = std::time::Instant::now();
+            let reservation = city
+                .call(|reply| CityMsg::ReserveNearest {
+                    search,
+                    request_id,
+                    reply,
+                })
+                .await
+                .ok_or("city actor unavailable")?;
+            metrics::histogram!("arreglame_worker_finder_duration_seconds")
+                .record(searching.elapsed().as_secs_f64());
             let Some(reservation) = reservation else {
                 let km =
                     settings.search_radius_steps_m.last().copied().unwrap_or(0) as f64 / 1000.0;
@@ -555,7 +569,7 @@ impl RequestActor {
             .city_id
             .as_ref()
             .and_then(|c| self.ctx.cities.get(c))
-            .map(|(info, _)| info.name.clone())
+            .map(|c| c.info.name.clone())
             .unwrap_or_default();
         OfferNotice {
             offer_id: offer.id,
@@ -649,7 +663,7 @@ impl RequestActor {
         state.pending = None;
         state.disarm();
         if let Some(city) = &state.city {
-            let _ = city.cast(CityMsg::MarkBusy {
+            city.cast(CityMsg::MarkBusy {
                 worker_id,
                 request_id: state.row.id,
             });

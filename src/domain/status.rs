@@ -53,7 +53,8 @@ impl Status {
         Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
-    /// No command leaves a terminal status; its actor stops.
+    /// The request's actor stops here: nothing more to dispatch or to follow. (A COMPLETED
+    /// request can still be cancelled inside its cancellation window, without an actor.)
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -126,6 +127,8 @@ pub const TRANSITIONS: &[(Status, Command, Status)] = &[
     (Status::Assigned, Command::StartJob, Status::InProgress),
     (Status::Assigned, Command::Cancel, Status::Cancelled),
     (Status::InProgress, Command::CompleteJob, Status::Completed),
+    // A dispute inside the cancellation window (the payout has not been released yet).
+    (Status::Completed, Command::Cancel, Status::Cancelled),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -146,7 +149,8 @@ mod tests {
 
     proptest! {
         /// Random command sequences never reach an illegal state: every accepted step is an
-        /// edge of the table, terminal states absorb everything, and a request only reaches
+        /// edge of the table, CANCELLED and UNASSIGNED absorb everything, COMPLETED accepts
+        /// only a cancellation, and a request only reaches
         /// ASSIGNED, IN_PROGRESS or COMPLETED through an accepted offer.
         #[test]
         fn random_command_sequences_only_follow_allowed_edges(commands in proptest::collection::vec(any_command(), 0..64)) {
@@ -156,7 +160,10 @@ mod tests {
             for command in commands {
                 match status.apply(command) {
                     Ok(next) => {
-                        prop_assert!(!status.is_terminal(), "{status} accepted {command:?}");
+                        prop_assert!(!matches!(status, Status::Cancelled | Status::Unassigned), "{status} accepted {command:?}");
+                        if status == Status::Completed {
+                            prop_assert_eq!(command, Command::Cancel, "a completed job only accepts a dispute");
+                        }
                         prop_assert!(TRANSITIONS.contains(&(status, command, next)));
                         if command == Command::SendOffer { offers_out += 1; }
                         if command == Command::AcceptOffer { accepted = true; prop_assert!(offers_out > 0); }

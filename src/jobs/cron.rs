@@ -155,10 +155,13 @@ fn run_on_schedule(
                 _ = tokio::time::sleep(wait) => {}
             }
             let started = std::time::Instant::now();
-            if let Err(e) = job(current).await {
+            let result = job(current).await;
+            metrics::counter!("arreglame_cron_runs_total", "job" => name).increment(1);
+            metrics::histogram!("arreglame_cron_duration_seconds", "job" => name)
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = result {
+                metrics::counter!("arreglame_cron_failures_total", "job" => name).increment(1);
                 tracing::error!(target: "Cron", job = name, error = %e, "[{name}] sweep failed");
-            } else {
-                tracing::debug!(target: "Cron", job = name, ms = started.elapsed().as_millis() as u64, "sweep done");
             }
         }
     })

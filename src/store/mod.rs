@@ -53,6 +53,9 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    /// The cancellation window of a completed job has closed (its payout is released or due).
+    #[error("the cancellation window has closed")]
+    WindowClosed,
     /// A named database constraint refused the change (a business rule held by the schema).
     #[error("constraint {constraint} refused the change")]
     Constraint { constraint: String },

@@ -153,6 +153,27 @@ impl Store {
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
         let to = current.status.apply(change.command())?;
+        let started = std::time::Instant::now();
+        let result = self.apply_transition(current, to, change).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(StoreError::ConcurrencyConflict { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::histogram!("arreglame_db_query_duration_seconds", "query" => "transition", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        if outcome == "conflict" {
+            metrics::counter!("arreglame_concurrency_conflicts_total").increment(1);
+        }
+        result
+    }
+
+    async fn apply_transition(
+        &self,
+        current: &ServiceRequest,
+        to: crate::domain::Status,
+        change: Change,
+    ) -> Result<ServiceRequest, StoreError> {
         let mut tx = self.pool.begin().await?;
 
         let (attempts_delta, timeout_at, assignee) = match &change {
@@ -287,6 +308,21 @@ impl Store {
                 payload["reason"] = json!(reason);
             }
             Change::Cancelled { by, reason, fee } => {
+                if current.status == crate::domain::Status::Completed {
+                    // A dispute: only while the payout is still held (window open).
+                    let held: Option<Uuid> = sqlx::query_scalar(
+                        r#"update payouts set status = 'CANCELLED', version = version + 1
+                           where "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()
+                           returning id"#,
+                    )
+                    .bind(updated.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(payout_id) = held else {
+                        return Err(StoreError::WindowClosed);
+                    };
+                    payload["payoutCancelledId"] = json!(payout_id);
+                }
                 if let Some(worker) =
                     settle_pending_offer(&mut tx, updated.id, None, OfferOutcome::Withdrawn, None)
                         .await?

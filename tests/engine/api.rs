@@ -1,1 +1,620 @@
-//! Tests for the api issue (being written).
+//! Issue 5: the customer GraphQL API over real HTTP and WebSocket on loopback.
+
+use std::time::Duration;
+
+use arreglame::{auth::Role, domain::Status};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const LON: f64 = -58.3816;
+const LAT: f64 = -34.6037;
+
+/// The guide's example, character for character.
+const GUIDE_ESTIMATE: &str = r#"mutation {
+  estimateJob(input: {
+    image: "base64...",
+    description: "Corte de pasto",
+    squareMeters: 100
+  }) {
+    price {
+      total
+      workerNet
+      platformFee
+    }
+  }
+}"#;
+
+impl TestApp {
+    pub fn token(&self, role: Role, sub: Uuid) -> String {
+        self.handle
+            .state
+            .keys
+            .issue(role, sub, Duration::from_secs(3600))
+    }
+
+    /// POSTs a GraphQL operation; returns the whole JSON answer.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({"query": query, "variables": variables}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+}
+
+fn error_code(answer: &Value) -> &str {
+    answer["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {answer}"))
+}
+
+const CREATE: &str = r#"mutation($input: CreateServiceRequestInput!) {
+  createServiceRequest(input: $input) { id status version price { total workerNet platformFee } pricingEngine cityId }
+}"#;
+
+fn create_input(key: Option<&str>) -> Value {
+    json!({"input": {
+        "latitude": LAT, "longitude": LON, "address": "Av. Corrientes 1234",
+        "description": "Corte de pasto en jardín trasero", "squareMeters": 120.5,
+        "image": "base64...", "idempotencyKey": key
+    }})
+}
+
+async fn create(app: &TestApp, token: &str) -> Uuid {
+    let answer = app.gql(Some(token), CREATE, create_input(None)).await;
+    answer["data"]["createServiceRequest"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_guides_estimate_job_works_exactly_as_written() {
+    let app = TestApp::spawn().await;
+    let answer = app.gql(None, GUIDE_ESTIMATE, Value::Null).await;
+    assert!(answer["errors"].is_null(), "{answer}");
+    let price = &answer["data"]["estimateJob"]["price"];
+    let (total, net, fee) = (
+        price["total"].as_i64().unwrap(),
+        price["workerNet"].as_i64().unwrap(),
+        price["platformFee"].as_i64().unwrap(),
+    );
+    assert!(total > 0);
+    assert_eq!(total, net + fee, "{price}");
+}
+
+#[tokio::test]
+async fn the_exported_schema_matches_docs() {
+    let exported = arreglame::api::graphql::sdl();
+    let documented =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.graphql"))
+            .unwrap();
+    assert!(
+        exported == documented,
+        "docs/schema.graphql is stale: run `cargo run -- schema > docs/schema.graphql`"
+    );
+}
+
+#[tokio::test]
+async fn a_created_request_is_dispatched_and_the_subscription_follows_it() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let dispatcher = app.handle.state.dispatcher.clone();
+    let worker = insert_worker(app.store(), "buenos-aires").await;
+    dispatcher
+        .worker_online(
+            "buenos-aires",
+            worker,
+            LON + 0.001,
+            LAT,
+            vec!["lawn_mowing".into()],
+        )
+        .await
+        .unwrap();
+
+    let created = app.gql(Some(&customer), CREATE, create_input(None)).await;
+    let request = &created["data"]["createServiceRequest"];
+    assert!(created["errors"].is_null(), "{created}");
+    assert_eq!(request["cityId"], "buenos-aires");
+    let id: Uuid = request["id"].as_str().unwrap().parse().unwrap();
+
+    let mut sub = Subscription::open(&app, &customer, id).await;
+    let mut seen = vec![sub.next_status().await];
+    // The worker answers through the dispatcher as its app would.
+    let offer = loop {
+        if let Some(o) = app.store().pending_offer(id).await.unwrap() {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    dispatcher.accept_offer(worker, id, offer.id).await.unwrap();
+    dispatcher.start_job(worker, id).await.unwrap();
+    dispatcher.complete_job(worker, id).await.unwrap();
+    while *seen.last().unwrap() != "COMPLETED" {
+        seen.push(sub.next_status().await);
+    }
+    seen.dedup();
+    // The snapshot may already be OFFERING (dispatch is fast); every later state follows in order.
+    let from = seen
+        .iter()
+        .position(|s| s == "OFFERING")
+        .expect("saw OFFERING");
+    assert_eq!(
+        &seen[from..],
+        ["OFFERING", "ASSIGNED", "IN_PROGRESS", "COMPLETED"],
+        "{seen:?}"
+    );
+}
+
+/// A graphql-transport-ws client (the protocol the reference `graphql-ws` client speaks).
+struct Subscription {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Subscription {
+    async fn connect(app: &TestApp, init_payload: Value) -> Result<Self, String> {
+        let url = format!("{}/graphql/ws", app.address.replace("http://", "ws://"));
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text(
+            json!({"type": "connection_init", "payload": init_payload}).to_string(),
+        ))
+        .await
+        .unwrap();
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("connection_ack") => Ok(Subscription { ws }),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    async fn open(app: &TestApp, token: &str, id: Uuid) -> Self {
+        let mut s = Self::connect(app, json!({"Authorization": format!("Bearer {token}")}))
+            .await
+            .unwrap();
+        let query = "subscription($id: ID!) { serviceRequestUpdated(id: $id) { status version event assignmentAttempts assignedWorker { id } } }";
+        let msg = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"id": id}}});
+        s.ws.send(Message::text(msg.to_string())).await.unwrap();
+        s
+    }
+
+    async fn next_message(&mut self) -> Value {
+        loop {
+            match self.ws.next().await.expect("subscription closed").unwrap() {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "ping" {
+                        continue;
+                    }
+                    return v;
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    async fn next_status(&mut self) -> String {
+        let v = self.next_message().await;
+        assert_eq!(v["type"], "next", "{v}");
+        v["payload"]["data"]["serviceRequestUpdated"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_same_request() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let first = app
+        .gql(Some(&customer), CREATE, create_input(Some("order-42")))
+        .await;
+    let again = app
+        .gql(Some(&customer), CREATE, create_input(Some("order-42")))
+        .await;
+    assert!(first["errors"].is_null(), "{first}");
+    assert_eq!(
+        first["data"]["createServiceRequest"]["id"],
+        again["data"]["createServiceRequest"]["id"]
+    );
+    let count: i64 = sqlx::query_scalar("select count(*) from service_requests")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+const CANCEL: &str = r#"mutation($id: ID!) { cancelServiceRequest(id: $id, reason: "plans changed") { status cancellationFee price { total } } }"#;
+
+#[tokio::test]
+async fn the_cancellation_policy_cases() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let dispatcher = app.handle.state.dispatcher.clone();
+    let worker = insert_worker(app.store(), "buenos-aires").await;
+    dispatcher
+        .worker_online(
+            "buenos-aires",
+            worker,
+            LON + 0.001,
+            LAT,
+            vec!["lawn_mowing".into()],
+        )
+        .await
+        .unwrap();
+
+    // While dispatching: free.
+    let id = create(&app, &customer).await;
+    let answer = app.gql(Some(&customer), CANCEL, json!({"id": id})).await;
+    assert_eq!(
+        answer["data"]["cancelServiceRequest"]["status"], "CANCELLED",
+        "{answer}"
+    );
+    assert_eq!(answer["data"]["cancelServiceRequest"]["cancellationFee"], 0);
+
+    // Assigned: the late fee (10 % of the total by default).
+    let assigned = create(&app, &customer).await;
+    let offer = wait_offer(&app, assigned).await;
+    dispatcher
+        .accept_offer(worker, assigned, offer)
+        .await
+        .unwrap();
+    let answer = app
+        .gql(Some(&customer), CANCEL, json!({"id": assigned}))
+        .await;
+    let c = &answer["data"]["cancelServiceRequest"];
+    assert_eq!(c["status"], "CANCELLED", "{answer}");
+    let total = c["price"]["total"].as_i64().unwrap();
+    assert_eq!(
+        c["cancellationFee"].as_i64().unwrap(),
+        (total as f64 * 0.10).round() as i64
+    );
+
+    // In progress: refused.
+    let started = create(&app, &customer).await;
+    let offer = wait_offer(&app, started).await;
+    dispatcher
+        .accept_offer(worker, started, offer)
+        .await
+        .unwrap();
+    dispatcher.start_job(worker, started).await.unwrap();
+    let answer = app
+        .gql(Some(&customer), CANCEL, json!({"id": started}))
+        .await;
+    assert_eq!(error_code(&answer), "CONFLICT", "{answer}");
+
+    // Completed, window open: a dispute cancels the held payout.
+    dispatcher.complete_job(worker, started).await.unwrap();
+    let answer = app
+        .gql(Some(&customer), CANCEL, json!({"id": started}))
+        .await;
+    assert_eq!(
+        answer["data"]["cancelServiceRequest"]["status"], "CANCELLED",
+        "{answer}"
+    );
+    let payout = app
+        .store()
+        .payout_for_request(started)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payout.status, "CANCELLED");
+
+    // Completed, window closed (payout released): refused.
+    let late = create(&app, &customer).await;
+    let offer = wait_offer(&app, late).await;
+    dispatcher.accept_offer(worker, late, offer).await.unwrap();
+    dispatcher.start_job(worker, late).await.unwrap();
+    dispatcher.complete_job(worker, late).await.unwrap();
+    sqlx::query(
+        r#"update payouts set "releaseAt" = now() - interval '1 minute' where "requestId" = $1"#,
+    )
+    .bind(late)
+    .execute(app.store().pool())
+    .await
+    .unwrap();
+    app.store().release_due_payouts(10).await.unwrap();
+    let answer = app.gql(Some(&customer), CANCEL, json!({"id": late})).await;
+    assert_eq!(error_code(&answer), "CONFLICT", "{answer}");
+    assert_eq!(
+        app.store().get_request(late).await.unwrap().status,
+        Status::Completed
+    );
+}
+
+async fn wait_offer(app: &TestApp, id: Uuid) -> Uuid {
+    loop {
+        if let Some(o) = app.store().pending_offer(id).await.unwrap() {
+            return o.id;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn nobody_reads_or_changes_what_is_not_theirs() {
+    let app = TestApp::spawn().await;
+    let owner = app.token(Role::Customer, CUSTOMER);
+    let other = app.token(Role::Customer, OTHER_CUSTOMER);
+    let worker = app.token(Role::Worker, Uuid::new_v4());
+    let ops = app.token(Role::Ops, Uuid::new_v4());
+    // A worker online keeps the request open (OFFERING) throughout.
+    let w = insert_worker(app.store(), "buenos-aires").await;
+    app.handle
+        .state
+        .dispatcher
+        .worker_online("buenos-aires", w, LON, LAT, vec!["lawn_mowing".into()])
+        .await
+        .unwrap();
+    let id = create(&app, &owner).await;
+    let read = "query($id: ID!) { serviceRequest(id: $id) { id status } }";
+
+    // Reading.
+    assert!(app.gql(Some(&owner), read, json!({"id": id})).await["errors"].is_null());
+    assert!(app.gql(Some(&ops), read, json!({"id": id})).await["errors"].is_null());
+    assert_eq!(
+        error_code(&app.gql(Some(&other), read, json!({"id": id})).await),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        error_code(&app.gql(Some(&worker), read, json!({"id": id})).await),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        error_code(&app.gql(None, read, json!({"id": id})).await),
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        error_code(&app.gql(Some("garbage"), read, json!({"id": id})).await),
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        error_code(
+            &app.gql(Some(&owner), read, json!({"id": Uuid::new_v4()}))
+                .await
+        ),
+        "NOT_FOUND"
+    );
+
+    // Listing shows only one's own.
+    let list = "{ myServiceRequests { edges { node { id } } } }";
+    let mine = app.gql(Some(&owner), list, Value::Null).await;
+    assert_eq!(
+        mine["data"]["myServiceRequests"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let theirs = app.gql(Some(&other), list, Value::Null).await;
+    assert_eq!(
+        theirs["data"]["myServiceRequests"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        error_code(&app.gql(Some(&ops), list, Value::Null).await),
+        "FORBIDDEN"
+    );
+
+    // The dispatch trail is for ops.
+    let trail = "query($id: ID!) { serviceRequest(id: $id) { dispatchTrail { attempt } } }";
+    assert!(app.gql(Some(&ops), trail, json!({"id": id})).await["errors"].is_null());
+    assert_eq!(
+        error_code(&app.gql(Some(&owner), trail, json!({"id": id})).await),
+        "FORBIDDEN"
+    );
+
+    // Subscribing to someone else's request.
+    let mut sub = Subscription::open(&app, &other, id).await;
+    let refused = sub.next_message().await;
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{refused}"
+    );
+    assert!(refused["payload"]["data"].is_null());
+    assert!(
+        Subscription::connect(&app, json!({})).await.is_err(),
+        "connection_init without a token is refused"
+    );
+
+    // Cancelling.
+    assert_eq!(
+        error_code(&app.gql(Some(&other), CANCEL, json!({"id": id})).await),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        error_code(&app.gql(Some(&worker), CANCEL, json!({"id": id})).await),
+        "FORBIDDEN"
+    );
+    assert!(!app
+        .store()
+        .get_request(id)
+        .await
+        .unwrap()
+        .status
+        .is_terminal());
+    let by_ops = app.gql(Some(&ops), CANCEL, json!({"id": id})).await;
+    assert_eq!(
+        by_ops["data"]["cancelServiceRequest"]["status"], "CANCELLED",
+        "{by_ops}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_coded_error_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let mut cases: Vec<(Value, &str)> = Vec::new();
+    for (field, value) in [
+        ("squareMeters", json!(0)),
+        ("squareMeters", json!(-5)),
+        ("squareMeters", json!(1e12)),
+        ("description", json!("")),
+        ("description", json!("x".repeat(2001))),
+        ("address", json!("   ")),
+        ("latitude", json!(-31.4201)), // Córdoba latitude with a Buenos Aires longitude: nowhere served
+        ("latitude", json!(95.0)),
+        ("category", json!("rocket_repair")),
+        ("extras", json!(["teleportation"])),
+    ] {
+        let mut input = create_input(None);
+        input["input"][field] = value;
+        cases.push((input, field));
+    }
+    for (input, field) in cases {
+        let answer = app.gql(Some(&customer), CREATE, input).await;
+        assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{field}: {answer}");
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from service_requests")
+        .fetch_one(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+
+    let read = "query($id: ID!) { serviceRequest(id: $id) { id } }";
+    assert_eq!(
+        error_code(
+            &app.gql(Some(&customer), read, json!({"id": "not-a-uuid"}))
+                .await
+        ),
+        "BAD_USER_INPUT"
+    );
+    let page = "query($after: String) { myServiceRequests(after: $after) { edges { cursor } } }";
+    assert_eq!(
+        error_code(&app.gql(Some(&customer), page, json!({"after": "!!"})).await),
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        error_code(
+            &app.gql(
+                Some(&customer),
+                "{ myServiceRequests(first: 1000) { edges { cursor } } }",
+                Value::Null
+            )
+            .await
+        ),
+        "BAD_USER_INPUT"
+    );
+
+    // Query depth is limited.
+    let deep = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+        "ofType {".repeat(8),
+        "}".repeat(8)
+    );
+    let answer = app.gql(Some(&customer), &deep, Value::Null).await;
+    assert!(
+        answer["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("deep"),
+        "{answer}"
+    );
+
+    // An oversized body is refused before parsing.
+    let huge = "a".repeat(arreglame::api::graphql::MAX_BODY_BYTES + 10);
+    let status = reqwest::Client::new()
+        .post(format!("{}/graphql", app.address))
+        .json(&json!({"query": "{ __typename }", "variables": {"x": huge}}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn pages_follow_cursors_and_filter_by_status() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(create(&app, &customer).await);
+    }
+    let q = "query($after: String) { myServiceRequests(first: 2, after: $after) { edges { cursor node { id } } pageInfo { hasNextPage endCursor } } }";
+    let first = app.gql(Some(&customer), q, json!({"after": null})).await;
+    let page = &first["data"]["myServiceRequests"];
+    assert_eq!(page["edges"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(page["pageInfo"]["hasNextPage"], true);
+    let second = app
+        .gql(
+            Some(&customer),
+            q,
+            json!({"after": page["pageInfo"]["endCursor"]}),
+        )
+        .await;
+    let page2 = &second["data"]["myServiceRequests"];
+    assert_eq!(page2["edges"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["pageInfo"]["hasNextPage"], false);
+    let mut all: Vec<String> = page["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["edges"].as_array().unwrap())
+        .map(|e| e["node"]["id"].as_str().unwrap().to_string())
+        .collect();
+    all.sort();
+    let mut expected: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+
+    // No worker is online: all three end UNASSIGNED; filtering by another status finds none.
+    for id in &ids {
+        while app.store().get_request(*id).await.unwrap().status != Status::Unassigned {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let by_status = "query($s: Status) { myServiceRequests(status: $s) { edges { node { id } } } }";
+    let unassigned = app
+        .gql(Some(&customer), by_status, json!({"s": "UNASSIGNED"}))
+        .await;
+    assert_eq!(
+        unassigned["data"]["myServiceRequests"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "{unassigned}"
+    );
+    let assigned = app
+        .gql(Some(&customer), by_status, json!({"s": "ASSIGNED"}))
+        .await;
+    assert_eq!(
+        assigned["data"]["myServiceRequests"]["edges"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn graphiql_is_served_in_development() {
+    let app = TestApp::spawn().await;
+    let page = reqwest::get(format!("{}/graphql", app.address))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .to_lowercase()
+        .contains("graphiql"));
+}

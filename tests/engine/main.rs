@@ -6,5 +6,6 @@ mod dispatch;
 mod foundation;
 mod gateway;
 mod helpers;
+mod ops;
 mod outbox;
 mod pricing;

@@ -1,0 +1,586 @@
+//! The customer GraphQL API: `POST /graphql`, GraphiQL at `GET /graphql` outside production,
+//! subscriptions at `/graphql/ws` (graphql-transport-ws, the protocol of the reference
+//! `graphql-ws` client; the token goes in the `connection_init` payload).
+//!
+//! Callers authenticate with `Authorization: Bearer <jwt>`. `estimateJob` is open to
+//! anyone; everything else needs a customer token (ops tokens may read everything and
+//! cancel). Every id is checked for ownership.
+
+mod error;
+mod types;
+
+use std::time::Duration;
+
+use async_graphql::{http::GraphiQLSource, Context, Data, Object, Schema, Subscription, ID};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::{
+    extract::{State, WebSocketUpgrade},
+    http::{HeaderMap, StatusCode},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use tower_http::limit::RequestBodyLimitLayer;
+use uuid::Uuid;
+
+pub use error::ApiError;
+use types::*;
+
+use crate::{
+    auth::{bearer_token, AuthError, Role},
+    domain::Status,
+    pricing::JobInput,
+    startup::AppState,
+    store::{CancelledBy, NewServiceRequest, ServiceRequest},
+};
+
+/// The schema type.
+pub type ArreglameSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Largest accepted request body: a photo of up to ~6 MiB once base64-encoded, plus text.
+pub const MAX_BODY_BYTES: usize = 9 * 1024 * 1024;
+const MAX_DESCRIPTION_CHARS: usize = 2000;
+const MAX_ADDRESS_CHARS: usize = 300;
+const MAX_PAGE: i32 = 100;
+
+/// Who is calling, from the bearer token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Anonymous,
+    Customer(Uuid),
+    Worker(Uuid),
+    Ops(Uuid),
+    /// A token was sent but is not valid.
+    Invalid(AuthError),
+}
+
+impl Caller {
+    fn from_token(state: &AppState, token: Option<&str>) -> Caller {
+        let Some(token) = token else {
+            return Caller::Anonymous;
+        };
+        match state.keys.verify(token) {
+            Ok(c) => match c.role {
+                Role::Customer => Caller::Customer(c.sub),
+                Role::Worker => Caller::Worker(c.sub),
+                Role::Ops => Caller::Ops(c.sub),
+            },
+            Err(e) => Caller::Invalid(e),
+        }
+    }
+
+    /// The customer (or ops) behind the call, or the reason there is none.
+    fn require_customer_or_ops(&self) -> Result<&Caller, ApiError> {
+        match self {
+            Caller::Customer(_) | Caller::Ops(_) => Ok(self),
+            Caller::Anonymous => Err(ApiError::Unauthenticated(
+                "an Authorization: Bearer token is required".into(),
+            )),
+            Caller::Invalid(e) => Err(e.clone().into()),
+            Caller::Worker(_) => Err(ApiError::Forbidden("workers use the WebSocket API".into())),
+        }
+    }
+
+    fn require_customer(&self) -> Result<Uuid, ApiError> {
+        match self.require_customer_or_ops()? {
+            Caller::Customer(id) => Ok(*id),
+            _ => Err(ApiError::Forbidden(
+                "this operation is for customers".into(),
+            )),
+        }
+    }
+
+    /// Customers see their own requests; ops see all.
+    fn may_read(&self, row: &ServiceRequest) -> Result<(), ApiError> {
+        match self.require_customer_or_ops()? {
+            Caller::Ops(_) => Ok(()),
+            Caller::Customer(id) if row.customer_id == Some(*id) => Ok(()),
+            _ => Err(ApiError::Forbidden(
+                "this service request belongs to another customer".into(),
+            )),
+        }
+    }
+}
+
+fn state<'a>(ctx: &'a Context<'_>) -> &'a AppState {
+    ctx.data_unchecked::<AppState>()
+}
+
+fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
+    ctx.data_unchecked::<Caller>()
+}
+
+fn parse_id(id: &ID) -> Result<Uuid, ApiError> {
+    id.parse::<Uuid>()
+        .map_err(|_| ApiError::BadUserInput(format!("{:?} is not a valid id", id.as_str())))
+}
+
+async fn load_readable(ctx: &Context<'_>, id: &ID) -> Result<ServiceRequest, ApiError> {
+    let caller = caller(ctx);
+    caller.require_customer_or_ops()?;
+    let row = state(ctx).store.get_request(parse_id(id)?).await?;
+    caller.may_read(&row)?;
+    Ok(row)
+}
+
+fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::BadUserInput(format!("{field} must not be empty")));
+    }
+    if value.chars().count() > max {
+        return Err(ApiError::BadUserInput(format!(
+            "{field} is longer than {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_square_meters(state: &AppState, m2: f64) -> Result<(), ApiError> {
+    let max = state.settings.borrow().max_square_meters;
+    if !m2.is_finite() || m2 <= 0.0 || m2 > max {
+        return Err(ApiError::BadUserInput(format!(
+            "squareMeters must be greater than 0 and at most {max}"
+        )));
+    }
+    Ok(())
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// One service request: your own (customers) or any (ops).
+    async fn service_request(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<ServiceRequestNode> {
+        Ok((&load_readable(ctx, &id).await?).into())
+    }
+
+    /// Your service requests, newest first, optionally by status; cursor pagination.
+    async fn my_service_requests(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<Status>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<ServiceRequestConnection> {
+        let customer = caller(ctx).require_customer()?;
+        if !(1..=MAX_PAGE).contains(&first) {
+            return Err(
+                ApiError::BadUserInput(format!("first must be between 1 and {MAX_PAGE}")).into(),
+            );
+        }
+        let after = after.as_deref().map(decode_cursor).transpose()?;
+        let page = state(ctx)
+            .store
+            .customer_requests(customer, status, after, first as i64)
+            .await
+            .map_err(ApiError::from)?;
+        let edges: Vec<ServiceRequestEdge> = page
+            .items
+            .iter()
+            .map(|r| ServiceRequestEdge {
+                cursor: encode_cursor(r.created_at, r.id),
+                node: r.into(),
+            })
+            .collect();
+        Ok(ServiceRequestConnection {
+            page_info: PageInfo {
+                has_next_page: page.has_more,
+                end_cursor: edges.last().map(|e| e.cursor.clone()),
+            },
+            edges,
+        })
+    }
+}
+
+fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::BadUserInput("invalid cursor".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (micros, id) = text.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, id.parse().map_err(|_| bad())?))
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Prices a job from a photo, a description and its size. Open to anyone.
+    async fn estimate_job(
+        &self,
+        ctx: &Context<'_>,
+        input: EstimateJobInput,
+    ) -> async_graphql::Result<JobEstimate> {
+        let state = state(ctx);
+        check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
+        check_square_meters(state, input.square_meters)?;
+        let quote = state
+            .pricing
+            .quote(&JobInput {
+                image_base64: input.image,
+                description: input.description,
+                square_meters: input.square_meters,
+                category: input.category,
+                extras: input.extras.unwrap_or_default(),
+                difficulty: input.difficulty,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        Ok(quote.into())
+    }
+
+    /// Posts a request: priced now (the price is locked), then dispatched to the nearest
+    /// suitable worker. The same idempotency key returns the request it first created.
+    async fn create_service_request(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateServiceRequestInput,
+    ) -> async_graphql::Result<ServiceRequestNode> {
+        let customer = caller(ctx).require_customer()?;
+        let state = state(ctx);
+        check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
+        check_text("address", &input.address, MAX_ADDRESS_CHARS)?;
+        check_square_meters(state, input.square_meters)?;
+        if let Some(key) = &input.idempotency_key {
+            check_text("idempotencyKey", key, 100)?;
+        }
+        let (lat, lon) = (input.latitude, input.longitude);
+        if !(lat.is_finite()
+            && lon.is_finite()
+            && (-90.0..=90.0).contains(&lat)
+            && (-180.0..=180.0).contains(&lon))
+        {
+            return Err(ApiError::BadUserInput("latitude/longitude out of range".into()).into());
+        }
+        let city = state
+            .dispatcher
+            .city_at(lon, lat)
+            .ok_or_else(|| {
+                ApiError::BadUserInput("this location is outside every city we serve".into())
+            })?
+            .id
+            .clone();
+        let quote = state
+            .pricing
+            .quote(&JobInput {
+                image_base64: input.image,
+                description: input.description.clone(),
+                square_meters: input.square_meters,
+                category: input.category,
+                extras: input.extras.unwrap_or_default(),
+                difficulty: input.difficulty,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let new = NewServiceRequest {
+            customer_id: customer,
+            city_id: city,
+            latitude: lat,
+            longitude: lon,
+            address: input.address,
+            description: input.description,
+            square_meters: input.square_meters,
+            image_ref: quote.image_ref.clone(),
+            service_category: quote.breakdown.category.clone(),
+            difficulty_level: quote.breakdown.difficulty_level.clone(),
+            extras: quote
+                .breakdown
+                .extras
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect(),
+            currency: quote.currency.clone(),
+            price_total: quote.total,
+            worker_net: quote.worker_net,
+            platform_fee: quote.platform_fee,
+            pricing_engine: quote.engine.as_str().to_string(),
+            idempotency_key: input.idempotency_key,
+        };
+        let (row, created) = state
+            .store
+            .create_request(&new)
+            .await
+            .map_err(ApiError::from)?;
+        if created || row.status.is_dispatching() {
+            state
+                .dispatcher
+                .ensure_actor(row.id)
+                .await
+                .map_err(ApiError::from)?;
+        }
+        if created {
+            tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
+        }
+        Ok((&row).into())
+    }
+
+    /// Cancels a request under the cancellation policy (docs/cancellation-policy.md):
+    /// free while no worker is committed; a late fee once assigned; not once started;
+    /// a completed job may be disputed while its cancellation window is open.
+    async fn cancel_service_request(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: Option<String>,
+    ) -> async_graphql::Result<ServiceRequestNode> {
+        let row = load_readable(ctx, &id).await?;
+        let by = match caller(ctx) {
+            Caller::Ops(_) => CancelledBy::Ops,
+            _ => CancelledBy::Customer,
+        };
+        if let Some(r) = &reason {
+            check_text("reason", r, 500)?;
+        }
+        let state = state(ctx);
+        let cancelled = if row.status == Status::Completed {
+            let change = crate::store::Change::Cancelled {
+                by,
+                reason,
+                fee: crate::domain::Cents::ZERO,
+            };
+            state
+                .store
+                .transition(&row, change)
+                .await
+                .map_err(ApiError::from)?
+        } else {
+            state
+                .dispatcher
+                .cancel(row.id, by, reason)
+                .await
+                .map_err(ApiError::from)?
+        };
+        Ok((&cancelled).into())
+    }
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// The request's state now, then every committed change (fed from the outbox: a
+    /// subscriber never sees a change that did not commit).
+    async fn service_request_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = ServiceRequestUpdate>> {
+        let row = load_readable(ctx, &id).await?;
+        let state = state(ctx).clone();
+        // Subscribe before reading the snapshot, so nothing falls between the two.
+        let events = state.relay.subscribe();
+        let row = state
+            .store
+            .get_request(row.id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(updates(state, row, events))
+    }
+}
+
+fn updates(
+    state: AppState,
+    first: ServiceRequest,
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::store::OutboxEvent>>,
+) -> impl Stream<Item = ServiceRequestUpdate> {
+    let id = first.id;
+    let key = id.to_string();
+    futures::stream::unfold(
+        (state, Some(first), events, 0i32, key),
+        move |(state, first, mut events, mut seen, key)| async move {
+            if let Some(row) = first {
+                seen = row.version;
+                let assigned = worker_summary(&state, row.assigned_worker_id)
+                    .await
+                    .ok()
+                    .flatten();
+                let update = ServiceRequestUpdate {
+                    request_id: ID(row.id.to_string()),
+                    status: row.status,
+                    version: row.version,
+                    assignment_attempts: row.assignment_attempts,
+                    event: "Snapshot".into(),
+                    assigned_worker: assigned,
+                    occurred_at: row.updated_at,
+                };
+                return Some((update, (state, None, events, seen, key)));
+            }
+            loop {
+                match events.recv().await {
+                    Ok(e)
+                        if e.aggregate_type == "service_request"
+                            && e.aggregate_id == key
+                            && e.aggregate_version > seen =>
+                    {
+                        seen = e.aggregate_version;
+                        let p = &e.payload;
+                        let status = p["status"].as_str().and_then(Status::parse)?;
+                        let worker = p["assignedWorkerId"].as_str().and_then(|s| s.parse().ok());
+                        let assigned = worker_summary(&state, worker).await.ok().flatten();
+                        let update = ServiceRequestUpdate {
+                            request_id: ID(key.clone()),
+                            status,
+                            version: e.aggregate_version,
+                            assignment_attempts: p["assignmentAttempts"].as_i64().unwrap_or(0)
+                                as i32,
+                            event: e.event_type.clone(),
+                            assigned_worker: assigned,
+                            occurred_at: e.created_at,
+                        };
+                        return Some((update, (state, None, events, seen, key)));
+                    }
+                    Ok(_) => continue,
+                    // Fell behind: the database has the truth; send its current state.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let row = state.store.get_request(id).await.ok()?;
+                        if row.version > seen {
+                            return Some((
+                                snapshot_update(&state, &row).await,
+                                (state, None, events, row.version, key),
+                            ));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    )
+}
+
+async fn snapshot_update(state: &AppState, row: &ServiceRequest) -> ServiceRequestUpdate {
+    ServiceRequestUpdate {
+        request_id: ID(row.id.to_string()),
+        status: row.status,
+        version: row.version,
+        assignment_attempts: row.assignment_attempts,
+        event: "Snapshot".into(),
+        assigned_worker: worker_summary(state, row.assigned_worker_id)
+            .await
+            .ok()
+            .flatten(),
+        occurred_at: row.updated_at,
+    }
+}
+
+/// Builds the schema with the engine's limits.
+pub fn build_schema(state: AppState) -> ArreglameSchema {
+    let production = state.config.is_production();
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(state)
+        .limit_depth(10)
+        .limit_complexity(500);
+    if production {
+        builder = builder.disable_introspection();
+    }
+    builder.finish()
+}
+
+/// The schema in SDL, as exported to docs/schema.graphql.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .finish()
+        .sdl()
+}
+
+#[derive(Clone)]
+struct GraphqlState {
+    app: AppState,
+    schema: ArreglameSchema,
+}
+
+pub fn routes(state: AppState) -> Router {
+    let schema = build_schema(state.clone());
+    let graphiql = !state.config.is_production();
+    let gql = GraphqlState { app: state, schema };
+    let mut router = Router::new().route("/graphql/ws", get(subscriptions));
+    router = if graphiql {
+        router.route("/graphql", get(graphiql_page).post(graphql))
+    } else {
+        router.route("/graphql", axum::routing::post(graphql))
+    };
+    router
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(gql)
+}
+
+async fn graphql(
+    State(gql): State<GraphqlState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    let caller = Caller::from_token(&gql.app, token);
+    gql.schema
+        .execute(request.into_inner().data(caller))
+        .await
+        .into()
+}
+
+async fn graphiql_page() -> impl IntoResponse {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+async fn subscriptions(
+    State(gql): State<GraphqlState>,
+    protocol: Result<GraphQLProtocol, StatusCode>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Ok(protocol) = protocol else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "use the graphql-transport-ws subprotocol",
+        )
+            .into_response();
+    };
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let app = gql.app.clone();
+            GraphQLWebSocket::new(socket, gql.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    // `{"Authorization": "Bearer <jwt>"}` (or `{"token": "<jwt>"}`).
+                    let token = payload
+                        .get("Authorization")
+                        .or_else(|| payload.get("authorization"))
+                        .and_then(|v| v.as_str())
+                        .and_then(bearer_token)
+                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+                        .map(str::to_string);
+                    let caller = Caller::from_token(&app, token.as_deref());
+                    match caller {
+                        Caller::Customer(_) | Caller::Ops(_) => {
+                            let mut data = Data::default();
+                            data.insert(caller);
+                            Ok(data)
+                        }
+                        _ => Err(async_graphql::Error::new(
+                            "a customer or ops token is required in connection_init",
+                        )),
+                    }
+                })
+                .keepalive_timeout(Duration::from_secs(30))
+                .serve()
+        })
+}
