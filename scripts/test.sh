@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Quick-start command 2: prepare PostgreSQL (and NATS), then run the whole test suite.
+# Quick-start command 2: prepare PostgreSQL and NATS, run the whole test suite, then the
+# browser test of the ops dashboard (headless chromium; screenshot in target/artifacts/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/dev-env.sh)"
@@ -10,4 +11,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"
 else
   cargo test --no-fail-fast "$@"
+fi
+if [ "${ARREGLAME_SKIP_E2E:-0}" != 1 ]; then
+  scripts/e2e-ops.sh
 fi

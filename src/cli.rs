@@ -27,7 +27,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the engine: HTTP, GraphQL, worker WebSockets, actors and cron sweeps.
-    Serve,
+    Serve {
+        /// Also run a demo fleet of this many simulated workers (watch it at /ops).
+        #[arg(long, default_value_t = 0)]
+        demo_fleet: usize,
+    },
     /// Apply pending migrations (embedded in the binary).
     Migrate {
         /// Revert the latest applied migration instead (the rollback plan).
@@ -36,6 +40,8 @@ pub enum Command {
     },
     /// Insert system configuration, multipliers, cities and demo people. Idempotent.
     Seed,
+    /// Run a simulated fleet of workers (WebSocket) and customers (GraphQL) against an engine.
+    Simulate(crate::sim::SimArgs),
     /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
     Schema,
     /// Print a JWT signed with JWT_SECRET, for development and tests.
@@ -70,10 +76,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let config = Config::from_env()?;
     telemetry::init(&config.log_level, config.log_file.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let app = Application::build(config).await?;
+    match cli.command.unwrap_or(Command::Serve { demo_fleet: 0 }) {
+        Command::Serve { demo_fleet } => {
+            let app = Application::build(config.clone()).await?;
             tracing::info!(target: "Server", port = app.port(), "[Server] listening on :{}", app.port());
+            if demo_fleet > 0 {
+                let url = format!("http://127.0.0.1:{}", app.port());
+                let store = app.handle().state.store.clone();
+                tokio::spawn(crate::sim::demo(url, demo_fleet, store, config.jwt_secret.clone(), "buenos-aires".into()));
+            }
             app.run_until_stopped().await?;
         }
         Command::Migrate { revert } => {
@@ -94,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("seed applied");
         }
         Command::Schema => unreachable!("handled before reading the environment"),
+        Command::Simulate(args) => crate::sim::simulate(args, &config.database_url, &config.jwt_secret).await?,
         Command::Token { role, sub, ttl } => {
             println!(
                 "{}",

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod jobs;
 pub mod ops;
 pub mod pricing;
+pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -596,6 +596,7 @@ impl Actor for CityActor {
         msg: CityMsg,
         state: &mut CityState,
     ) -> Result<(), ActorProcessingErr> {
+        state.info.mailbox.fetch_sub(1, Ordering::Relaxed);
         match msg {
             CityMsg::Online {
                 worker_id,

@@ -104,6 +104,7 @@ async fn ops_actors_shows_a_freshly_spawned_request_actor() {
         "{ba}"
     );
     assert_eq!(ba["openRequests"]["OFFERING"], 1);
+    assert_eq!(ba["mailboxDepth"], 0, "an idle city has an empty mailbox");
     assert_eq!(snapshot["counters"]["offersSent"], 1);
 }
 

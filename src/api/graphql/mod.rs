@@ -323,6 +323,7 @@ impl MutationRoot {
                 .map_err(ApiError::from)?;
         }
         if created {
+            metrics::counter!("arreglame_service_requests_created_total", "city" => new.city_id.clone()).increment(1);
             tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
         }
         Ok((&row).into())
