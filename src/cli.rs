@@ -83,7 +83,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if demo_fleet > 0 {
                 let url = format!("http://127.0.0.1:{}", app.port());
                 let store = app.handle().state.store.clone();
-                tokio::spawn(crate::sim::demo(url, demo_fleet, store, config.jwt_secret.clone(), "buenos-aires".into()));
+                tokio::spawn(crate::sim::demo(
+                    url,
+                    demo_fleet,
+                    store,
+                    config.jwt_secret.clone(),
+                    "buenos-aires".into(),
+                ));
             }
             app.run_until_stopped().await?;
         }
@@ -105,7 +111,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("seed applied");
         }
         Command::Schema => unreachable!("handled before reading the environment"),
-        Command::Simulate(args) => crate::sim::simulate(args, &config.database_url, &config.jwt_secret).await?,
+        Command::Simulate(args) => {
+            crate::sim::simulate(args, &config.database_url, &config.jwt_secret).await?
+        }
         Command::Token { role, sub, ttl } => {
             println!(
                 "{}",

@@ -12,13 +12,21 @@ use uuid::Uuid;
 use super::{random_point, report::Bars, Fleet, Rng};
 use crate::auth::Role;
 
-const CREATE: &str = "mutation($i: CreateServiceRequestInput!) { createServiceRequest(input: $i) { id status } }";
+const CREATE: &str =
+    "mutation($i: CreateServiceRequestInput!) { createServiceRequest(input: $i) { id status } }";
 
 /// Creates requests at `rate` per second, round-robin over the customers, for `duration`.
 /// Returns (request id, owning customer) of every created request.
 pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars) -> Vec<(Uuid, Uuid)> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("http client");
-    let tokens: Vec<(Uuid, String)> = fleet.customer_ids.iter().map(|c| (*c, fleet.token(Role::Customer, *c))).collect();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("http client");
+    let tokens: Vec<(Uuid, String)> = fleet
+        .customer_ids
+        .iter()
+        .map(|c| (*c, fleet.token(Role::Customer, *c)))
+        .collect();
     let period = Duration::from_secs_f64(1.0 / fleet.args.rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -112,10 +120,15 @@ pub async fn final_statuses(fleet: &Fleet, created: &[(Uuid, Uuid)]) -> HashMap<
             else {
                 break;
             };
-            let Ok(v) = resp.json::<Value>().await else { break };
+            let Ok(v) = resp.json::<Value>().await else {
+                break;
+            };
             let page = &v["data"]["myServiceRequests"];
             for edge in page["edges"].as_array().into_iter().flatten() {
-                if let (Some(id), Some(status)) = (edge["node"]["id"].as_str().and_then(|s| s.parse().ok()), edge["node"]["status"].as_str()) {
+                if let (Some(id), Some(status)) = (
+                    edge["node"]["id"].as_str().and_then(|s| s.parse().ok()),
+                    edge["node"]["status"].as_str(),
+                ) {
                     if wanted.contains(&id) {
                         out.insert(id, status.to_string());
                     }

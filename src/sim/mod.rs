@@ -125,8 +125,14 @@ pub async fn provision(store: &Store, args: &SimArgs, jwt_secret: &str) -> anyho
             .bind(&args.city)
             .fetch_optional(store.pool())
             .await?
-            .ok_or_else(|| anyhow::anyhow!("city {:?} is not in the database (was it seeded?)", args.city))?;
-    let city = CityInfo::from_geojson(args.city.clone(), name, &area).map_err(anyhow::Error::msg)?;
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "city {:?} is not in the database (was it seeded?)",
+                    args.city
+                )
+            })?;
+    let city =
+        CityInfo::from_geojson(args.city.clone(), name, &area).map_err(anyhow::Error::msg)?;
     let run = Uuid::new_v4().simple().to_string();
     let worker_ids: Vec<Uuid> = sqlx::query_scalar(
         r#"insert into worker_profiles (name, "cityId", skills, rating)
@@ -173,7 +179,9 @@ impl Fleet {
         }
         // Let the fleet come online before customers start.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while (self.stats.connected.load(Ordering::Relaxed) as usize) < self.worker_ids.len() && Instant::now() < deadline {
+        while (self.stats.connected.load(Ordering::Relaxed) as usize) < self.worker_ids.len()
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let started = Instant::now();
@@ -185,7 +193,15 @@ impl Fleet {
         let drain_until = Instant::now() + Duration::from_secs_f64(self.args.drain_seconds);
         let finals = loop {
             let finals = customer::final_statuses(&self, &created).await;
-            let open = finals.values().filter(|s| matches!(s.as_str(), "PENDING" | "OFFERING" | "ASSIGNED" | "IN_PROGRESS")).count();
+            let open = finals
+                .values()
+                .filter(|s| {
+                    matches!(
+                        s.as_str(),
+                        "PENDING" | "OFFERING" | "ASSIGNED" | "IN_PROGRESS"
+                    )
+                })
+                .count();
             bars.drain(open);
             if open == 0 || Instant::now() >= drain_until {
                 break finals;
@@ -275,7 +291,10 @@ impl Rng {
 /// A random point inside the city's service area (rejection sampling in its bounding box).
 pub(crate) fn random_point(city: &CityInfo, rng: &mut Rng) -> (f64, f64) {
     use geo::BoundingRect;
-    let rect = city.area.bounding_rect().expect("a city polygon has a bounding box");
+    let rect = city
+        .area
+        .bounding_rect()
+        .expect("a city polygon has a bounding box");
     for _ in 0..1000 {
         let lon = rect.min().x + rng.next_f64() * rect.width();
         let lat = rect.min().y + rng.next_f64() * rect.height();

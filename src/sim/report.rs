@@ -28,11 +28,16 @@ impl Bars {
         let multi = MultiProgress::new();
         let time = multi.add(ProgressBar::new(fleet.args.duration.as_secs().max(1)));
         time.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {pos}/{len}s {msg}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len}s {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
-        time.set_message(format!("{} workers, {} customers", fleet.args.workers, fleet.args.customers));
+        time.set_message(format!(
+            "{} workers, {} customers",
+            fleet.args.workers, fleet.args.customers
+        ));
         let counts = multi.add(ProgressBar::new_spinner());
         Bars {
             time: Some(time),
@@ -126,13 +131,22 @@ pub struct Summary {
 impl Summary {
     pub fn build(fleet: &Fleet, finals: &HashMap<Uuid, String>, ran: Duration) -> Summary {
         let s = &fleet.stats;
-        let count = |wanted: &[&str]| finals.values().filter(|v| wanted.contains(&v.as_str())).count();
+        let count = |wanted: &[&str]| {
+            finals
+                .values()
+                .filter(|v| wanted.contains(&v.as_str()))
+                .count()
+        };
         let created = s.created_at.lock().unwrap().clone();
         let first_offer = s.first_offer_at.lock().unwrap().clone();
         let assigned_at = s.assigned_at.lock().unwrap().clone();
         let since_sent = |at: &HashMap<Uuid, std::time::Instant>| -> Vec<f64> {
             at.iter()
-                .filter_map(|(id, t)| created.get(id).map(|(sent, _)| t.saturating_duration_since(*sent).as_secs_f64() * 1000.0))
+                .filter_map(|(id, t)| {
+                    created
+                        .get(id)
+                        .map(|(sent, _)| t.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+                })
                 .collect()
         };
         let offers = s.offers.load(Ordering::Relaxed);
@@ -150,12 +164,21 @@ impl Summary {
             time_to_assignment_ms: percentiles(since_sent(&assigned_at)),
             create_to_offer_ms: percentiles(since_sent(&first_offer)),
             offer_to_accept_ms: percentiles(s.offer_to_accept_ms.lock().unwrap().clone()),
-            acceptance_rate: if offers == 0 { 0.0 } else { ((accepts as f64 / offers as f64) * 1000.0).round() / 1000.0 },
+            acceptance_rate: if offers == 0 {
+                0.0
+            } else {
+                ((accepts as f64 / offers as f64) * 1000.0).round() / 1000.0
+            },
             offers,
-            offers_per_second: if ran.is_zero() { 0.0 } else { ((offers as f64 / ran.as_secs_f64()) * 10.0).round() / 10.0 },
+            offers_per_second: if ran.is_zero() {
+                0.0
+            } else {
+                ((offers as f64 / ran.as_secs_f64()) * 10.0).round() / 10.0
+            },
             location_updates: s.locations.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
-            errors: s.error_frames.load(Ordering::Relaxed) + s.create_errors.load(Ordering::Relaxed),
+            errors: s.error_frames.load(Ordering::Relaxed)
+                + s.create_errors.load(Ordering::Relaxed),
             finals: finals.clone(),
         }
     }
@@ -221,7 +244,11 @@ impl CrossCheck {
 
 /// Compares the database with the summary: counts by status, one outbox row per
 /// transition, no request with two accepted offers.
-pub async fn cross_check(store: &Store, fleet: &Fleet, summary: &Summary) -> anyhow::Result<CrossCheck> {
+pub async fn cross_check(
+    store: &Store,
+    fleet: &Fleet,
+    summary: &Summary,
+) -> anyhow::Result<CrossCheck> {
     let ids: Vec<Uuid> = summary.finals.keys().copied().collect();
     let rows: Vec<(String, i64)> = sqlx::query_as(
         r#"select status, count(*) from service_requests where "customerId" = any($1) group by status"#,
@@ -252,23 +279,36 @@ pub async fn cross_check(store: &Store, fleet: &Fleet, summary: &Summary) -> any
     let db = |s: &str| by_status.get(s).copied().unwrap_or(0) as usize;
     let total: usize = by_status.values().map(|v| *v as usize).sum();
     if total != summary.created || ids.len() != summary.created {
-        problems.push(format!("created: summary {} vs database {} (read back {})", summary.created, total, ids.len()));
+        problems.push(format!(
+            "created: summary {} vs database {} (read back {})",
+            summary.created,
+            total,
+            ids.len()
+        ));
     }
     for (name, summary_n, db_n) in [
         ("unassigned", summary.unassigned, db("UNASSIGNED")),
         ("cancelled", summary.cancelled, db("CANCELLED")),
         ("completed", summary.completed, db("COMPLETED")),
-        ("assigned", summary.assigned, db("ASSIGNED") + db("IN_PROGRESS") + db("COMPLETED")),
+        (
+            "assigned",
+            summary.assigned,
+            db("ASSIGNED") + db("IN_PROGRESS") + db("COMPLETED"),
+        ),
     ] {
         if summary_n != db_n {
             problems.push(format!("{name}: summary {summary_n} vs database {db_n}"));
         }
     }
     if outbox_mismatches > 0 {
-        problems.push(format!("{outbox_mismatches} request(s) without exactly one outbox row per transition"));
+        problems.push(format!(
+            "{outbox_mismatches} request(s) without exactly one outbox row per transition"
+        ));
     }
     if double_accepted > 0 {
-        problems.push(format!("{double_accepted} request(s) with two accepted offers"));
+        problems.push(format!(
+            "{double_accepted} request(s) with two accepted offers"
+        ));
     }
     Ok(CrossCheck {
         ok: problems.is_empty(),

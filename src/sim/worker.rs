@@ -26,7 +26,10 @@ pub async fn run(fleet: Arc<Fleet>, worker_id: Uuid, index: u64) {
             fleet.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        if session(&fleet, worker_id, &mut rng, &mut position, &mut last_seq).await.is_ok() {
+        if session(&fleet, worker_id, &mut rng, &mut position, &mut last_seq)
+            .await
+            .is_ok()
+        {
             backoff = Duration::from_millis(200);
         }
         if fleet.stop_all.load(Ordering::Relaxed) {
@@ -60,11 +63,18 @@ async fn session(
     let (ws, _) = tokio_tungstenite::connect_async(url).await?;
     let (mut tx, mut rx) = ws.split();
     let token = fleet.token(Role::Worker, worker_id);
-    tx.send(envelope("auth", "auth", json!({"token": token, "lastSeq": *last_seq}))).await?;
+    tx.send(envelope(
+        "auth",
+        "auth",
+        json!({"token": token, "lastSeq": *last_seq}),
+    ))
+    .await?;
     let mut heartbeat = Duration::from_secs(15);
     // Wait for auth_ok (or a close).
     loop {
-        let Some(msg) = rx.next().await else { anyhow::bail!("closed during auth") };
+        let Some(msg) = rx.next().await else {
+            anyhow::bail!("closed during auth")
+        };
         if let Message::Text(t) = msg? {
             let v: Value = serde_json::from_str(&t)?;
             if v["type"] == "auth_ok" {
@@ -186,7 +196,11 @@ fn on_offer(fleet: &Fleet, offer: Uuid, request: Uuid) {
     let s = &fleet.stats;
     s.offers.fetch_add(1, Ordering::Relaxed);
     s.offer_seen.lock().unwrap().insert(offer, now);
-    s.first_offer_at.lock().unwrap().entry(request).or_insert(now);
+    s.first_offer_at
+        .lock()
+        .unwrap()
+        .entry(request)
+        .or_insert(now);
 }
 
 fn on_assigned(fleet: &Fleet, offer: Uuid, request: Uuid) {
@@ -194,7 +208,10 @@ fn on_assigned(fleet: &Fleet, offer: Uuid, request: Uuid) {
     let s = &fleet.stats;
     s.assigned.fetch_add(1, Ordering::Relaxed);
     if let Some(seen) = s.offer_seen.lock().unwrap().remove(&offer) {
-        s.offer_to_accept_ms.lock().unwrap().push(now.duration_since(seen).as_secs_f64() * 1000.0);
+        s.offer_to_accept_ms
+            .lock()
+            .unwrap()
+            .push(now.duration_since(seen).as_secs_f64() * 1000.0);
     }
     s.assigned_at.lock().unwrap().entry(request).or_insert(now);
 }
