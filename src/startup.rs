@@ -94,6 +94,20 @@ impl Application {
             tracing::info!(target: "RuleBasedPricingEngine", "no API_KEY or GEMINI_API_KEY: pricing with the rules only");
         }
         let pricing = Arc::new(Pricing::new(store.clone(), settings.clone(), gemini).await?);
+        // Multipliers and categories change rarely; a minute's staleness is fine.
+        background.push(tokio::spawn({
+            let pricing = pricing.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) = pricing.reload_tables().await {
+                        tracing::warn!(target: "RuleBasedPricingEngine", error = %e, "pricing tables reload failed");
+                    }
+                }
+            }
+        }));
 
         let state = AppState {
             keys: TokenKeys::new(&config.jwt_secret),

@@ -9,7 +9,7 @@
 //! final status is read back over GraphQL, and `--check` cross-checks the database.
 
 mod customer;
-mod report;
+pub mod report;
 mod worker;
 
 use std::{
@@ -101,6 +101,8 @@ pub struct Stats {
     pub assigned_at: Mutex<HashMap<Uuid, Instant>>,
     /// Milliseconds from offer arrival to assignment confirmation (accepted offers).
     pub offer_to_accept_ms: Mutex<Vec<f64>>,
+    /// Error frames received, by code (a late accept after a cancellation is expected).
+    pub error_codes: Mutex<HashMap<String, u64>>,
 }
 
 /// Everything the fleet needs to run.

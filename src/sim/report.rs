@@ -123,6 +123,7 @@ pub struct Summary {
     pub location_updates: u64,
     pub reconnects: u64,
     pub errors: u64,
+    pub error_codes: HashMap<String, u64>,
     /// Final status of every created request, as read back over GraphQL.
     #[serde(skip)]
     pub finals: HashMap<Uuid, String>,
@@ -179,6 +180,7 @@ impl Summary {
             reconnects: s.reconnects.load(Ordering::Relaxed),
             errors: s.error_frames.load(Ordering::Relaxed)
                 + s.create_errors.load(Ordering::Relaxed),
+            error_codes: s.error_codes.lock().unwrap().clone(),
             finals: finals.clone(),
         }
     }
@@ -190,7 +192,7 @@ impl Summary {
              assignment p50 {tp50} ms  p99 {tp99} ms   (create sent → assignment confirmed)\n\
              first offer p50 {op50} ms  p99 {op99} ms   (create sent → offer frame at the worker)\n\
              offer→accept p50 {ap50} ms  p99 {ap99} ms\n\
-             offers {of} ({ops}/s)  acceptance {ar:.1} %  locations {l}  reconnects {r}  errors {e}",
+             offers {of} ({ops}/s)  acceptance {ar:.1} %  locations {l}  reconnects {r}  errors {e} {codes:?}",
             w = self.workers,
             c = self.customers,
             d = self.duration_s,
@@ -212,6 +214,7 @@ impl Summary {
             l = self.location_updates,
             r = self.reconnects,
             e = self.errors,
+            codes = self.error_codes,
         )
     }
 }

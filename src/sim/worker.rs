@@ -147,7 +147,11 @@ async fn session(
                     "job_update" if v["data"]["status"] == "COMPLETED" => {
                         fleet.stats.completed.fetch_add(1, Ordering::Relaxed);
                     }
-                    "error" => { fleet.stats.error_frames.fetch_add(1, Ordering::Relaxed); }
+                    "error" => {
+                        fleet.stats.error_frames.fetch_add(1, Ordering::Relaxed);
+                        let code = v["data"]["code"].as_str().unwrap_or("UNKNOWN").to_string();
+                        *fleet.stats.error_codes.lock().unwrap().entry(code).or_default() += 1;
+                    }
                     _ => {}
                 }
             }

@@ -9,3 +9,4 @@ mod helpers;
 mod ops;
 mod outbox;
 mod pricing;
+mod sim;
