@@ -187,6 +187,9 @@ impl Application {
         });
         let result = server.await;
         tracing::info!(target: "Server", "[Server] shutting down");
+        // axum's graceful shutdown does not wait for upgraded connections: let the worker
+        // sessions write their 1001 close frames before the actors stop.
+        handle.state.sessions.drain(Duration::from_secs(5)).await;
         handle.state.dispatcher.shutdown().await;
         for task in background {
             task.abort();

@@ -1,27 +1,66 @@
-//! Worker WebSocket gateway. PLACEHOLDER: being implemented (issue 4).
+//! Worker WebSocket gateway: `GET /ws/worker`.
+//!
+//! Worker apps keep one session open all day on flaky phone networks. The protocol (JSON
+//! text frames in a versioned envelope) is in `protocol.rs` and, for app developers, in
+//! `docs/worker-protocol.md` and `docs/asyncapi.yaml`.
+//!
+//! - `protocol.rs`: the envelope, every message, error and close codes.
+//! - `session.rs`: one connection: auth, reader and writer, how it ends.
+//! - `sessions.rs`: the registry of live sessions (takeover, send queues) and what the
+//!   engine remembers about a worker between connections; dispatch pushes through it.
+//! - `limits.rs`: time limits, buffer sizes, rate limits.
 
-use axum::Router;
+pub mod limits;
+pub mod protocol;
+mod session;
+mod sessions;
 
-use crate::{
-    dispatch::gateway::{WorkerGateway, WorkerNotice},
-    startup::AppState,
+use axum::{
+    extract::{State, WebSocketUpgrade},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
 };
 
-/// Live worker sessions; dispatch pushes notices through it.
-#[derive(Default)]
-pub struct Sessions {}
+pub use limits::{Limits, Rate};
+pub use sessions::{GatewayStats, Sessions};
 
-impl Sessions {
-    pub fn new() -> Sessions {
-        Sessions {}
-    }
-}
+use crate::startup::AppState;
+use sessions::Shared;
 
-impl WorkerGateway for Sessions {
-    fn notify(&self, _notice: WorkerNotice) {}
-}
+/// Frames that may wait in a connection's write buffer while the socket is not writable
+/// (the send queue in front of it is the real bound).
+const MAX_WRITE_BACKLOG: usize = 256 * 1024;
 
 /// `GET /ws/worker`.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/ws/worker", get(worker_socket))
+}
+
+/// Upgrades to a worker session. No credentials here: the token comes in the first message,
+/// so it never lands in URLs, proxies' access logs or browser history.
+async fn worker_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if *state.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    let sessions = state.sessions.clone();
+    let limits = sessions.limits();
+    if sessions.open_connections() >= limits.max_connections {
+        tracing::warn!(target: "Gateway", limit = limits.max_connections, "connection refused: too many open connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
+    }
+    let shared = sessions.shared(|| Shared {
+        dispatcher: state.dispatcher.clone(),
+        store: state.store.clone(),
+        keys: state.keys.clone(),
+    });
+    let shutdown = state.shutdown.clone();
+    ws.read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(limits.write_buffer_bytes)
+        .max_write_buffer_size(limits.write_buffer_bytes + MAX_WRITE_BACKLOG)
+        .max_message_size(limits.max_frame_bytes)
+        .max_frame_size(limits.max_frame_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(target: "Gateway", error = %e, "upgrade failed"))
+        .on_upgrade(move |socket| session::run(socket, sessions, shared, shutdown, limits))
 }

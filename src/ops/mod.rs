@@ -203,8 +203,8 @@ impl ActorsSnapshot {
     }
 }
 
-fn websocket_sessions(_state: &AppState) -> usize {
-    0 // FIXME(lead): wire to the gateway's session count once it lands
+fn websocket_sessions(state: &AppState) -> usize {
+    state.sessions.connected_workers()
 }
 
 /// Routes under `/ops`, plus `/metrics` unless it has its own listener.

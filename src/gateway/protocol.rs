@@ -1,0 +1,731 @@
+//! The wire protocol of `/ws/worker`, version 1: JSON text frames in one envelope,
+//! `{"v":1,"type":"…","id":"…","data":{…}}` from the worker and
+//! `{"v":1,"type":"…","replyTo":"…","data":{…}}` from the engine.
+//!
+//! This file only translates between bytes and typed messages; what a message does is the
+//! session's business (`session.rs`). `docs/worker-protocol.md` is the developer-facing
+//! description of the same contract and `docs/asyncapi.yaml` the machine-readable one.
+
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    auth::AuthError,
+    dispatch::{city::CityError, gateway::OfferNotice, CommandError},
+    domain::Status,
+};
+
+/// The only protocol version this engine speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Longest message id the engine echoes back in `replyTo`.
+pub const MAX_ID_CHARS: usize = 64;
+/// Longest idempotency key of `accept_offer`.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 64;
+/// Longest reject reason kept.
+pub const MAX_REASON_CHARS: usize = 500;
+/// Most skills one `go_online` may declare, and the longest skill name.
+pub const MAX_SKILLS: usize = 32;
+pub const MAX_SKILL_CHARS: usize = 64;
+
+/// Close codes the engine sends. 1000–1011 are RFC 6455's; 4000–4999 are this protocol's.
+pub mod close {
+    /// The engine answered the worker's own close.
+    pub const NORMAL: u16 = 1000;
+    /// The engine is shutting down: reconnect (with backoff) and resume.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Authentication failed (missing, late, invalid, expired, wrong role) or an abuse limit
+    /// was exceeded.
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame larger than the transport limit; the stream cannot be resynchronised.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// A bug on the engine's side.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// Another connection of the same worker took over this one. Do not reconnect from here.
+    pub const REPLACED: u16 = 4001;
+    /// Nothing arrived within the heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+    /// The session's token expired: get a fresh token and reconnect.
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    /// The worker did not read its messages fast enough (send queue full or write stalled).
+    pub const SLOW_CONSUMER: u16 = 4004;
+}
+
+/// Error codes of `error` frames. The session stays up after every one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Not JSON text.
+    MalformedJson,
+    /// JSON, but not an envelope (not an object, `type` missing or not a string, bad `id`).
+    InvalidEnvelope,
+    /// `v` is missing or not 1.
+    UnsupportedVersion,
+    /// `type` is not a worker-to-engine message type.
+    UnknownType,
+    /// A known type whose `data` is missing fields or has fields of the wrong type.
+    InvalidMessage,
+    /// A binary frame; the protocol is JSON text only.
+    BinaryNotSupported,
+    /// A text frame above the message size limit (but under the transport limit).
+    MessageTooLarge,
+    /// Latitude or longitude out of range, or accuracy negative.
+    InvalidCoordinates,
+    /// The position is outside every served city, or outside the worker's city.
+    OutsideServiceArea,
+    /// A location update before `go_online`.
+    NotOnline,
+    /// Too many location updates; this one was dropped.
+    RateLimited,
+    /// The offer is addressed to another worker.
+    NotYourOffer,
+    /// The offer expired, was withdrawn, was already answered, or is unknown.
+    OfferNotPending,
+    /// The job is assigned to another worker.
+    NotYourJob,
+    /// The request is not in a state that allows the action.
+    IllegalState,
+    /// No such service request.
+    NotFound,
+    /// The idempotency key was already used for another offer.
+    IdempotencyKeyReused,
+    /// The request changed concurrently; retry.
+    Conflict,
+    /// The request's actor is restarting; retry.
+    Unavailable,
+    /// An engine fault; retry later.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Errors that say nothing definitive about the offer: not cached for idempotent replay.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Conflict | ErrorCode::Unavailable | ErrorCode::Internal
+        )
+    }
+}
+
+/// The body of an `error` frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CommandError> for WireError {
+    fn from(e: CommandError) -> Self {
+        let code = match &e {
+            CommandError::NotFound => ErrorCode::NotFound,
+            CommandError::OfferNotPending => ErrorCode::OfferNotPending,
+            CommandError::NotYourOffer => ErrorCode::NotYourOffer,
+            CommandError::NotYourJob => ErrorCode::NotYourJob,
+            CommandError::IllegalState { .. } | CommandError::WindowClosed => {
+                ErrorCode::IllegalState
+            }
+            CommandError::Conflict => ErrorCode::Conflict,
+            CommandError::Unavailable => ErrorCode::Unavailable,
+            CommandError::Internal(_) => ErrorCode::Internal,
+        };
+        let message = match e {
+            // The detail of an engine fault is for the logs, not for the phone.
+            CommandError::Internal(detail) => {
+                tracing::error!(target: "Gateway", %detail, "command failed");
+                "internal error; retry later".to_string()
+            }
+            other => other.to_string(),
+        };
+        WireError { code, message }
+    }
+}
+
+impl From<CityError> for WireError {
+    fn from(e: CityError) -> Self {
+        let code = match &e {
+            CityError::OutsideServiceArea { .. } => ErrorCode::OutsideServiceArea,
+            CityError::InvalidCoordinates => ErrorCode::InvalidCoordinates,
+            CityError::NotOnline(_) | CityError::NotAvailable(_) => ErrorCode::NotOnline,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+/// Why the first message did not authenticate (the session closes with 1008 and this text).
+pub fn auth_failure_reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "auth: token missing",
+        AuthError::Expired => "auth: token expired",
+        AuthError::Invalid => "auth: invalid token",
+        AuthError::WrongRole(_) => "auth: not a worker token",
+    }
+}
+
+// ---- worker → engine --------------------------------------------------------------------
+
+/// `auth`: the first message of every connection (and, later, a token refresh).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    pub token: String,
+    /// The highest offer `seq` the app has processed; 0 or absent after a fresh install.
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GoOnline {
+    pub lat: f64,
+    pub lon: f64,
+    pub skills: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+    /// Horizontal accuracy in metres, as the phone reports it.
+    #[serde(default)]
+    pub accuracy: Option<f64>,
+    /// When the phone took the fix (RFC 3339).
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfferRef {
+    pub offer_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptOffer {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectOffer {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    pub request_id: Uuid,
+}
+
+/// Every worker-to-engine message, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Auth(Auth),
+    GoOnline(GoOnline),
+    GoOffline,
+    Location(Location),
+    AckOffer(OfferRef),
+    AcceptOffer(AcceptOffer),
+    RejectOffer(RejectOffer),
+    StartJob(JobRef),
+    CompleteJob(JobRef),
+    Ping,
+}
+
+/// A parsed message and the id to answer it with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    pub id: Option<String>,
+    pub msg: ClientMsg,
+}
+
+/// A message that could not be parsed: the error to answer, and the id when one was readable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub id: Option<String>,
+    pub error: WireError,
+}
+
+/// Parses and validates one text frame.
+pub fn parse(text: &str) -> Result<Inbound, Rejected> {
+    let reject = |id: Option<String>, code, message: String| Rejected {
+        id,
+        error: WireError::new(code, message),
+    };
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| reject(None, ErrorCode::MalformedJson, format!("not JSON: {e}")))?;
+    let Value::Object(mut envelope) = value else {
+        return Err(reject(
+            None,
+            ErrorCode::InvalidEnvelope,
+            "a message is a JSON object".into(),
+        ));
+    };
+    let id = match envelope.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Some(s),
+        Some(_) => {
+            return Err(reject(
+                None,
+                ErrorCode::InvalidEnvelope,
+                format!("id must be a string of at most {MAX_ID_CHARS} characters"),
+            ))
+        }
+    };
+    match envelope.get("v") {
+        Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {}
+        other => {
+            return Err(reject(
+                id,
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "this engine speaks protocol version {PROTOCOL_VERSION}; got v = {other:?}"
+                ),
+            ))
+        }
+    }
+    let kind = match envelope.get("type") {
+        Some(Value::String(kind)) => kind.clone(),
+        _ => {
+            return Err(reject(
+                id,
+                ErrorCode::InvalidEnvelope,
+                "type must be a string".into(),
+            ))
+        }
+    };
+    let data = envelope.remove("data").unwrap_or(Value::Null);
+    match decode(&kind, data) {
+        Ok(msg) => Ok(Inbound { id, msg }),
+        Err(error) => Err(Rejected { id, error }),
+    }
+}
+
+fn decode(kind: &str, data: Value) -> Result<ClientMsg, WireError> {
+    let msg = match kind {
+        "auth" => ClientMsg::Auth(fields(kind, data)?),
+        "go_online" => ClientMsg::GoOnline(fields(kind, data)?),
+        "go_offline" => ClientMsg::GoOffline,
+        "location" => ClientMsg::Location(fields(kind, data)?),
+        "ack_offer" => ClientMsg::AckOffer(fields(kind, data)?),
+        "accept_offer" => ClientMsg::AcceptOffer(fields(kind, data)?),
+        "reject_offer" => ClientMsg::RejectOffer(fields(kind, data)?),
+        "start_job" => ClientMsg::StartJob(fields(kind, data)?),
+        "complete_job" => ClientMsg::CompleteJob(fields(kind, data)?),
+        "ping" => ClientMsg::Ping,
+        other => {
+            let shown: String = other.chars().take(40).collect();
+            return Err(WireError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type {shown:?}"),
+            ));
+        }
+    };
+    validate(&msg)?;
+    Ok(msg)
+}
+
+fn fields<T: DeserializeOwned>(kind: &str, data: Value) -> Result<T, WireError> {
+    serde_json::from_value(data)
+        .map_err(|e| WireError::new(ErrorCode::InvalidMessage, format!("{kind}: {e}")))
+}
+
+fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::InvalidMessage, message)
+}
+
+/// Checks what types alone cannot say.
+fn validate(msg: &ClientMsg) -> Result<(), WireError> {
+    match msg {
+        ClientMsg::GoOnline(m) => {
+            check_coordinates(m.lat, m.lon)?;
+            if m.skills.len() > MAX_SKILLS {
+                return Err(invalid(format!("go_online: at most {MAX_SKILLS} skills")));
+            }
+            if m.skills
+                .iter()
+                .any(|s| s.is_empty() || s.chars().count() > MAX_SKILL_CHARS)
+            {
+                return Err(invalid(format!(
+                    "go_online: a skill is 1 to {MAX_SKILL_CHARS} characters"
+                )));
+            }
+        }
+        ClientMsg::Location(m) => {
+            check_coordinates(m.lat, m.lon)?;
+            if m.accuracy.is_some_and(|a| !(a.is_finite() && a >= 0.0)) {
+                return Err(WireError::new(
+                    ErrorCode::InvalidCoordinates,
+                    "accuracy must be a non-negative number of metres",
+                ));
+            }
+        }
+        ClientMsg::AcceptOffer(m) => {
+            let len = m.idempotency_key.chars().count();
+            if len == 0 || len > MAX_IDEMPOTENCY_KEY_CHARS {
+                return Err(invalid(format!(
+                    "accept_offer: idempotencyKey is 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+                )));
+            }
+        }
+        ClientMsg::RejectOffer(m)
+            if m.reason
+                .as_ref()
+                .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) =>
+        {
+            return Err(invalid(format!(
+                "reject_offer: reason is at most {MAX_REASON_CHARS} characters"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Latitude in [-90, 90] and longitude in [-180, 180].
+pub fn check_coordinates(lat: f64, lon: f64) -> Result<(), WireError> {
+    let ok = lat.is_finite()
+        && lon.is_finite()
+        && (-90.0..=90.0).contains(&lat)
+        && (-180.0..=180.0).contains(&lon);
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::new(
+            ErrorCode::InvalidCoordinates,
+            format!("({lat}, {lon}) is not a position: lat must be within ±90 and lon within ±180"),
+        ))
+    }
+}
+
+// ---- engine → worker --------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    v: u64,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(rename = "replyTo", skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    data: T,
+}
+
+/// One engine-to-worker frame as JSON text.
+pub fn frame<T: Serialize>(kind: &str, reply_to: Option<&str>, data: &T) -> String {
+    serde_json::to_string(&Envelope {
+        v: PROTOCOL_VERSION,
+        kind,
+        reply_to,
+        data,
+    })
+    .expect("protocol frames always serialise")
+}
+
+pub fn error_frame(reply_to: Option<&str>, error: &WireError) -> String {
+    frame("error", reply_to, error)
+}
+
+/// `data` of an `offer` frame.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfferData<'a> {
+    pub seq: u64,
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    pub attempt: i32,
+    pub expires_at: DateTime<Utc>,
+    pub job: JobSummary<'a>,
+}
+
+/// What a worker needs to decide on an offer. The position is rounded to about 100 m: the
+/// exact address comes with the accept answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary<'a> {
+    pub description: &'a str,
+    pub square_meters: f64,
+    pub worker_net_cents: i64,
+    pub currency: &'a str,
+    pub distance_meters: f64,
+    pub area: &'a str,
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+/// `data` of `auth_ok`: who the engine thinks you are and the rules of this session.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthOk {
+    pub worker_id: Uuid,
+    /// This connection's number (for support logs).
+    pub session_id: u64,
+    pub protocol_version: u64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    pub token_expires_at: DateTime<Utc>,
+    /// The city the engine still has the worker online in (after a takeover or a quick
+    /// reconnect); `null` means send `go_online` to receive offers.
+    pub online_city: Option<String>,
+    pub limits: SessionLimits,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionLimits {
+    pub max_message_bytes: usize,
+    pub location_per_second: f64,
+    pub location_burst: u32,
+    pub messages_per_second: f64,
+    pub messages_burst: u32,
+}
+
+pub fn offer_frame(offer: &OfferNotice, seq: u64) -> String {
+    frame(
+        "offer",
+        None,
+        &OfferData {
+            seq,
+            offer_id: offer.offer_id,
+            request_id: offer.request_id,
+            attempt: offer.attempt,
+            expires_at: offer.expires_at,
+            job: JobSummary {
+                description: &offer.description,
+                square_meters: offer.square_meters,
+                worker_net_cents: offer.worker_net_cents,
+                currency: &offer.currency,
+                distance_meters: (offer.distance_meters * 10.0).round() / 10.0,
+                area: &offer.area,
+                latitude: offer.latitude,
+                longitude: offer.longitude,
+            },
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Withdrawn<'a> {
+    offer_id: Uuid,
+    request_id: Uuid,
+    reason: &'a str,
+}
+
+pub fn withdrawn_frame(offer_id: Uuid, request_id: Uuid, reason: &str) -> String {
+    frame(
+        "offer_withdrawn",
+        None,
+        &Withdrawn {
+            offer_id,
+            request_id,
+            reason,
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Confirmed {
+    offer_id: Uuid,
+    request_id: Uuid,
+}
+
+pub fn confirmed_frame(offer_id: Uuid, request_id: Uuid) -> String {
+    frame(
+        "assignment_confirmed",
+        None,
+        &Confirmed {
+            offer_id,
+            request_id,
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobUpdate {
+    request_id: Uuid,
+    status: Status,
+}
+
+pub fn job_update_frame(request_id: Uuid, status: Status) -> String {
+    frame("job_update", None, &JobUpdate { request_id, status })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse(text).expect_err(text).error.code
+    }
+
+    #[test]
+    fn every_message_type_parses_with_its_id() {
+        let offer = Uuid::new_v4();
+        let request = Uuid::new_v4();
+        let cases = [
+            (
+                r#"{"v":1,"type":"auth","id":"1","data":{"token":"t","lastSeq":7}}"#.to_string(),
+                ClientMsg::Auth(Auth {
+                    token: "t".into(),
+                    last_seq: 7,
+                }),
+            ),
+            (
+                r#"{"v":1,"type":"go_online","id":"1","data":{"lat":-34.6,"lon":-58.38,"skills":["lawn_mowing"]}}"#.into(),
+                ClientMsg::GoOnline(GoOnline {
+                    lat: -34.6,
+                    lon: -58.38,
+                    skills: vec!["lawn_mowing".into()],
+                }),
+            ),
+            (
+                r#"{"v":1,"type":"go_offline","id":"1"}"#.into(),
+                ClientMsg::GoOffline,
+            ),
+            (
+                format!(r#"{{"v":1,"type":"ack_offer","id":"1","data":{{"offerId":"{offer}"}}}}"#),
+                ClientMsg::AckOffer(OfferRef { offer_id: offer }),
+            ),
+            (
+                format!(r#"{{"v":1,"type":"accept_offer","id":"1","data":{{"offerId":"{offer}","requestId":"{request}","idempotencyKey":"k"}}}}"#),
+                ClientMsg::AcceptOffer(AcceptOffer {
+                    offer_id: offer,
+                    request_id: request,
+                    idempotency_key: "k".into(),
+                }),
+            ),
+            (
+                format!(r#"{{"v":1,"type":"reject_offer","id":"1","data":{{"offerId":"{offer}","requestId":"{request}"}}}}"#),
+                ClientMsg::RejectOffer(RejectOffer {
+                    offer_id: offer,
+                    request_id: request,
+                    reason: None,
+                }),
+            ),
+            (
+                format!(r#"{{"v":1,"type":"start_job","id":"1","data":{{"requestId":"{request}"}}}}"#),
+                ClientMsg::StartJob(JobRef { request_id: request }),
+            ),
+            (
+                format!(r#"{{"v":1,"type":"complete_job","id":"1","data":{{"requestId":"{request}"}}}}"#),
+                ClientMsg::CompleteJob(JobRef { request_id: request }),
+            ),
+            (r#"{"v":1,"type":"ping","id":"1"}"#.into(), ClientMsg::Ping),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(parsed.msg, expected, "{text}");
+            assert_eq!(parsed.id.as_deref(), Some("1"));
+        }
+        let loc = parse(r#"{"v":1,"type":"location","data":{"lat":-34.6,"lon":-58.4,"accuracy":8.5,"timestamp":"2026-01-02T03:04:05Z"}}"#).unwrap();
+        assert!(
+            matches!(loc.msg, ClientMsg::Location(Location { accuracy: Some(a), .. }) if a == 8.5)
+        );
+        assert_eq!(loc.id, None);
+    }
+
+    #[test]
+    fn bad_input_is_classified_and_keeps_a_readable_id() {
+        assert_eq!(code_of("{not json"), ErrorCode::MalformedJson);
+        assert_eq!(code_of(""), ErrorCode::MalformedJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::InvalidEnvelope);
+        assert_eq!(code_of(r#"{"v":1,"type":7}"#), ErrorCode::InvalidEnvelope);
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"ping","id":5}"#),
+            ErrorCode::InvalidEnvelope
+        );
+        assert_eq!(code_of(r#"{"type":"ping"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            code_of(r#"{"v":2,"type":"ping"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"launch"}"#),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"go_online","data":{"lat":1}}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"ack_offer","data":{"offerId":"nope"}}"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"go_online","data":{"lat":91,"lon":0,"skills":[]}}"#),
+            ErrorCode::InvalidCoordinates
+        );
+        assert_eq!(
+            code_of(
+                r#"{"v":1,"type":"location","data":{"lat":0,"lon":-181,"timestamp":"2026-01-02T03:04:05Z"}}"#
+            ),
+            ErrorCode::InvalidCoordinates
+        );
+        assert_eq!(
+            code_of(
+                r#"{"v":1,"type":"location","data":{"lat":0,"lon":0,"accuracy":-1,"timestamp":"2026-01-02T03:04:05Z"}}"#
+            ),
+            ErrorCode::InvalidCoordinates
+        );
+        assert_eq!(
+            code_of(
+                r#"{"v":1,"type":"location","data":{"lat":0,"lon":0,"timestamp":"yesterday"}}"#
+            ),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code_of(r#"{"v":1,"type":"go_online","data":{"lat":1e999,"lon":0,"skills":[]}}"#),
+            ErrorCode::MalformedJson
+        );
+        let r = parse(r#"{"v":1,"type":"accept_offer","id":"a-1","data":{"offerId":"00000000-0000-0000-0000-000000000000","requestId":"00000000-0000-0000-0000-000000000000","idempotencyKey":""}}"#).unwrap_err();
+        assert_eq!(
+            (r.id.as_deref(), r.error.code),
+            (Some("a-1"), ErrorCode::InvalidMessage)
+        );
+        let r = parse(r#"{"v":1,"type":"nope","id":"x"}"#).unwrap_err();
+        assert_eq!(r.id.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn frames_carry_version_type_and_reply_to() {
+        let text = error_frame(Some("9"), &WireError::new(ErrorCode::NotYourOffer, "no"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v":1,"type":"error","replyTo":"9","data":{"code":"NOT_YOUR_OFFER","message":"no"}})
+        );
+        let v: Value =
+            serde_json::from_str(&job_update_frame(Uuid::nil(), Status::InProgress)).unwrap();
+        assert_eq!(v["data"]["status"], "IN_PROGRESS");
+        assert!(v.get("replyTo").is_none());
+    }
+
+    #[test]
+    fn command_errors_map_to_codes_without_leaking_internals() {
+        let e = WireError::from(CommandError::Internal("db password wrong".into()));
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(!e.message.contains("password"));
+        assert_eq!(
+            WireError::from(CommandError::NotYourOffer).code,
+            ErrorCode::NotYourOffer
+        );
+        assert!(ErrorCode::Conflict.is_transient() && !ErrorCode::NotYourOffer.is_transient());
+    }
+}
