@@ -341,6 +341,22 @@ async fn resume(
             }
         }
     }
+    // The worker's jobs in hand (assigned or started), so an app that lost its state
+    // across the reconnect learns what it is working on.
+    let jobs: Vec<(Uuid, String)> = sqlx::query_as(
+        r#"select id, status from service_requests
+           where "assignedWorkerId" = $1 and status in ('ASSIGNED', 'IN_PROGRESS')
+           order by "assignedAt""#,
+    )
+    .bind(entry.id)
+    .fetch_all(shared.store.pool())
+    .await
+    .unwrap_or_default();
+    for (request_id, status) in jobs {
+        if let Some(status) = crate::domain::Status::parse(&status) {
+            let _ = tx.try_send(protocol::job_update_frame(request_id, status));
+        }
+    }
 }
 
 /// The reading half of a session: one message at a time, each answered in order.

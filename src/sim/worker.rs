@@ -95,6 +95,8 @@ async fn session(
     let _connected = ConnectedGuard(fleet);
 
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<JobStep>();
+    // Jobs this session is driving (a replayed job_update must not start a second timer).
+    let mut scheduled = std::collections::HashSet::new();
     let mut location = tokio::time::interval(Duration::from_secs_f64(fleet.args.location_every));
     location.tick().await;
     let mut ping = tokio::time::interval(heartbeat);
@@ -135,17 +137,19 @@ async fn session(
                         let d = &v["data"];
                         let (Some(offer), Some(request)) = (uuid(&d["offerId"]), uuid(&d["requestId"])) else { continue };
                         on_assigned(fleet, offer, request);
-                        let jobs = jobs_tx.clone();
-                        let half = Duration::from_secs_f64(fleet.args.job_seconds / 2.0);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(half).await;
-                            let _ = jobs.send(JobStep::Start(request));
-                            tokio::time::sleep(half).await;
-                            let _ = jobs.send(JobStep::Complete(request));
-                        });
+                        if scheduled.insert(request) {
+                            schedule_job(fleet, &jobs_tx, request, true);
+                        }
                     }
-                    "job_update" if v["data"]["status"] == "COMPLETED" => {
-                        fleet.stats.completed.fetch_add(1, Ordering::Relaxed);
+                    "job_update" => {
+                        let Some(request) = uuid(&v["data"]["requestId"]) else { continue };
+                        match v["data"]["status"].as_str().unwrap_or("") {
+                            "COMPLETED" => { fleet.stats.completed.fetch_add(1, Ordering::Relaxed); }
+                            // Replayed after a reconnect: pick the job up where it was.
+                            "ASSIGNED" if scheduled.insert(request) => schedule_job(fleet, &jobs_tx, request, true),
+                            "IN_PROGRESS" if scheduled.insert(request) => schedule_job(fleet, &jobs_tx, request, false),
+                            _ => {}
+                        }
                     }
                     "error" => {
                         fleet.stats.error_frames.fetch_add(1, Ordering::Relaxed);
@@ -181,6 +185,25 @@ async fn session(
             }
         }
     }
+}
+
+/// Starts (when `from_start`) and completes the job after the simulated job time.
+fn schedule_job(
+    fleet: &Fleet,
+    jobs: &mpsc::UnboundedSender<JobStep>,
+    request: Uuid,
+    from_start: bool,
+) {
+    let jobs = jobs.clone();
+    let half = Duration::from_secs_f64(fleet.args.job_seconds / 2.0);
+    tokio::spawn(async move {
+        tokio::time::sleep(half).await;
+        if from_start {
+            let _ = jobs.send(JobStep::Start(request));
+        }
+        tokio::time::sleep(half).await;
+        let _ = jobs.send(JobStep::Complete(request));
+    });
 }
 
 struct ConnectedGuard<'a>(&'a Fleet);

@@ -46,3 +46,95 @@ async fn a_short_simulation_agrees_with_the_database() {
     let check = cross_check(app.store(), &fleet, &summary).await.unwrap();
     assert!(check.ok, "{}", check.table());
 }
+
+/// The real binary, killed with SIGKILL in the middle of a run and started again on the
+/// same database and port: workers reconnect, nothing is lost, nothing assigned twice.
+#[tokio::test]
+async fn an_engine_killed_with_sigkill_mid_run_loses_nothing_and_assigns_nothing_twice() {
+    let database_url = fresh_database().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_arreglame"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &database_url)
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("JWT_SECRET", "test-secret")
+            .env("LOG_LEVEL", "error")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the engine binary")
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let wait_healthy = || async {
+        loop {
+            if let Ok(r) = reqwest::get(format!("{url}/health")).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut engine = start();
+    wait_healthy().await;
+
+    let store = arreglame::store::Store::connect(&database_url, 4)
+        .await
+        .unwrap();
+    let args = SimArgs {
+        url: url.clone(),
+        workers: 10,
+        customers: 3,
+        city: "buenos-aires".into(),
+        duration: Duration::from_secs(5),
+        rate: 6.0,
+        accept_rate: 0.8,
+        cancel_rate: 0.0,
+        job_seconds: 1.0,
+        location_every: 1.0,
+        drain_seconds: 60.0,
+        json: true,
+        check: true,
+    };
+    let fleet = Arc::new(provision(&store, &args, "test-secret").await.unwrap());
+    let run = tokio::spawn(fleet.clone().run(false));
+
+    // Let offers flow, then kill -9 and start again.
+    while fleet
+        .stats
+        .offers
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 5
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.start_kill().unwrap();
+    engine.wait().await.unwrap();
+    let _engine = start();
+    wait_healthy().await;
+
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.open, 0, "{}", summary.table());
+    assert!(summary.reconnects > 0, "workers reconnected after the kill");
+    let open: i64 = sqlx::query_scalar("select count(*) from service_requests where status in ('PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "no request left behind");
+    let check = cross_check(&store, &fleet, &summary).await.unwrap();
+    assert_eq!(check.double_accepted, 0, "{}", check.table());
+    assert_eq!(check.outbox_mismatches, 0, "{}", check.table());
+    // Every request the customers were told about is in the database, settled.
+    let known: i64 = sqlx::query_scalar("select count(*) from service_requests where id = any($1)")
+        .bind(summary.finals.keys().copied().collect::<Vec<_>>())
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(known as usize, summary.created);
+}
