@@ -467,31 +467,15 @@ impl WorkerIndex {
                 found.push((ground, w.id));
             }
         }
-        found.sort_by(|a, b| a.0.total_cmp(&b.0));
         let considered = found.len();
-        for &step in &search.radius_steps_m {
-            let within: Vec<Candidate> = found
-                .iter()
-                .take_while(|(d, _)| *d <= step as f64)
-                .take(search.k)
-                .map(|&(d, id)| Candidate {
-                    worker_id: id,
-                    distance_m: d,
-                    radius_m: step,
-                })
-                .collect();
-            if !within.is_empty() {
-                return (within, considered);
-            }
-        }
-        (Vec::new(), considered)
+        (nearest_in_first_step(found, search), considered)
     }
 
     /// The linear scan the R-tree replaces: benchmarks measure against it.
     pub fn find_linear(&self, search: &Search) -> Vec<Candidate> {
         let origin = Point::new(search.lon, search.lat);
         let largest = *search.radius_steps_m.last().unwrap_or(&0) as f64;
-        let mut all: Vec<(f64, Uuid)> = self
+        let all: Vec<(f64, Uuid)> = self
             .workers
             .values()
             .filter(|w| {
@@ -501,23 +485,7 @@ impl WorkerIndex {
             .map(|w| (Haversine.distance(origin, Point::new(w.lon, w.lat)), w.id))
             .filter(|(d, _)| *d <= largest)
             .collect();
-        all.sort_by(|a, b| a.0.total_cmp(&b.0));
-        for &step in &search.radius_steps_m {
-            let within: Vec<Candidate> = all
-                .iter()
-                .take_while(|(d, _)| *d <= step as f64)
-                .take(search.k)
-                .map(|&(d, id)| Candidate {
-                    worker_id: id,
-                    distance_m: d,
-                    radius_m: step,
-                })
-                .collect();
-            if !within.is_empty() {
-                return within;
-            }
-        }
-        Vec::new()
+        nearest_in_first_step(all, search)
     }
 
     fn stats(&self, city_id: &str) -> CityStats {
@@ -535,6 +503,28 @@ impl WorkerIndex {
         }
         s
     }
+}
+
+/// The `k` nearest of `found` (ground distance, worker) within the first radius step that
+/// has any: a request is offered to someone close before anyone farther is considered.
+fn nearest_in_first_step(mut found: Vec<(f64, Uuid)>, search: &Search) -> Vec<Candidate> {
+    found.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&(nearest, _)) = found.first() else {
+        return Vec::new();
+    };
+    let Some(&step) = search.radius_steps_m.iter().find(|&&r| nearest <= r as f64) else {
+        return Vec::new();
+    };
+    found
+        .into_iter()
+        .take_while(|(d, _)| *d <= step as f64)
+        .take(search.k)
+        .map(|(d, id)| Candidate {
+            worker_id: id,
+            distance_m: d,
+            radius_m: step,
+        })
+        .collect()
 }
 
 /// The city actor (its configuration is the city itself).
