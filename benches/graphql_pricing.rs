@@ -161,7 +161,7 @@ async fn measure_all(params: &Params, url: &str) -> anyhow::Result<()> {
     bare_store.pool().close().await;
     print_table(params.runs, &rows);
     println!(
-        "in process, one task, no HTTP (medians of 3 × 1 s): Pricing::quote {:.1} µs/op, \
+        "in process, one task, no HTTP (medians of 5 × 1 s): Pricing::quote {:.1} µs/op, \
          the engine's schema executing the guide's mutation {:.1} µs/op",
         split.0, split.1
     );
@@ -181,7 +181,7 @@ async fn in_process(engine: &AppHandle) -> anyhow::Result<(f64, f64)> {
         ..JobInput::default()
     };
     let (mut quote_us, mut execute_us) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         quote_us.push(
             per_op(|| async {
                 pricing.quote(&job).await?;

@@ -5,15 +5,18 @@
 //!   from that commit until the last row is marked (relay: acked by JetStream, marked,
 //!   handed to subscribers).
 //! - **lag at offered load**: writers commit one row per transaction at `BENCH_RATE`
-//!   rows/s for `BENCH_SECONDS`; lag is commit (the writer's `commit` returned) → marked
-//!   (relay: its subscriber received the event, which happens after the mark committed).
+//!   rows/s for `BENCH_SECONDS`; lag is commit (the writer's commit returned, client clock)
+//!   → the row's `"processedAt"` (the mark statement, which for the relay runs after
+//!   JetStream acked the event; PostgreSQL's clock, the same system clock), measured alike
+//!   for both consumers.
 //!
 //! Each beside the baseline: a plain `select ... for update skip locked` + `update` loop
 //! in one transaction, woken by the same commit signal, without the broker. The difference
 //! is what publishing to JetStream and awaiting its acks costs.
 //!
 //! `eval "$(scripts/dev-env.sh)"; cargo bench --bench outbox_relay`
-//! (`BENCH_RUNS`, default 5; `BENCH_RATE`, 5000; `BENCH_SECONDS`, 6; `BENCH_BACKLOG`, 20000)
+//! (`BENCH_RUNS`, default 5; `BENCH_RATE`, 5000; `BENCH_SECONDS`, 6; `BENCH_BACKLOG`, 20000;
+//! `BENCH_BATCH`, the seeded `outbox_batch_size` 500)
 
 use std::{
     collections::HashMap,
@@ -26,6 +29,7 @@ use arreglame::{
     jobs::outbox_relay::{self, RelayHandle, RelayOptions},
     store::{OutboxEvent, Settings, Store},
 };
+use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -33,8 +37,10 @@ use uuid::Uuid;
 
 const WRITERS: usize = 8;
 
-/// (outbox id, instant): when a row was committed, or when it was marked.
+/// (outbox id, instant the consumer marked it), as the consumer reports them.
 type Marks = Vec<(i64, Instant)>;
+/// (outbox id, when the writer's commit returned).
+type Commits = Vec<(i64, DateTime<Utc>)>;
 /// A column of the results table: its name and how to read it from a run.
 type Column = (&'static str, fn(&RunResult) -> f64);
 
@@ -81,8 +87,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(params: Params, server_url: String, nats_url: String) -> anyhow::Result<()> {
     println!(
-        "# outbox relay: medians of {} runs; backlog {} rows; {} rows/s offered for {} s by {WRITERS} writers",
-        params.runs, params.backlog, params.rate, params.seconds
+        "# outbox relay: medians of {} runs; backlog {} rows; {} rows/s offered for {} s by {WRITERS} writers; outbox_batch_size {}",
+        params.runs, params.backlog, params.rate, params.seconds, batch_size()
     );
     println!(
         "machine: {} cores, load average at start {}",
@@ -107,21 +113,18 @@ async fn bench(params: Params, server_url: String, nats_url: String) -> anyhow::
         } else {
             [Consumer::Relay, Consumer::Baseline]
         };
-        let diag = std::env::var("DIAG").unwrap_or_default();
-        let order: Vec<Consumer> = if diag.is_empty() { order.to_vec() } else { vec![Consumer::Relay] };
         for consumer in order {
-            let mut o = options.clone();
-            if diag == "nonats" { o.nats_url = None; }
-            let result = measure(consumer, &url, &o, &params).await?;
+            let result = measure(consumer, &url, &options, &params).await?;
             println!(
-                "run {run} {:<8} drain {:>7.0}/s | offered {:>6.0}/s relayed {:>6.0}/s | lag p50 {:>6.1} ms p99 {:>6.1} ms max {:>6.1} ms",
+                "run {run} {:<8} drain {:>7.0}/s | offered {:>6.0}/s relayed {:>6.0}/s | lag p50 {:>6.1} ms p99 {:>6.1} ms max {:>6.1} ms | load {}",
                 label(consumer),
                 result.drain_per_s,
                 result.offered_per_s,
                 result.relayed_per_s,
                 result.lag_p50_ms,
                 result.lag_p99_ms,
-                result.lag_max_ms
+                result.lag_max_ms,
+                loadavg()
             );
             match consumer {
                 Consumer::Relay => {
@@ -182,23 +185,29 @@ async fn measure(
     // Offered load.
     let expected = (params.rate * params.seconds) as usize;
     let writers = spawn_writers(&store, params.rate, expected);
-    let (marked, _) = wait_for(&mut marks, expected).await?;
-    let mut commits: HashMap<i64, Instant> = HashMap::with_capacity(expected);
-    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    wait_for(&mut marks, expected).await?;
+    let mut commits: HashMap<i64, DateTime<Utc>> = HashMap::with_capacity(expected);
     for writer in writers {
-        for (id, at) in writer.await?? {
-            first = Some(first.map_or(at, |f| f.min(at)));
-            last = Some(last.map_or(at, |l| l.max(at)));
-            commits.insert(id, at);
-        }
+        commits.extend(writer.await??);
     }
-    let (first, last) = (first.context("no commits")?, last.context("no commits")?);
+    let first = *commits.values().min().context("no commits")?;
+    let last = *commits.values().max().context("no commits")?;
+    // Both consumers are measured alike: the client's clock at commit, PostgreSQL's (the
+    // same system clock) at the mark.
+    let ids: Vec<i64> = commits.keys().copied().collect();
+    let marked: Vec<(i64, Option<DateTime<Utc>>)> =
+        sqlx::query_as(r#"select id, "processedAt" from outbox_events where id = any($1)"#)
+            .bind(&ids)
+            .fetch_all(store.pool())
+            .await?;
     let mut lag = Histogram::<u64>::new(3)?;
     let mut last_mark = first;
-    for (id, at) in &marked {
-        let commit = commits.get(id).context("a marked row no writer wrote")?;
-        lag.record(at.saturating_duration_since(*commit).as_micros() as u64)?;
-        last_mark = last_mark.max(*at);
+    for (id, processed_at) in marked {
+        let processed_at = processed_at.context("a row was left unmarked")?;
+        let commit = commits.get(&id).context("a marked row no writer wrote")?;
+        let micros = (processed_at - *commit).num_microseconds().unwrap_or(0);
+        lag.record(u64::try_from(micros).unwrap_or(0))?;
+        last_mark = last_mark.max(processed_at);
     }
     let _ = shutdown_tx.send(true);
     running.stopped().await?;
@@ -207,8 +216,8 @@ async fn measure(
     let ms = |q: f64| lag.value_at_quantile(q) as f64 / 1000.0;
     Ok(RunResult {
         drain_per_s,
-        offered_per_s: expected as f64 / (last - first).as_secs_f64(),
-        relayed_per_s: expected as f64 / (last_mark - first).as_secs_f64(),
+        offered_per_s: expected as f64 / seconds(last - first),
+        relayed_per_s: expected as f64 / seconds(last_mark - first),
         lag_p50_ms: ms(0.50),
         lag_p99_ms: ms(0.99),
         lag_max_ms: lag.max() as f64 / 1000.0,
@@ -239,7 +248,11 @@ async fn start_consumer(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<(mpsc::UnboundedReceiver<Marks>, Running)> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let settings = watch::channel(Arc::new(Settings::default())).1;
+    let settings = watch::channel(Arc::new(Settings {
+        outbox_batch_size: batch_size(),
+        ..Settings::default()
+    }))
+    .1;
     match consumer {
         Consumer::Relay => {
             let relay =
@@ -256,7 +269,7 @@ async fn start_consumer(
             Ok((rx, Running::Relay(relay)))
         }
         Consumer::Baseline => {
-            let batch = Settings::default().outbox_batch_size;
+            let batch = batch_size();
             let task = tokio::spawn(baseline(store.clone(), batch, shutdown, tx));
             Ok((rx, Running::Baseline(task)))
         }
@@ -368,7 +381,7 @@ fn spawn_writers(
     store: &Store,
     rate: f64,
     total: usize,
-) -> Vec<tokio::task::JoinHandle<anyhow::Result<Marks>>> {
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<Commits>>> {
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let interval = Duration::from_secs_f64(WRITERS as f64 / rate);
     (0..WRITERS)
@@ -376,7 +389,7 @@ fn spawn_writers(
             let store = store.clone();
             let count = total / WRITERS + usize::from(w < total % WRITERS);
             tokio::spawn(async move {
-                let mut commits = Marks::with_capacity(count);
+                let mut commits = Commits::with_capacity(count);
                 let mut next = start + interval.mul_f64(w as f64 / WRITERS as f64);
                 for k in 0..count {
                     tokio::time::sleep_until(next).await;
@@ -389,7 +402,7 @@ fn spawn_writers(
                     .bind(serde_json::json!({ "writer": w, "seq": k, "status": "PENDING" }))
                     .fetch_one(store.pool())
                     .await?;
-                    commits.push((id, Instant::now()));
+                    commits.push((id, Utc::now()));
                     store.outbox_written();
                     next += interval;
                 }
@@ -397,6 +410,10 @@ fn spawn_writers(
             })
         })
         .collect()
+}
+
+fn seconds(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -462,6 +479,11 @@ fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
         .map(|(_, q)| format!("?{q}"))
         .unwrap_or_default();
     Ok(format!("{base}/{db}{query}"))
+}
+
+/// `outbox_batch_size` for both consumers: `BENCH_BATCH`, else the seeded default.
+fn batch_size() -> i64 {
+    env_num("BENCH_BATCH", Settings::default().outbox_batch_size as f64) as i64
 }
 
 fn env_num(name: &str, default: f64) -> f64 {

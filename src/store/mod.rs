@@ -92,7 +92,7 @@ pub struct Store {
 /// Tells outbox consumers that new rows were committed. The local relay is woken directly;
 /// other engines hear a `NOTIFY outbox_events` sent *after* the commit, from outside the
 /// write transaction (a NOTIFY inside it would serialise every commit on Postgres's
-/// notification lock). Bursts coalesce into one NOTIFY.
+/// notification lock). Commits within 5 ms coalesce into one NOTIFY.
 #[derive(Debug, Default)]
 struct OutboxSignal {
     local: Notify,
@@ -134,6 +134,9 @@ impl Store {
             tokio::spawn(async move {
                 loop {
                     signal.remote.notified().await;
+                    // Gather the burst: commits within a few milliseconds share one NOTIFY
+                    // (the local relay was already woken directly; this is for other engines).
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                     if pool.is_closed() {
                         return;
                     }

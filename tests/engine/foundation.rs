@@ -149,13 +149,24 @@ async fn seeding_twice_leaves_the_same_data_and_keeps_tuned_values() {
 async fn migrations_revert_and_apply_again() {
     let url = fresh_database().await;
     let store = Store::connect(&url, 2).await.unwrap();
-    let reverted = store.revert_latest_migration().await.unwrap();
-    assert!(reverted.is_some());
-    let tables: i64 =
-        sqlx::query_scalar("select count(*) from pg_tables where tablename = 'service_requests'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+    let edges = |store: Store| async move {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from service_request_transitions where \"fromStatus\" = 'COMPLETED'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // The latest migration alone: the dispute edge goes, the schema stays.
+    assert_eq!(edges(store.clone()).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(edges(store.clone()).await, 0);
+    // All the way back: nothing of ours is left.
+    while store.revert_latest_migration().await.unwrap().is_some() {}
+    let tables: i64 = sqlx::query_scalar("select count(*) from pg_tables where schemaname = 'public' and tablename <> '_sqlx_migrations'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
     assert_eq!(tables, 0, "revert drops the schema");
     store.migrate().await.unwrap();
     store.seed().await.unwrap();
@@ -164,6 +175,7 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap();
     assert!(cities >= 2);
+    assert_eq!(edges(store.clone()).await, 1);
 }
 
 fn offer_to(worker: Uuid, attempt: i32) -> Change {
