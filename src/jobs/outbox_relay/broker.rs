@@ -20,11 +20,15 @@ use async_nats::{
     ConnectOptions, Event,
 };
 use chrono::{DateTime, Utc};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::{
+    future::{BoxFuture, FutureExt},
+    stream::{FuturesUnordered, StreamExt},
+};
 use serde::Serialize;
+use std::future::IntoFuture;
 use tokio::sync::Notify;
 
-use super::{metrics::Counters, retry::Backoff, RelayOptions};
+use super::{metrics::Counters, retry::Backoff, RelayOptions, PIPELINE_DEPTH};
 use crate::store::OutboxEvent;
 
 /// What happened to one event of a batch.
@@ -102,9 +106,66 @@ enum StreamCheck {
 }
 
 /// An ack's outcome before a missing stream is told apart from a narrow one.
+#[derive(Clone)]
 enum Sent {
     Done(Delivery),
     NoStream,
+}
+
+type AckFuture = BoxFuture<'static, (usize, Result<PublishAck, PublishError>)>;
+
+/// A sent batch whose acks are outstanding. It owns everything it needs, so the relay can
+/// wait for it while it sends the next batch.
+pub(super) struct Sending {
+    sent: Vec<Option<Sent>>,
+    in_flight: FuturesUnordered<AckFuture>,
+}
+
+/// Every ack of a batch is in (or timed out).
+pub(super) struct Acked(Vec<Option<Sent>>);
+
+impl Sending {
+    /// A batch delivered without a broker: every event is handed off as it is.
+    pub fn in_process(n: usize) -> Sending {
+        Sending {
+            sent: (0..n)
+                .map(|_| Some(Sent::Done(Delivery::Acked { duplicate: false })))
+                .collect(),
+            in_flight: FuturesUnordered::new(),
+        }
+    }
+
+    async fn collect_one(&mut self) {
+        if let Some((i, ack)) = self.in_flight.next().await {
+            self.sent[i] = Some(classify_ack(ack));
+        }
+    }
+
+    pub async fn acked(mut self) -> Acked {
+        while !self.in_flight.is_empty() {
+            self.collect_one().await;
+        }
+        Acked(self.sent)
+    }
+}
+
+impl Acked {
+    /// Whether some event got "no responders", which only the broker can settle.
+    pub fn needs_broker(&self) -> bool {
+        self.0.iter().any(|s| matches!(s, Some(Sent::NoStream)))
+    }
+
+    /// The outcomes when no event needs the broker ([`Acked::needs_broker`] is false).
+    pub fn deliveries(self) -> Vec<Delivery> {
+        self.0
+            .into_iter()
+            .map(|s| match s {
+                Some(Sent::Done(delivery)) => delivery,
+                Some(Sent::NoStream) => Delivery::Undelivered("no stream".into()),
+                None => Delivery::Undelivered("not attempted".into()),
+            })
+            .collect()
+    }
 }
 
 impl Broker {
@@ -180,8 +241,10 @@ impl Broker {
             .connect(servers.as_slice())
             .await
             .map_err(|e| BrokerUnavailable::Connect(e.to_string()))?;
+        // Room for the acks of every batch the relay keeps in flight at once.
         let js = jetstream::ContextBuilder::new()
             .timeout(self.ack_timeout)
+            .max_ack_inflight((PIPELINE_DEPTH + 1) * self.max_in_flight)
             .build(client.clone());
         Ok(Link { client, js })
     }
@@ -237,52 +300,60 @@ impl Broker {
         }
     }
 
-    /// Publishes the batch in id order with up to `max_in_flight` acks outstanding, and
-    /// waits for every ack. The outcomes are in the order of `events`.
-    pub async fn publish(&mut self, events: &[OutboxEvent]) -> Vec<Delivery> {
+    /// Publishes the batch in id order and returns without waiting for the acks (beyond
+    /// keeping at most `max_in_flight` of this batch outstanding).
+    pub async fn send(&mut self, events: &[OutboxEvent]) -> Sending {
+        let mut sending = Sending {
+            sent: events.iter().map(|_| None).collect(),
+            in_flight: FuturesUnordered::new(),
+        };
         let Some(link) = &self.link else {
             let reason = BrokerUnavailable::NotConnected.to_string();
-            return vec![Delivery::Undelivered(reason); events.len()];
+            sending
+                .sent
+                .fill(Some(Sent::Done(Delivery::Undelivered(reason))));
+            return sending;
         };
         let js = link.js.clone();
         let max_payload = match link.client.server_info().max_payload {
             0 => DEFAULT_MAX_PAYLOAD,
             n => n,
         };
-        let mut sent: Vec<Option<Sent>> = events.iter().map(|_| None).collect();
-        let mut in_flight = FuturesUnordered::new();
         let mut broken: Option<String> = None;
         for (i, event) in events.iter().enumerate() {
             if let Some(reason) = &broken {
-                sent[i] = Some(Sent::Done(Delivery::Undelivered(reason.clone())));
+                sending.sent[i] = Some(Sent::Done(Delivery::Undelivered(reason.clone())));
                 continue;
             }
             let (subject, message) = match outbound(&self.subject_prefix, event, max_payload) {
                 Ok(m) => m,
                 Err(refusal) => {
-                    sent[i] = Some(Sent::Done(Delivery::Refused(refusal)));
+                    sending.sent[i] = Some(Sent::Done(Delivery::Refused(refusal)));
                     continue;
                 }
             };
-            while in_flight.len() >= self.max_in_flight {
-                if let Some((j, ack)) = in_flight.next().await {
-                    sent[j] = Some(classify_ack(ack));
-                }
+            while sending.in_flight.len() >= self.max_in_flight {
+                sending.collect_one().await;
             }
             match js.send_publish(subject, message).await {
-                Ok(ack) => in_flight.push(async move { (i, ack.await) }),
+                Ok(ack) => sending
+                    .in_flight
+                    .push(ack.into_future().map(move |ack| (i, ack)).boxed()),
                 Err(e) => {
                     // The client could not even queue it: the rest would fail the same way.
                     let reason = e.to_string();
-                    sent[i] = Some(Sent::Done(Delivery::Undelivered(reason.clone())));
+                    sending.sent[i] = Some(Sent::Done(Delivery::Undelivered(reason.clone())));
                     broken = Some(reason);
                 }
             }
         }
-        while let Some((j, ack)) = in_flight.next().await {
-            sent[j] = Some(classify_ack(ack));
-        }
-        self.settle_missing_streams(events, sent).await
+        sending
+    }
+
+    /// The outcomes of an acked batch, in the order of `events`. Only a "no responders"
+    /// answer needs the broker again (to tell a missing stream from a narrow one).
+    pub async fn resolve(&mut self, events: &[OutboxEvent], acked: Acked) -> Vec<Delivery> {
+        self.settle_missing_streams(events, acked.0).await
     }
 
     /// "No responders" means no stream captures the subject. If our stream is missing

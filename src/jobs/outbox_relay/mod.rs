@@ -6,9 +6,10 @@
 //!
 //! Each batch is one transaction: `select ... where processed = false and "parkedAt" is
 //! null order by id limit <outbox_batch_size> for update skip locked`, publish, await the
-//! broker's acks, `update ... set processed = true` for what was acked, commit. Batches
-//! overlap by one: while batch N is marked and committed, batch N+1 is claimed (N's rows,
-//! still locked, are skipped) and published.
+//! broker's acks, `update ... set processed = true` for what was acked, commit. Batches are
+//! pipelined: while batch N is marked and committed, batch N+1 is claimed (N's rows, still
+//! locked, are skipped) and published; while the relay is behind, two batches await their
+//! acks at once (see `Relay::run`).
 //!
 //! The relay keeps no position (no "last id seen"): ids are taken when a row is inserted
 //! but become visible when its transaction commits, so id 41 can appear after id 42 was
@@ -62,6 +63,7 @@ mod retry;
 mod wake;
 
 use std::{
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -73,7 +75,7 @@ use tokio::{
 
 use self::{
     batch::Charged,
-    broker::{Broker, BrokerUnavailable, Delivery},
+    broker::{Acked, Broker, BrokerUnavailable, Delivery, Sending},
     metrics::Counters,
     retry::Deferrals,
 };
@@ -85,6 +87,9 @@ pub use self::{metrics::RelayMetrics, retry::Backoff};
 pub const DEFAULT_STREAM: &str = "ARREGLAME_EVENTS";
 /// Events are published on `<prefix>.<type>`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "arreglame.events";
+
+/// Batches awaiting their acks at once while the relay is behind (see [`Relay::run`]).
+const PIPELINE_DEPTH: usize = 2;
 
 /// Events buffered for in-process subscribers; a subscriber further behind than this
 /// gets `RecvError::Lagged` and skips ahead (the table and the stream still hold all).
@@ -279,11 +284,24 @@ struct Relay {
     failed_rounds: u32,
 }
 
-/// A claimed batch, published, whose transaction (holding the rows' locks) is still open.
-struct Delivered {
+/// A claimed batch, sent, whose transaction (holding the rows' locks) is still open.
+struct InFlight {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    outcomes: Outcomes,
+    claimed: Vec<OutboxEvent>,
+    sending: Sending,
     max_attempts: i32,
+}
+
+/// The oldest batch in flight, after its acks came in.
+enum Front {
+    Settled(Settled),
+    /// Some event got "no responders": the broker must look at the stream first.
+    NeedsBroker {
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        claimed: Vec<OutboxEvent>,
+        acked: Acked,
+        max_attempts: i32,
+    },
 }
 
 /// A batch whose marks and charges committed.
@@ -332,13 +350,34 @@ impl Outcomes {
     }
 }
 
-/// Marks the delivered rows, charges the refused ones, and commits.
-async fn settle(batch: Delivered) -> Result<Settled, sqlx::Error> {
-    let Delivered {
-        mut tx,
-        outcomes,
+/// Waits for the batch's acks; then, unless the broker is needed, marks the delivered
+/// rows, charges the refused ones, and commits.
+async fn settle_front(batch: InFlight) -> Result<Front, sqlx::Error> {
+    let InFlight {
+        tx,
+        claimed,
+        sending,
         max_attempts,
     } = batch;
+    let acked = sending.acked().await;
+    if acked.needs_broker() {
+        return Ok(Front::NeedsBroker {
+            tx,
+            claimed,
+            acked,
+            max_attempts,
+        });
+    }
+    let outcomes = Outcomes::sort(claimed, acked.deliveries());
+    settle(tx, outcomes, max_attempts).await.map(Front::Settled)
+}
+
+/// Marks the delivered rows, charges the refused ones, and commits.
+async fn settle(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    outcomes: Outcomes,
+    max_attempts: i32,
+) -> Result<Settled, sqlx::Error> {
     let delivered: Vec<i64> = outcomes.delivered.iter().map(|e| e.id).collect();
     batch::mark_processed(&mut tx, &delivered).await?;
     let charged = batch::charge_failures(&mut tx, &outcomes.refused, max_attempts).await?;
@@ -371,46 +410,56 @@ impl Relay {
         }
     }
 
-    /// The loop. Batches overlap by one: batch N is marked and committed while batch N+1
-    /// is claimed and published, which hides most of a round's round trips. N+1 cannot
-    /// contain N's rows (still locked, so skipped), and N's subscribers are told before
-    /// N+1's, so the id order within and across batches holds.
+    /// The loop: a pipeline of batches in flight. Each step settles the oldest batch
+    /// (awaits its acks, marks, commits, tells subscribers) while it claims and sends the
+    /// next. While the relay is behind (its last claim was full) it keeps
+    /// [`PIPELINE_DEPTH`] batches awaiting acks, so a slow ack round trip does not cap
+    /// throughput at one batch per round trip; once caught up it settles each batch at
+    /// once, for the lowest lag. A batch in flight holds its rows' locks, so a newer claim
+    /// skips them; batches settle in claim order, so subscribers see id order.
     async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         tracing::info!(target: "OutboxRelay", nats = self.broker.is_some(), stream = %self.options.stream,
             "[OutboxRelay] started");
-        let mut in_hand: Option<Delivered> = None;
+        let mut pipeline: VecDeque<InFlight> = VecDeque::new();
+        let mut behind = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let (settled, next) = tokio::select! {
-                step = self.step(in_hand.take()) => step,
-                // Dropping a step rolls its transactions back: at worst their events were
-                // published and not marked, and the broker drops the re-publish.
+            let fill = pipeline.is_empty() || (behind && pipeline.len() < PIPELINE_DEPTH);
+            let front = if fill { None } else { pipeline.pop_front() };
+            let step = tokio::select! {
+                step = self.step(front) => step,
+                // Dropping a step (and the pipeline) rolls the transactions back: at worst
+                // their events were published and not marked; the broker drops the re-publish.
                 changed = shutdown.changed() => match changed {
                     Ok(()) => continue,
                     Err(_) => break,
                 },
             };
-            let mut error = None;
-            if let Some(settled) = settled {
-                match settled {
-                    Ok(settled) => error = self.told(settled).map(RoundError::Undelivered),
-                    Err(e) => error = Some(RoundError::Database(e)),
-                }
-            }
+            let (settled, next) = step;
+            let mut error = match settled {
+                Some(Ok(settled)) => self.told(settled).map(RoundError::Undelivered),
+                Some(Err(e)) => Some(e),
+                None => None,
+            };
             match next {
-                Ok(next) => in_hand = next,
+                Ok(Some((batch, full))) => {
+                    behind = full;
+                    pipeline.push_back(batch);
+                }
+                Ok(None) => behind = false,
                 Err(e) => error = error.or(Some(e)),
             }
             let carry_on = if let Some(error) = error {
-                // What is in hand rolls back; it is claimed again after the pause.
-                in_hand = None;
+                // What is in flight rolls back; it is claimed again after the pause.
+                pipeline.clear();
+                behind = false;
                 let pause = self.failed(&error);
                 self.pause(pause, &mut shutdown).await
             } else {
                 self.recovered();
-                in_hand.is_some() || self.wait_for_work(&mut shutdown).await
+                !pipeline.is_empty() || self.wait_for_work(&mut shutdown).await
             };
             if !carry_on {
                 break;
@@ -419,54 +468,85 @@ impl Relay {
         tracing::info!(target: "OutboxRelay", "[OutboxRelay] stopped");
     }
 
-    /// Settles the batch in hand (if any) and, at the same time, claims and publishes the
-    /// next one, unless NATS just failed part of the batch in hand.
+    /// Settles `front` (if any) while claiming and sending the next batch. Returns what
+    /// settled, and the new batch with whether it was full.
     async fn step(
         &mut self,
-        in_hand: Option<Delivered>,
+        front: Option<InFlight>,
     ) -> (
-        Option<Result<Settled, sqlx::Error>>,
-        Result<Option<Delivered>, RoundError>,
+        Option<Result<Settled, RoundError>>,
+        Result<Option<(InFlight, bool)>, RoundError>,
     ) {
-        match in_hand {
-            None => (None, self.deliver_next(&[]).await),
-            Some(batch) if batch.outcomes.undelivered.is_some() => {
-                (Some(settle(batch).await), Ok(None))
+        let Some(front) = front else {
+            return (None, self.send_next(&[]).await);
+        };
+        // The front may commit before the next claim runs; none of its rows may be claimed
+        // again in this step (a refused one must wait out its backoff).
+        let front_ids: Vec<i64> = front.claimed.iter().map(|e| e.id).collect();
+        let (settled, next) = tokio::join!(settle_front(front), self.send_next(&front_ids));
+        let settled = match settled {
+            Ok(Front::Settled(settled)) => Ok(settled),
+            Ok(Front::NeedsBroker {
+                tx,
+                claimed,
+                acked,
+                max_attempts,
+            }) => {
+                self.settle_with_broker(tx, claimed, acked, max_attempts)
+                    .await
             }
-            Some(batch) => {
-                // Batch N may commit before N+1 is claimed; its refused events must still
-                // wait out their backoff, not be claimed again at once.
-                let refused: Vec<i64> = batch.outcomes.refused.iter().map(|r| r.0).collect();
-                let (settled, next) = tokio::join!(settle(batch), self.deliver_next(&refused));
-                (Some(settled), next)
-            }
-        }
+            Err(e) => Err(RoundError::Database(e)),
+        };
+        (Some(settled), next)
     }
 
-    /// Claims the next batch (never `also_skip`) and publishes it; `None` when there is
-    /// nothing to claim.
-    async fn deliver_next(&mut self, also_skip: &[i64]) -> Result<Option<Delivered>, RoundError> {
+    /// The rare path: "no responders" for some event; the broker checks the stream first.
+    async fn settle_with_broker(
+        &mut self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        claimed: Vec<OutboxEvent>,
+        acked: Acked,
+        max_attempts: i32,
+    ) -> Result<Settled, RoundError> {
+        let deliveries = match self.broker.as_mut() {
+            Some(broker) => broker.resolve(&claimed, acked).await,
+            None => acked.deliveries(),
+        };
+        let outcomes = Outcomes::sort(claimed, deliveries);
+        Ok(settle(tx, outcomes, max_attempts).await?)
+    }
+
+    /// Claims the next batch (never `also_skip`) and sends it; `None` when there is
+    /// nothing to claim. The flag says whether the batch was full.
+    async fn send_next(
+        &mut self,
+        also_skip: &[i64],
+    ) -> Result<Option<(InFlight, bool)>, RoundError> {
         let settings = self.settings.borrow().clone();
         if let Some(broker) = self.broker.as_mut() {
             broker.ready().await?;
         }
+        let batch_size = settings.outbox_batch_size.max(1);
         let mut skip = self.deferrals.waiting(Instant::now());
         skip.extend_from_slice(also_skip);
         let mut tx = self.store.pool().begin().await?;
-        let claimed = batch::claim(&mut tx, settings.outbox_batch_size.max(1), &skip).await?;
+        let claimed = batch::claim(&mut tx, batch_size, &skip).await?;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(None);
         }
-        let deliveries = match self.broker.as_mut() {
-            Some(broker) => broker.publish(&claimed).await,
-            None => vec![Delivery::Acked { duplicate: false }; claimed.len()],
+        let full = claimed.len() as i64 >= batch_size;
+        let sending = match self.broker.as_mut() {
+            Some(broker) => broker.send(&claimed).await,
+            None => Sending::in_process(claimed.len()),
         };
-        Ok(Some(Delivered {
+        let batch = InFlight {
             tx,
-            outcomes: Outcomes::sort(claimed, deliveries),
+            claimed,
+            sending,
             max_attempts: settings.outbox_max_attempts,
-        }))
+        };
+        Ok(Some((batch, full)))
     }
 
     /// After a batch committed: counts it, defers or reports the charged events, and hands
