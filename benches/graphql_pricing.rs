@@ -15,6 +15,11 @@
 //! `eval "$(scripts/dev-env.sh)"; cargo bench --bench graphql_pricing`
 //! (`BENCH_RUNS`, default 5; `BENCH_SECONDS`, 5; `BENCH_CLIENTS`, a list, default `1,16`)
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses some of the shared helpers
+mod common;
+use common::*;
+
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -33,9 +38,7 @@ use axum::{extract::State, http::StatusCode, routing::post, Json, Router};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::{Connection, PgConnection};
 use tokio::{net::TcpListener, sync::Barrier};
-use uuid::Uuid;
 
 /// The guide's example mutation, character for character (as `tests/engine/api.rs` sends it).
 const GUIDE_ESTIMATE: &str = r#"mutation {
@@ -99,7 +102,7 @@ async fn bench(params: Params, server_url: String) -> anyhow::Result<()> {
         cores(),
         loadavg()
     );
-    let (db_name, url) = create_database(&server_url).await?;
+    let (db_name, url) = create_database(&server_url, "bench_graphql").await?;
     let result = measure_all(&params, &url).await;
     drop_database(&server_url, &db_name).await?;
     println!("load average at end {}", loadavg());
@@ -418,80 +421,4 @@ fn print_table(runs: usize, rows: &[Row]) {
         );
     }
     println!("(medians of {runs} runs each; engine / bare is the ratio of the median req/s)");
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-/// Creates `bench_graphql_<uuid>` on the server of `url`, migrated and seeded; returns
-/// (name, URL).
-async fn create_database(url: &str) -> anyhow::Result<(String, String)> {
-    let name = format!("bench_graphql_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"create database "{name}""#))
-        .execute(&mut admin)
-        .await?;
-    let db_url = with_database(url, &name)?;
-    let store = Store::connect(&db_url, 2).await?;
-    store.migrate().await?;
-    store.seed().await?;
-    store.pool().close().await;
-    Ok((name, db_url))
-}
-
-async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
-/// The server's URL with another database name.
-fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
-    let (base, rest) = url
-        .rsplit_once('/')
-        .context("DATABASE_URL has a database name")?;
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    Ok(format!("{base}/{db}{query}"))
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .unwrap_or(default)
-}
-
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter_map(|n| n.trim().parse().ok())
-                .filter(|&n| n > 0)
-                .collect::<Vec<usize>>()
-        })
-        .filter(|list| !list.is_empty())
-        .unwrap_or_else(|| default.to_vec())
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }

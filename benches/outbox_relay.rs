@@ -18,6 +18,11 @@
 //! (`BENCH_RUNS`, default 5; `BENCH_RATE`, 5000; `BENCH_SECONDS`, 6; `BENCH_BACKLOG`, 20000;
 //! `BENCH_BATCH`, the seeded `outbox_batch_size` 500)
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses some of the shared helpers
+mod common;
+use common::*;
+
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -31,7 +36,6 @@ use arreglame::{
 };
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
-use sqlx::{Connection, PgConnection};
 use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
@@ -95,7 +99,7 @@ async fn bench(params: Params, server_url: String, nats_url: String) -> anyhow::
         cores(),
         loadavg()
     );
-    let (db_name, url) = create_database(&server_url).await?;
+    let (db_name, url) = create_database(&server_url, "bench_outbox").await?;
     let tag = Uuid::new_v4().simple().to_string();
     let options = RelayOptions {
         stream: format!("BENCH_OUTBOX_{tag}"),
@@ -416,15 +420,6 @@ fn seconds(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 fn print_table(relay: &[RunResult], baseline: &[RunResult]) {
     let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
     let columns: [Column; 6] = [
@@ -447,59 +442,7 @@ fn print_table(relay: &[RunResult], baseline: &[RunResult]) {
     }
 }
 
-/// Creates `bench_outbox_<uuid>` on the server of `url`, migrated; returns (name, URL).
-async fn create_database(url: &str) -> anyhow::Result<(String, String)> {
-    let name = format!("bench_outbox_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"create database "{name}""#))
-        .execute(&mut admin)
-        .await?;
-    let db_url = with_database(url, &name)?;
-    let store = Store::connect(&db_url, 2).await?;
-    store.migrate().await?;
-    store.pool().close().await;
-    Ok((name, db_url))
-}
-
-async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
-/// The server's URL with another database name.
-fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
-    let (base, rest) = url
-        .rsplit_once('/')
-        .context("DATABASE_URL has a database name")?;
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    Ok(format!("{base}/{db}{query}"))
-}
-
 /// `outbox_batch_size` for both consumers: `BENCH_BATCH`, else the seeded default.
 fn batch_size() -> i64 {
     env_num("BENCH_BATCH", Settings::default().outbox_batch_size as f64) as i64
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .unwrap_or(default)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }

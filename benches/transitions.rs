@@ -23,6 +23,11 @@
 //! (`BENCH_RUNS`, default 5; `BENCH_SECONDS`, 5; `BENCH_CLIENTS`, a list, default `1,8,32`;
 //! `PGBENCH`, the pgbench binary, found under /usr/lib/postgresql/*/bin otherwise)
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // each benchmark uses some of the shared helpers
+mod common;
+use common::*;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -38,7 +43,7 @@ use arreglame::{
     },
 };
 use chrono::{TimeDelta, Utc};
-use sqlx::{postgres::PgListener, Connection, PgConnection};
+use sqlx::postgres::PgListener;
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
@@ -198,7 +203,7 @@ async fn bench(params: &Params, server_url: String) -> anyhow::Result<()> {
     println!("pgbench: {}", params.pgbench.display());
     // The engine records its query histograms; so does this process.
     arreglame::ops::metrics::handle();
-    let (db_name, url) = create_database(&server_url).await?;
+    let (db_name, url) = create_database(&server_url, "bench_transitions").await?;
     let result = measure_all(params, &url).await;
     drop_database(&server_url, &db_name).await?;
     println!("load average at end {}", loadavg());
@@ -574,80 +579,4 @@ fn print_table(runs: usize, rows: &[Row]) {
         );
     }
     println!("(medians of {runs} runs each; engine / pgbench is the ratio of the medians)");
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-/// Creates `bench_transitions_<uuid>` on the server of `url`, migrated and seeded; returns
-/// (name, URL).
-async fn create_database(url: &str) -> anyhow::Result<(String, String)> {
-    let name = format!("bench_transitions_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"create database "{name}""#))
-        .execute(&mut admin)
-        .await?;
-    let db_url = with_database(url, &name)?;
-    let store = Store::connect(&db_url, 2).await?;
-    store.migrate().await?;
-    store.seed().await?;
-    store.pool().close().await;
-    Ok((name, db_url))
-}
-
-async fn drop_database(url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(&with_database(url, "postgres")?).await?;
-    sqlx::query(&format!(r#"drop database if exists "{name}" with (force)"#))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
-/// The server's URL with another database name.
-fn with_database(url: &str, db: &str) -> anyhow::Result<String> {
-    let (base, rest) = url
-        .rsplit_once('/')
-        .context("DATABASE_URL has a database name")?;
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    Ok(format!("{base}/{db}{query}"))
-}
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v: &f64| v.is_finite() && *v > 0.0)
-        .unwrap_or(default)
-}
-
-fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .filter_map(|n| n.trim().parse().ok())
-                .filter(|&n| n > 0)
-                .collect::<Vec<usize>>()
-        })
-        .filter(|list| !list.is_empty())
-        .unwrap_or_else(|| default.to_vec())
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
