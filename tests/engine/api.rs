@@ -107,17 +107,7 @@ async fn a_created_request_is_dispatched_and_the_subscription_follows_it() {
     let app = TestApp::spawn().await;
     let customer = app.token(Role::Customer, CUSTOMER);
     let dispatcher = app.handle.state.dispatcher.clone();
-    let worker = insert_worker(app.store(), "buenos-aires").await;
-    dispatcher
-        .worker_online(
-            "buenos-aires",
-            worker,
-            LON + 0.001,
-            LAT,
-            vec!["lawn_mowing".into()],
-        )
-        .await
-        .unwrap();
+    let worker = app.worker_online(LON + 0.001, LAT).await;
 
     let created = app.gql(Some(&customer), CREATE, create_input(None)).await;
     let request = &created["data"]["createServiceRequest"];
@@ -128,13 +118,8 @@ async fn a_created_request_is_dispatched_and_the_subscription_follows_it() {
     let mut sub = Subscription::open(&app, &customer, id).await;
     let mut seen = vec![sub.next_status().await];
     // The worker answers through the dispatcher as its app would.
-    let offer = loop {
-        if let Some(o) = app.store().pending_offer(id).await.unwrap() {
-            break o;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    dispatcher.accept_offer(worker, id, offer.id).await.unwrap();
+    let offer = wait_offer(&app, id).await;
+    dispatcher.accept_offer(worker, id, offer).await.unwrap();
     dispatcher.start_job(worker, id).await.unwrap();
     dispatcher.complete_job(worker, id).await.unwrap();
     while *seen.last().unwrap() != "COMPLETED" {
@@ -244,17 +229,7 @@ async fn the_cancellation_policy_cases() {
     let app = TestApp::spawn().await;
     let customer = app.token(Role::Customer, CUSTOMER);
     let dispatcher = app.handle.state.dispatcher.clone();
-    let worker = insert_worker(app.store(), "buenos-aires").await;
-    dispatcher
-        .worker_online(
-            "buenos-aires",
-            worker,
-            LON + 0.001,
-            LAT,
-            vec!["lawn_mowing".into()],
-        )
-        .await
-        .unwrap();
+    let worker = app.worker_online(LON + 0.001, LAT).await;
 
     // While dispatching: free.
     let id = create(&app, &customer).await;

@@ -121,6 +121,18 @@ impl TestApp {
         }
     }
 
+    /// A new worker, online in Buenos Aires at (lon, lat) with the lawn-mowing skill.
+    pub async fn worker_online(&self, lon: f64, lat: f64) -> Uuid {
+        let worker = insert_worker(self.store(), "buenos-aires").await;
+        self.handle
+            .state
+            .dispatcher
+            .worker_online("buenos-aires", worker, lon, lat, vec!["lawn_mowing".into()])
+            .await
+            .unwrap();
+        worker
+    }
+
     #[allow(dead_code)] // used by the API suites
     pub fn store(&self) -> &Store {
         &self.handle.state.store
