@@ -24,7 +24,13 @@ pub struct Claims {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub iat: u64,
+    /// Not valid before, seconds since the Unix epoch (RFC 7519 §4.1.5); checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
+
+/// Longest token accepted; ours are about 200 bytes. Refused before any decoding.
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -36,6 +42,28 @@ pub enum AuthError {
     Invalid,
     #[error("this operation needs the {0:?} role")]
     WrongRole(Role),
+    /// `nbf` is in the future.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// The signature is fine but its subject does not exist (any more).
+    #[error("unknown {0}")]
+    UnknownSubject(&'static str),
+    #[error("this {0} account is deactivated")]
+    Deactivated(&'static str),
+    /// The identity could not be checked (database unavailable): retry.
+    #[error("identity check unavailable; retry shortly")]
+    Unverifiable,
+}
+
+impl From<crate::identity::IdentityError> for AuthError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        use crate::identity::IdentityError;
+        match e {
+            IdentityError::Unknown(what) => AuthError::UnknownSubject(what),
+            IdentityError::Deactivated(what) => AuthError::Deactivated(what),
+            IdentityError::Unavailable => AuthError::Unverifiable,
+        }
+    }
 }
 
 /// Signs and verifies tokens with one secret.
@@ -60,18 +88,24 @@ impl TokenKeys {
             role,
             iat: now,
             exp: now + ttl.as_secs(),
+            nbf: None,
         };
         jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid);
+        }
         let mut validation = Validation::default();
         validation.leeway = 0;
+        validation.validate_nbf = true;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 _ => AuthError::Invalid,
             })
     }
@@ -158,9 +192,49 @@ mod tests {
             role: Role::Customer,
             iat: past - 60,
             exp: past,
+            nbf: None,
         };
         let token = jsonwebtoken::encode(&Header::default(), &claims, &keys.encoding).unwrap();
         assert_eq!(keys.verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_and_an_oversized_one_is_invalid() {
+        let keys = TokenKeys::new("k");
+        let now = unix_now();
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            role: Role::Worker,
+            iat: now,
+            exp: now + 3600,
+            nbf: Some(now + 600),
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &keys.encoding).unwrap();
+        assert_eq!(keys.verify(&token), Err(AuthError::NotYetValid));
+        let ready = Claims {
+            nbf: Some(now - 1),
+            ..claims
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &ready, &keys.encoding).unwrap();
+        assert!(keys.verify(&token).is_ok());
+        assert_eq!(
+            keys.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    /// Claims nested past serde_json's recursion limit are an invalid token, not a crash.
+    #[test]
+    fn deeply_nested_claims_are_an_invalid_token() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let deep = format!("{{\"sub\":{}1{}}}", "[".repeat(600), "]".repeat(600));
+        let token = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+            b64(&deep)
+        );
+        assert_eq!(TokenKeys::new("k").verify(&token), Err(AuthError::Invalid));
     }
 
     #[test]

@@ -75,8 +75,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let config = Config::from_env()?;
-    telemetry::init(&config.log_level, config.log_file.as_deref())?;
-    match cli.command.unwrap_or(Command::Serve { demo_fleet: 0 }) {
+    let command = cli.command.unwrap_or(Command::Serve { demo_fleet: 0 });
+    // Only the server logs to stdout; other commands print their results there.
+    let console = match command {
+        Command::Serve { .. } => telemetry::Console::Stdout,
+        _ => telemetry::Console::Stderr,
+    };
+    telemetry::init_to(console, &config.log_level, config.log_file.as_deref())?;
+    match command {
         Command::Serve { demo_fleet } => {
             let app = Application::build(config.clone()).await?;
             tracing::info!(target: "Server", port = app.port(), "[Server] listening on :{}", app.port());

@@ -45,6 +45,13 @@ pub struct Config {
     /// ...or served without auth on this separate address (e.g. 127.0.0.1:9100), and not
     /// on the main port at all.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Gemini calls in flight at once, engine-wide; past it the rules price (counted).
+    pub gemini_max_concurrent_calls: usize,
+    /// Quotes (estimateJob and createServiceRequest) one caller may ask for per minute
+    /// sustained, and in a burst; the caller is the customer, or the client address when
+    /// anonymous.
+    pub pricing_rate_per_minute: u32,
+    pub pricing_rate_burst: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -182,6 +189,24 @@ impl Config {
                 })?,
         };
 
+        let positive = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(ConfigError::Invalid {
+                        name,
+                        value: v,
+                        reason: "expected a positive integer".into(),
+                    }),
+            }
+        };
+        let gemini_max_concurrent_calls = positive("GEMINI_MAX_CONCURRENT_CALLS", 16)? as usize;
+        let pricing_rate_per_minute = positive("PRICING_RATE_PER_MINUTE", 120)?;
+        let pricing_rate_burst = positive("PRICING_RATE_BURST", 30)?;
+
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| ConfigError::Invalid {
@@ -207,6 +232,9 @@ impl Config {
             jwt_secret,
             app_env,
             database_max_connections,
+            gemini_max_concurrent_calls,
+            pricing_rate_per_minute,
+            pricing_rate_burst,
         })
     }
 

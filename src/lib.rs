@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod gateway;
+pub mod identity;
 pub mod jobs;
 pub mod ops;
 pub mod pricing;

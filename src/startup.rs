@@ -14,6 +14,7 @@ use crate::{
     config::Config,
     dispatch::Dispatcher,
     gateway::{self, Sessions},
+    identity::Identities,
     jobs::{self, outbox_relay::RelayHandle},
     pricing::{GeminiConfig, Pricing},
     store::{SettingsWatch, Store},
@@ -27,6 +28,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub settings: SettingsWatch,
     pub keys: TokenKeys,
+    /// Token subjects checked against the database (briefly cached).
+    pub identities: Arc<Identities>,
     pub pricing: Arc<Pricing>,
     /// Live worker WebSocket sessions.
     pub sessions: Arc<Sessions>,
@@ -93,7 +96,11 @@ impl Application {
         if gemini.is_none() {
             tracing::info!(target: "RuleBasedPricingEngine", "no API_KEY or GEMINI_API_KEY: pricing with the rules only");
         }
-        let pricing = Arc::new(Pricing::new(store.clone(), settings.clone(), gemini).await?);
+        let pricing = Arc::new(
+            Pricing::new(store.clone(), settings.clone(), gemini)
+                .await?
+                .limit_ai_calls(config.gemini_max_concurrent_calls),
+        );
         // Multipliers and categories change rarely; a minute's staleness is fine.
         background.push(tokio::spawn({
             let pricing = pricing.clone();
@@ -109,7 +116,16 @@ impl Application {
             }
         }));
 
+        let identities = Arc::new(Identities::new(store.clone()));
+        background.push(gateway::watch_identities(
+            sessions.clone(),
+            store.clone(),
+            identities.clone(),
+            crate::identity::CACHE_TTL,
+            shutdown_rx.clone(),
+        ));
         let state = AppState {
+            identities,
             keys: TokenKeys::new(&config.jwt_secret),
             config: Arc::new(config),
             store: store.clone(),

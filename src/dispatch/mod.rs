@@ -58,6 +58,10 @@ pub enum CommandError {
     Conflict,
     #[error("the request's actor is restarting; try again")]
     Unavailable,
+    /// A value the database refused (a NUL byte, say): the sender's mistake. Never fails
+    /// the actor.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -72,6 +76,7 @@ impl From<StoreError> for CommandError {
                 action: "change",
             },
             StoreError::WindowClosed => CommandError::WindowClosed,
+            StoreError::InvalidValue(detail) => CommandError::InvalidInput(detail),
             other => CommandError::Internal(other.to_string()),
         }
     }
@@ -103,6 +108,10 @@ pub struct DispatchStats {
     pub completed: Counter,
     pub actor_restarts: Counter,
     pub actors_escalated: Counter,
+    /// Registered actors that did not answer a heartbeat and were replaced.
+    pub actors_revived: Counter,
+    /// Live actors whose request showed no progress and were nudged to act again.
+    pub actors_nudged: Counter,
     /// Sum and count of creation-to-assignment times, in milliseconds.
     pub assignment_ms_sum: Counter,
     pub assignments: Counter,
@@ -222,6 +231,64 @@ impl Dispatcher {
             }
         }
         Ok(spawned)
+    }
+
+    /// The progress heartbeat behind the cron backstop (as quickwit-actors' supervisors
+    /// do): for each open request whose row shows no progress (`Store::stalled_requests`)
+    /// and that has a registered actor, the actor must answer a heartbeat within
+    /// `answer_within`. One that does not (its handler is stuck) is killed and replaced by a
+    /// fresh actor rebuilt from the database; one that answers is nudged to take the step
+    /// its state calls for (dispatch, or settle an overdue offer). Requests without an
+    /// actor are `recover`'s. Returns (revived, nudged).
+    pub async fn revive_stalled(
+        &self,
+        stalled: Vec<ServiceRequest>,
+        answer_within: std::time::Duration,
+    ) -> (usize, usize) {
+        let (mut revived, mut nudged) = (0, 0);
+        for row in stalled {
+            let Some(actor) = self.ctx.registry.get(&row.id).map(|a| a.clone()) else {
+                continue;
+            };
+            let heartbeat = actor.call(RequestMsg::Snapshot, Some(answer_within)).await;
+            match heartbeat {
+                Ok(ractor::rpc::CallResult::Success(snapshot)) => {
+                    let nudge = match (snapshot.status, snapshot.pending) {
+                        (Status::Pending, None) => Some(RequestMsg::Dispatch),
+                        (Status::Offering, Some(p)) if p.expires_at < Utc::now() => {
+                            Some(RequestMsg::OfferTimeout {
+                                offer_id: p.offer_id,
+                            })
+                        }
+                        _ => None,
+                    };
+                    if snapshot.version != row.version {
+                        // The actor's view and the row disagree: rebuild it from the row.
+                        self.replace_actor(row.id, &actor, "stale view").await;
+                        revived += 1;
+                    } else if let Some(msg) = nudge {
+                        let _ = actor.send_message(msg);
+                        self.ctx.stats.actors_nudged.inc();
+                        nudged += 1;
+                    }
+                }
+                _ => {
+                    self.replace_actor(row.id, &actor, "no heartbeat").await;
+                    revived += 1;
+                }
+            }
+        }
+        (revived, nudged)
+    }
+
+    async fn replace_actor(&self, request_id: Uuid, actor: &ActorRef<RequestMsg>, why: &str) {
+        tracing::error!(target: "Dispatch", %request_id, why, "request actor made no progress; replacing it");
+        actor.kill();
+        self.ctx.forget(request_id, actor.get_id());
+        self.ctx.stats.actors_revived.inc();
+        if let Err(e) = self.ensure_actor(request_id).await {
+            tracing::warn!(target: "Dispatch", %request_id, error = %e, "replacement actor did not start; the next sweep retries");
+        }
     }
 
     /// Starts dispatching a newly created (or recovered) request; idempotent.

@@ -176,17 +176,22 @@ impl Actor for RequestActor {
         let loaded = async {
             let row = self.ctx.store.get_request(request_id).await?;
             let offers = self.ctx.store.offers_for_request(request_id).await?;
-            Ok::<_, StoreError>((row, offers))
+            let skipped = self.ctx.store.candidate_skips(request_id).await?;
+            Ok::<_, StoreError>((row, offers, skipped))
         }
         .await;
-        let (row, offers) = match loaded {
+        let (row, offers, skipped) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 self.ctx.forget(request_id, myself.get_id());
                 return Err(e.into());
             }
         };
-        let tried = offers.into_iter().map(|o| o.worker_id).collect();
+        let tried = offers
+            .into_iter()
+            .map(|o| o.worker_id)
+            .chain(skipped.into_iter().map(|s| s.worker_id))
+            .collect();
         let city = row.city_id.as_ref().and_then(|c| self.ctx.city(c));
         let skill = row
             .service_category
@@ -336,6 +341,18 @@ fn tolerate_settled(result: Result<(), CommandError>) -> Result<(), CommandError
         Err(CommandError::OfferNotPending) => Ok(()),
         other => other,
     }
+}
+
+/// The offer's foreign key to `worker_profiles`: the worker's row no longer exists.
+const WORKER_GONE: &str = "offers_workerId_fkey";
+
+/// Constraints that refuse an offer because of its worker, not because of the request: the
+/// next candidate may well succeed.
+fn is_about_the_worker(constraint: &str) -> bool {
+    matches!(
+        constraint,
+        WORKER_GONE | "offers_one_pending_per_worker_idx" | "payouts_workerId_fkey"
+    )
 }
 
 fn check_offer(state: &RequestState, worker_id: Uuid, offer_id: Uuid) -> Result<(), CommandError> {
@@ -556,13 +573,30 @@ impl RequestActor {
                     self.arm(myself, state, offer.id, settings.worker_timeout);
                     return Ok(());
                 }
-                // The worker still holds another request's offer in the database (say,
-                // from before a restart): try the next one.
-                Err(StoreError::Constraint { constraint })
-                    if constraint == "offers_one_pending_per_worker_idx" =>
-                {
+                // Something about this candidate refused the offer: its row is gone (the
+                // worker was deleted while online), or it still holds another request's
+                // offer in the database (from before a restart, say). Noted in the
+                // decision trail; the next candidate gets the offer.
+                Err(StoreError::Constraint { constraint }) if is_about_the_worker(&constraint) => {
                     state.tried.insert(worker_id);
-                    self.release(state, worker_id);
+                    let request_id = state.row.id;
+                    tracing::warn!(target: "RequestActor", %request_id, %worker_id, constraint,
+                        "candidate passed over: the offer was refused");
+                    if let Err(e) = self
+                        .ctx
+                        .store
+                        .record_candidate_skip(request_id, worker_id, &constraint)
+                        .await
+                    {
+                        tracing::warn!(target: "RequestActor", %request_id, error = %e, "could not record the skipped candidate");
+                    }
+                    match constraint.as_str() {
+                        WORKER_GONE => city.cast(CityMsg::Offline {
+                            worker_id,
+                            reply: None,
+                        }),
+                        _ => self.release(state, worker_id),
+                    }
                 }
                 Err(e) if e.is_conflict() => {
                     self.release(state, worker_id);

@@ -1,6 +1,7 @@
 //! Pure types and rules of the marketplace: no I/O here.
 
 pub mod money;
+pub mod rate;
 pub mod status;
 
 pub use money::{Cents, Ratio};

@@ -1,17 +1,9 @@
 //! The numbers that keep one connection cheap and one client from hurting the others: time
-//! limits, buffer sizes, queue bound and rate limits, plus the token bucket that enforces
-//! the rates.
+//! limits, buffer sizes, queue bound and rate limits (enforced by `domain::rate`).
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-/// A sustained rate with a burst allowance.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub per_second: f64,
-    pub burst: u32,
-}
+pub use crate::domain::rate::{Rate, TokenBucket};
 
 /// Per-connection limits. Read when a connection is upgraded: a change applies to new
 /// connections.
@@ -79,67 +71,10 @@ impl Default for Limits {
     }
 }
 
-/// A token bucket: starts full, refills continuously, never above the burst.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    tokens: f32,
-    last: Instant,
-}
-
-impl TokenBucket {
-    pub fn full(rate: Rate, now: Instant) -> TokenBucket {
-        TokenBucket {
-            tokens: rate.burst as f32,
-            last: now,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, rate: Rate, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        let refilled = self.tokens as f64 + elapsed * rate.per_second;
-        self.tokens = refilled.min(rate.burst as f64) as f32;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Time until the next token, for the `RATE_LIMITED` message.
-    pub fn retry_after(&self, rate: Rate) -> Duration {
-        if rate.per_second <= 0.0 {
-            return Duration::MAX;
-        }
-        Duration::try_from_secs_f64((1.0 - self.tokens as f64).max(0.0) / rate.per_second)
-            .unwrap_or(Duration::MAX)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bucket_allows_the_burst_then_refills_at_the_rate() {
-        let rate = Rate {
-            per_second: 2.0,
-            burst: 3,
-        };
-        let t0 = Instant::now();
-        let mut b = TokenBucket::full(rate, t0);
-        assert!((0..3).all(|_| b.try_take(rate, t0)));
-        assert!(!b.try_take(rate, t0));
-        assert_eq!(b.retry_after(rate), Duration::from_millis(500));
-        assert!(!b.try_take(rate, t0 + Duration::from_millis(400)));
-        assert!(b.try_take(rate, t0 + Duration::from_millis(500)));
-        // A long pause refills to the burst, never beyond.
-        let later = t0 + Duration::from_secs(3600);
-        assert!((0..3).all(|_| b.try_take(rate, later)));
-        assert!(!b.try_take(rate, later));
-    }
+    use tokio::time::Instant;
 
     #[test]
     fn defaults_match_the_documented_protocol() {

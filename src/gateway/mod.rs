@@ -26,8 +26,12 @@ use axum::{
 pub use limits::{Limits, Rate};
 pub use sessions::{GatewayStats, Sessions};
 
-use crate::startup::AppState;
-use sessions::Shared;
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{identity::Identities, startup::AppState, store::Store};
+use sessions::{KillReason, Shared};
 
 /// Frames that may wait in a connection's write buffer while the socket is not writable
 /// (the send queue in front of it is the real bound).
@@ -54,6 +58,7 @@ async fn worker_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> R
         dispatcher: state.dispatcher.clone(),
         store: state.store.clone(),
         keys: state.keys.clone(),
+        identities: state.identities.clone(),
     });
     let shutdown = state.shutdown.clone();
     ws.read_buffer_size(limits.read_buffer_bytes)
@@ -63,4 +68,43 @@ async fn worker_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> R
         .max_frame_size(limits.max_frame_bytes)
         .on_failed_upgrade(|e| tracing::debug!(target: "Gateway", error = %e, "upgrade failed"))
         .on_upgrade(move |socket| session::run(socket, sessions, shared, shutdown, limits))
+}
+
+/// Re-checks the workers with a live session every `every`: one whose profile was deleted
+/// or deactivated is closed with 4005 (`account deactivated`) and taken offline, its
+/// pending offer settled, within seconds of the change.
+pub fn watch_identities(
+    sessions: Arc<Sessions>,
+    store: Store,
+    identities: Arc<Identities>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let connected = sessions.connected_worker_ids();
+            if connected.is_empty() {
+                continue;
+            }
+            let gone = match store.workers_not_active(&connected).await {
+                Ok(gone) => gone,
+                Err(e) => {
+                    tracing::warn!(target: "Gateway", error = %e, "identity re-check failed; next round retries");
+                    continue;
+                }
+            };
+            for worker_id in gone {
+                identities.forget_worker(worker_id);
+                if sessions.kill(worker_id, KillReason::Deactivated) {
+                    tracing::info!(target: "Gateway", %worker_id, "session closed: worker deactivated or deleted");
+                }
+            }
+        }
+    })
 }

@@ -50,6 +50,12 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = 4003;
     /// The worker did not read its messages fast enough (send queue full or write stalled).
     pub const SLOW_CONSUMER: u16 = 4004;
+    /// The worker's account was deactivated or deleted while connected. Do not reconnect.
+    pub const DEACTIVATED: u16 = 4005;
+    /// A text frame that is not valid UTF-8 (RFC 6455 §8.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The engine could not check the worker's identity (its database is unavailable).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Error codes of `error` frames. The session stays up after every one of them.
@@ -94,6 +100,8 @@ pub enum ErrorCode {
     Conflict,
     /// The request's actor is restarting; retry.
     Unavailable,
+    /// The worker's profile has none of the skills `go_online` asked for (or none at all).
+    NoMatchingSkills,
     /// An engine fault; retry later.
     Internal,
 }
@@ -136,6 +144,7 @@ impl From<CommandError> for WireError {
             }
             CommandError::Conflict => ErrorCode::Conflict,
             CommandError::Unavailable => ErrorCode::Unavailable,
+            CommandError::InvalidInput(_) => ErrorCode::InvalidMessage,
             CommandError::Internal(_) => ErrorCode::Internal,
         };
         let message = match e {
@@ -168,6 +177,10 @@ pub fn auth_failure_reason(e: &AuthError) -> &'static str {
         AuthError::Expired => "auth: token expired",
         AuthError::Invalid => "auth: invalid token",
         AuthError::WrongRole(_) => "auth: not a worker token",
+        AuthError::NotYetValid => "auth: token not valid yet",
+        AuthError::UnknownSubject(_) => "auth: unknown worker",
+        AuthError::Deactivated(_) => "auth: worker account deactivated",
+        AuthError::Unverifiable => "auth: identity check unavailable; retry",
     }
 }
 
@@ -188,6 +201,9 @@ pub struct Auth {
 pub struct GoOnline {
     pub lat: f64,
     pub lon: f64,
+    /// The skills to be offered jobs for today: narrows the profile's skills, never widens
+    /// them. Absent or empty: every skill on the profile.
+    #[serde(default)]
     pub skills: Vec<String>,
 }
 
@@ -254,10 +270,12 @@ pub struct Inbound {
     pub msg: ClientMsg,
 }
 
-/// A message that could not be parsed: the error to answer, and the id when one was readable.
+/// A message that could not be parsed: the error to answer, and the id and type when they
+/// were readable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {
     pub id: Option<String>,
+    pub kind: Option<String>,
     pub error: WireError,
 }
 
@@ -265,6 +283,7 @@ pub struct Rejected {
 pub fn parse(text: &str) -> Result<Inbound, Rejected> {
     let reject = |id: Option<String>, code, message: String| Rejected {
         id,
+        kind: None,
         error: WireError::new(code, message),
     };
     let value: Value = serde_json::from_str(text)
@@ -278,12 +297,12 @@ pub fn parse(text: &str) -> Result<Inbound, Rejected> {
     };
     let id = match envelope.remove("id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Some(s),
+        Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS && !s.contains('\0') => Some(s),
         Some(_) => {
             return Err(reject(
                 None,
                 ErrorCode::InvalidEnvelope,
-                format!("id must be a string of at most {MAX_ID_CHARS} characters"),
+                format!("id must be a string of at most {MAX_ID_CHARS} characters, without NUL"),
             ))
         }
     };
@@ -312,7 +331,11 @@ pub fn parse(text: &str) -> Result<Inbound, Rejected> {
     let data = envelope.remove("data").unwrap_or(Value::Null);
     match decode(&kind, data) {
         Ok(msg) => Ok(Inbound { id, msg }),
-        Err(error) => Err(Rejected { id, error }),
+        Err(error) => Err(Rejected {
+            id,
+            kind: Some(kind.chars().take(40).collect()),
+            error,
+        }),
     }
 }
 
@@ -349,8 +372,30 @@ fn invalid(message: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::InvalidMessage, message)
 }
 
+/// PostgreSQL refuses NUL in text, and no honest client sends one: refused at the door, so
+/// a reason or a key never reaches the database (where it failed the request's actor).
+fn no_nul(field: &str, value: &str) -> Result<(), WireError> {
+    if value.contains('\0') {
+        return Err(invalid(format!("{field} must not contain NUL (\\u0000)")));
+    }
+    Ok(())
+}
+
 /// Checks what types alone cannot say.
 fn validate(msg: &ClientMsg) -> Result<(), WireError> {
+    match msg {
+        ClientMsg::Auth(m) => no_nul("auth: token", &m.token)?,
+        ClientMsg::AcceptOffer(m) => no_nul("accept_offer: idempotencyKey", &m.idempotency_key)?,
+        ClientMsg::RejectOffer(RejectOffer {
+            reason: Some(r), ..
+        }) => no_nul("reject_offer: reason", r)?,
+        ClientMsg::GoOnline(m) => {
+            for skill in &m.skills {
+                no_nul("go_online: skills", skill)?;
+            }
+        }
+        _ => {}
+    }
     match msg {
         ClientMsg::GoOnline(m) => {
             check_coordinates(m.lat, m.lon)?;

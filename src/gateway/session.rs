@@ -33,7 +33,7 @@ use super::{
     sessions::{KillReason, Registration, Sessions, Shared, WorkerEntry},
 };
 use crate::{
-    auth::{unix_now, Role},
+    auth::{unix_now, AuthError, Role},
     dispatch::CommandError,
     store::ServiceRequest,
 };
@@ -53,6 +53,12 @@ enum End {
     /// End of stream, reset, or a failed write.
     TransportLost,
     TooBig,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// The worker's identity could not be checked (database unavailable).
+    AuthUnavailable,
+    /// The worker was deactivated or deleted while connected.
+    Deactivated,
     Abuse,
     HeartbeatTimeout,
     TokenExpired,
@@ -82,6 +88,12 @@ impl End {
             End::AuthRejected(reason) => (close::POLICY_VIOLATION, reason),
             End::ClientClosed | End::TransportLost => return None,
             End::TooBig => (close::MESSAGE_TOO_BIG, "frame above the transport limit"),
+            End::InvalidUtf8 => (close::INVALID_PAYLOAD, "text frame is not valid UTF-8"),
+            End::AuthUnavailable => (
+                close::TRY_AGAIN_LATER,
+                "auth: identity check unavailable; retry",
+            ),
+            End::Deactivated => (close::DEACTIVATED, "account deactivated"),
             End::Abuse => (close::POLICY_VIOLATION, "message rate limit exceeded"),
             End::HeartbeatTimeout => (close::HEARTBEAT_TIMEOUT, "heartbeat timeout"),
             End::TokenExpired => (close::TOKEN_EXPIRED, "token expired"),
@@ -98,10 +110,14 @@ impl End {
             | End::TransportLost
             | End::TokenExpired
             | End::AuthTimeout
+            | End::AuthUnavailable
             | End::AuthRejected(_) => Presence::Grace,
-            End::TooBig | End::Abuse | End::HeartbeatTimeout | End::SlowConsumer => {
-                Presence::OfflineNow
-            }
+            End::TooBig
+            | End::InvalidUtf8
+            | End::Deactivated
+            | End::Abuse
+            | End::HeartbeatTimeout
+            | End::SlowConsumer => Presence::OfflineNow,
         }
     }
 }
@@ -131,7 +147,10 @@ pub(super) async fn run(
     let authed = match authed {
         Ok(a) => a,
         Err(end) => {
-            if matches!(end, End::AuthTimeout | End::AuthRejected(_)) {
+            if matches!(
+                end,
+                End::AuthTimeout | End::AuthRejected(_) | End::AuthUnavailable
+            ) {
                 sessions.stats.auth_failures.inc();
                 tracing::debug!(target: "Gateway", ?end, "connection refused");
             }
@@ -171,6 +190,7 @@ pub(super) async fn run(
                 reason = kill.fired() => match reason {
                     KillReason::Replaced => End::Replaced,
                     KillReason::SlowConsumer => End::SlowConsumer,
+                    KillReason::Deactivated => End::Deactivated,
                 },
                 _ = shutting_down(&mut shutdown) => End::ShuttingDown,
             }
@@ -181,12 +201,14 @@ pub(super) async fn run(
     close_with(&mut sink, &mut stream, end).await;
 }
 
-/// Reads the first message: `auth` with a valid worker token, before the deadline.
+/// Reads the first message: `auth` with a valid worker token, for a worker that exists and
+/// is active, before the deadline.
 async fn authenticate<St>(stream: &mut St, shared: &Shared, limits: &Limits) -> Result<Authed, End>
 where
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     const NOT_AUTH: &str = "auth: the first message must be auth";
+    const MALFORMED_AUTH: &str = "auth: malformed auth (token: string, lastSeq: integer >= 0)";
     let deadline = Instant::now() + limits.auth_timeout;
     loop {
         let message = match timeout_at(deadline, stream.next()).await {
@@ -204,23 +226,38 @@ where
         if text.len() > limits.max_message_bytes {
             return Err(End::AuthRejected(NOT_AUTH));
         }
-        let Ok(Inbound {
-            id,
-            msg: ClientMsg::Auth(auth),
-        }) = protocol::parse(text.as_str())
-        else {
-            return Err(End::AuthRejected(NOT_AUTH));
+        let (id, auth) = match protocol::parse(text.as_str()) {
+            Ok(Inbound {
+                id,
+                msg: ClientMsg::Auth(auth),
+            }) => (id, auth),
+            Err(rejected) if rejected.kind.as_deref() == Some("auth") => {
+                return Err(End::AuthRejected(MALFORMED_AUTH))
+            }
+            _ => return Err(End::AuthRejected(NOT_AUTH)),
         };
-        let claims = shared
-            .keys
-            .verify_role(&auth.token, Role::Worker)
-            .map_err(|e| End::AuthRejected(protocol::auth_failure_reason(&e)))?;
+        let claims = verify_worker(shared, &auth.token).await?;
         return Ok(Authed {
             worker_id: claims.sub,
             token_expires_at: utc_of(claims.exp),
             last_seq: auth.last_seq,
             reply_to: id,
         });
+    }
+}
+
+/// A worker token whose subject exists and is active. A refusal is the session's end.
+async fn verify_worker(shared: &Shared, token: &str) -> Result<crate::auth::Claims, End> {
+    let claims = shared
+        .keys
+        .verify_role(token, Role::Worker)
+        .map_err(|e| End::AuthRejected(protocol::auth_failure_reason(&e)))?;
+    match shared.identities.worker(claims.sub).await {
+        Ok(_) => Ok(claims),
+        Err(crate::identity::IdentityError::Unavailable) => Err(End::AuthUnavailable),
+        Err(e) => Err(End::AuthRejected(protocol::auth_failure_reason(
+            &AuthError::from(e),
+        ))),
     }
 }
 
@@ -438,7 +475,7 @@ impl Reader<'_> {
         let worker = self.entry.id;
         match msg {
             ClientMsg::Ping => self.reply(id, "pong", &json!({ "serverTime": Utc::now() })),
-            ClientMsg::Auth(auth) => self.refresh_token(id, &auth.token),
+            ClientMsg::Auth(auth) => self.refresh_token(id, &auth.token).await,
             ClientMsg::GoOnline(m) => self.go_online(id, m).await,
             ClientMsg::GoOffline => self.go_offline(id).await,
             ClientMsg::Location(m) => self.location(id, m).await,
@@ -479,12 +516,8 @@ impl Reader<'_> {
     }
 
     /// A fresh token extends the session; a token for someone else, or a bad one, ends it.
-    fn refresh_token(&mut self, id: Option<&str>, token: &str) -> Result<(), End> {
-        let claims = self
-            .shared
-            .keys
-            .verify_role(token, Role::Worker)
-            .map_err(|e| End::AuthRejected(protocol::auth_failure_reason(&e)))?;
+    async fn refresh_token(&mut self, id: Option<&str>, token: &str) -> Result<(), End> {
+        let claims = verify_worker(self.shared, token).await?;
         if claims.sub != self.entry.id {
             return Err(End::AuthRejected("auth: token for another worker"));
         }
@@ -497,6 +530,30 @@ impl Reader<'_> {
     }
 
     async fn go_online(&mut self, id: Option<&str>, m: GoOnline) -> Result<(), End> {
+        // What the worker may do comes from its profile, not from what the app claims.
+        let profile = match self.shared.identities.worker(self.entry.id).await {
+            Ok(profile) => profile,
+            Err(crate::identity::IdentityError::Unavailable) => {
+                return self.error(
+                    id,
+                    WireError::new(ErrorCode::Unavailable, "identity check unavailable; retry"),
+                )
+            }
+            Err(_) => return Err(End::Deactivated),
+        };
+        let (skills, ignored) = crate::identity::effective_skills(&profile.skills, &m.skills);
+        if skills.is_empty() {
+            return self.error(
+                id,
+                WireError::new(
+                    ErrorCode::NoMatchingSkills,
+                    format!(
+                        "your profile's skills are {:?}; go_online asked for {:?}",
+                        profile.skills, m.skills
+                    ),
+                ),
+            );
+        }
         let dispatcher = &self.shared.dispatcher;
         let Some(city) = dispatcher.city_at(m.lon, m.lat).map(|c| c.id.clone()) else {
             return self.error(
@@ -516,13 +573,16 @@ impl Reader<'_> {
             self.entry.set_online_city(None);
         }
         match dispatcher
-            .worker_online(&city, self.entry.id, m.lon, m.lat, m.skills)
+            .worker_online(&city, self.entry.id, m.lon, m.lat, skills.clone())
             .await
         {
             Ok(()) => {
                 self.entry.set_online_city(Some(city.clone()));
                 tracing::debug!(target: "Gateway", worker_id = %self.entry.id, city, "worker online");
-                self.ok(id, &json!({ "cityId": city }))
+                self.ok(
+                    id,
+                    &json!({ "cityId": city, "skills": skills, "ignoredSkills": ignored }),
+                )
             }
             Err(e) => self.error(id, e.into()),
         }
@@ -814,6 +874,7 @@ fn transport_end(error: axum::Error) -> End {
     use tokio_tungstenite::tungstenite::Error as WsError;
     match error.into_inner().downcast::<WsError>() {
         Ok(e) if matches!(*e, WsError::Capacity(_)) => End::TooBig,
+        Ok(e) if matches!(*e, WsError::Utf8(_)) => End::InvalidUtf8,
         _ => End::TransportLost,
     }
 }

@@ -34,6 +34,7 @@ use crate::{
         gateway::{OfferNotice, WorkerGateway, WorkerNotice},
         Counter, Dispatcher,
     },
+    identity::Identities,
     store::Store,
 };
 
@@ -68,6 +69,8 @@ pub struct GatewayStats {
 pub enum KillReason {
     Replaced = 1,
     SlowConsumer = 2,
+    /// The worker was deactivated or deleted while connected.
+    Deactivated = 3,
 }
 
 /// The signal that ends a connection from outside (takeover, full send queue).
@@ -95,6 +98,7 @@ impl Kill {
             match self.reason.load(Ordering::Acquire) {
                 1 => return KillReason::Replaced,
                 2 => return KillReason::SlowConsumer,
+                3 => return KillReason::Deactivated,
                 _ => self.notify.notified().await,
             }
         }
@@ -270,6 +274,7 @@ pub(super) struct Shared {
     pub dispatcher: Dispatcher,
     pub store: Store,
     pub keys: TokenKeys,
+    pub identities: Arc<Identities>,
 }
 
 /// A connection's registration: its id, its send queue and its kill signal.
@@ -353,6 +358,30 @@ impl Sessions {
         self.workers
             .get(&worker_id)
             .is_some_and(|e| e.lock().conn.is_some())
+    }
+
+    /// Workers with an authenticated connection right now.
+    pub fn connected_worker_ids(&self) -> Vec<Uuid> {
+        self.workers
+            .iter()
+            .filter(|e| e.value().lock().conn.is_some())
+            .map(|e| *e.key())
+            .collect()
+    }
+
+    /// Closes the worker's live connection, if it has one, for `reason`. True when one was.
+    pub fn kill(&self, worker_id: Uuid, reason: KillReason) -> bool {
+        let Some(entry) = self.workers.get(&worker_id).map(|e| e.value().clone()) else {
+            return false;
+        };
+        let st = entry.lock();
+        match &st.conn {
+            Some(conn) => {
+                conn.kill.fire(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The city the worker is online in, as the gateway knows it.

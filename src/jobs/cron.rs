@@ -25,7 +25,20 @@ pub struct SweepReport {
     pub respawned: usize,
     /// Payouts released.
     pub released: usize,
+    /// Registered actors that missed their heartbeat (or held a stale view) and were replaced.
+    pub revived: usize,
+    /// Live actors nudged to take the step their request was waiting for.
+    pub nudged: usize,
 }
+
+/// A PENDING row untouched this long has no actor making progress (an actor moves it on
+/// within milliseconds). Below the default sweep period, so one sweep is the most a request
+/// waits.
+pub const STALLED_PENDING_AFTER: Duration = Duration::from_secs(15);
+/// An OFFERING row this far past its offer deadline: the actor's timer did not fire.
+pub const STALLED_OFFER_OVERDUE_BY: Duration = Duration::from_secs(10);
+/// How long a registered actor has to answer the heartbeat.
+pub const HEARTBEAT_WITHIN: Duration = Duration::from_secs(2);
 
 /// The backstop for offers no live actor watches: settles every OFFERING request whose
 /// `"workerTimeoutAt"` has passed and that has no actor, then gives every open request
@@ -63,9 +76,14 @@ pub async fn worker_assignment_sweep(
             Err(e) => return Err(e.into()),
         }
     }
+    let stalled = store
+        .stalled_requests(STALLED_PENDING_AFTER, STALLED_OFFER_OVERDUE_BY)
+        .await?;
+    (report.revived, report.nudged) = dispatcher.revive_stalled(stalled, HEARTBEAT_WITHIN).await;
     report.respawned = dispatcher.recover().await?;
-    if report.settled > 0 || report.respawned > 0 {
+    if report.settled > 0 || report.respawned > 0 || report.revived > 0 || report.nudged > 0 {
         tracing::info!(target: "WorkerAssignmentCron", settled = report.settled, respawned = report.respawned,
+            revived = report.revived, nudged = report.nudged,
             "[WorkerAssignmentCron] settled overdue offers and restored request actors");
     }
     Ok(report)

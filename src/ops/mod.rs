@@ -341,6 +341,8 @@ struct Trail {
     request: crate::store::ServiceRequest,
     /// Each offer: who, how far, in which radius step, among how many candidates, outcome.
     offers: Vec<OfferRow>,
+    /// Candidates passed over because something about them refused the offer.
+    skipped: Vec<crate::store::CandidateSkip>,
     /// Every committed event of the request, oldest first.
     events: Vec<TrailEvent>,
     /// In plain words, why the request is where it is.
@@ -383,6 +385,7 @@ async fn trail(_op: Operator, State(state): State<AppState>, Path(id): Path<Stri
         }
     };
     let offers = state.store.offers_for_request(id).await.unwrap_or_default();
+    let skipped = state.store.candidate_skips(id).await.unwrap_or_default();
     let events: Vec<TrailEvent> = sqlx::query_as(
         r#"select id, type, payload, "createdAt" from outbox_events
            where "aggregateType" = 'service_request' and "aggregateId" = $1 order by id"#,
@@ -391,10 +394,22 @@ async fn trail(_op: Operator, State(state): State<AppState>, Path(id): Path<Stri
     .fetch_all(state.store.pool())
     .await
     .unwrap_or_default();
-    let explanation = explain(&request, &offers);
+    let mut explanation = explain(&request, &offers);
+    if !skipped.is_empty() {
+        explanation.push_str(&format!(
+            " {} candidate(s) passed over: {}.",
+            skipped.len(),
+            skipped
+                .iter()
+                .map(|s| s.reason.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     Json(Trail {
         request,
         offers,
+        skipped,
         events,
         explanation,
     })

@@ -63,6 +63,9 @@ pub enum GeminiFailure {
     Transport(String),
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// Not asked at all: the engine shed the call (`concurrency_cap`, `operation_budget`).
+    #[error("AI call shed: {0}")]
+    Shed(&'static str),
 }
 
 impl GeminiFailure {
@@ -74,6 +77,7 @@ impl GeminiFailure {
             GeminiFailure::Status { .. } => "http_error",
             GeminiFailure::Transport(_) => "transport_error",
             GeminiFailure::Malformed(_) => "malformed_answer",
+            GeminiFailure::Shed(reason) => reason,
         }
     }
 
@@ -85,10 +89,14 @@ impl GeminiFailure {
             GeminiFailure::Transport(_) => true,
             GeminiFailure::CircuitOpen
             | GeminiFailure::Timeout(_)
-            | GeminiFailure::Malformed(_) => false,
+            | GeminiFailure::Malformed(_)
+            | GeminiFailure::Shed(_) => false,
         }
     }
 }
+
+/// Largest Gemini answer read (serde_json's recursion limit bounds its nesting).
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
 /// What the model is asked about one job.
 pub(crate) struct Assessment<'a> {
@@ -213,7 +221,18 @@ impl GeminiPricingEngine {
             .await
             .map_err(|e| self.transport(e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(e))?;
+        // Read at most MAX_ANSWER_BYTES: an answer is a few hundred bytes, and nothing from
+        // the network decides how much memory the engine spends.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(GeminiFailure::Malformed(format!(
+                    "answer larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
             let body = String::from_utf8_lossy(&body);
             return Err(GeminiFailure::Status {

@@ -142,6 +142,9 @@ pub struct PricingStats {
     pub gemini_failures: u64,
     /// Quotes the rules priced because Gemini gave no usable answer (circuit open included).
     pub fallbacks: u64,
+    /// Quotes the rules priced because the engine did not ask Gemini at all (per-operation
+    /// budget, or the concurrency cap).
+    pub ai_shed: u64,
     /// Quotes priced with Gemini's choices.
     pub gemini_quotes: u64,
     /// Quotes priced by the rules alone (no key, or a fallback).
@@ -154,16 +157,32 @@ pub struct PricingStats {
     pub circuit_state: Option<CircuitState>,
 }
 
+/// Whether one quote may ask the AI (the API decides per operation; see `docs/pricing.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AiUse {
+    Allowed,
+    /// The rules price it; the reason is counted and shown as the fallback reason.
+    Denied(&'static str),
+}
+
+/// Gemini calls in flight at once when nothing else is configured.
+pub const DEFAULT_MAX_CONCURRENT_AI_CALLS: usize = 16;
+
 /// The pricing service shared by the API: rules always, Gemini when configured.
 pub struct Pricing {
     settings: SettingsWatch,
     rules: RuleBasedPricingEngine,
     gemini: Option<GeminiPricingEngine>,
+    /// Caps Gemini calls in flight engine-wide: past it the rules price at once, so a
+    /// burst of quotes cannot turn into a burst of upstream calls (or of their cost).
+    ai_slots: tokio::sync::Semaphore,
     counters: QuoteCounters,
 }
 
 #[derive(Debug, Default)]
 struct QuoteCounters {
+    /// Quotes that did not ask the AI because the engine shed the call.
+    ai_shed: AtomicU64,
     fallbacks: AtomicU64,
     gemini_quotes: AtomicU64,
     rules_quotes: AtomicU64,
@@ -200,13 +219,27 @@ impl Pricing {
             settings,
             rules,
             gemini,
+            ai_slots: tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_AI_CALLS),
             counters: QuoteCounters::default(),
         })
+    }
+
+    /// Caps the Gemini calls in flight at once (at least one).
+    pub fn limit_ai_calls(mut self, in_flight: usize) -> Pricing {
+        self.ai_slots = tokio::sync::Semaphore::new(in_flight.max(1));
+        self
     }
 
     /// Prices a job. Fails only on the customer's input (or unusable pricing tables), never
     /// because of the AI: any Gemini failure falls back to the rules.
     pub async fn quote(&self, job: &JobInput) -> Result<PriceQuote, PricingError> {
+        self.quote_with(job, AiUse::Allowed).await
+    }
+
+    /// [`Pricing::quote`], with the caller's say on whether the AI may be asked. A denied
+    /// or shed AI call is priced by the rules, counted in
+    /// `arreglame_ai_pricing_shed_total{reason}`.
+    pub async fn quote_with(&self, job: &JobInput, ai: AiUse) -> Result<PriceQuote, PricingError> {
         let settings = self.settings.borrow().clone();
         let area = validate(job, &settings)?;
         let photo = photo::read(job.image_base64.as_deref())?;
@@ -229,9 +262,20 @@ impl Pricing {
                     area,
                     photo: photo.as_ref(),
                 };
-                match gemini.assess(&ask).await {
-                    Ok(answer) => self.gemini_quote(&tables, &choice, area, &settings, answer)?,
-                    Err(failure) => self.fallback(&tables, &choice, area, &settings, failure)?,
+                let slot = match ai {
+                    AiUse::Denied(reason) => Err(reason),
+                    AiUse::Allowed => self.ai_slots.try_acquire().map_err(|_| "concurrency_cap"),
+                };
+                match slot {
+                    Err(reason) => self.shed(&tables, &choice, area, &settings, reason)?,
+                    Ok(_slot) => match gemini.assess(&ask).await {
+                        Ok(answer) => {
+                            self.gemini_quote(&tables, &choice, area, &settings, answer)?
+                        }
+                        Err(failure) => {
+                            self.fallback(&tables, &choice, area, &settings, failure)?
+                        }
+                    },
                 }
             }
         };
@@ -258,6 +302,24 @@ impl Pricing {
             adjustments = ?quote.breakdown.ai_adjustments,
             total = quote.total.0,
             "[Gemini] job priced with the model's assessment");
+        Ok(quote)
+    }
+
+    /// The rules price a quote whose AI call the engine shed (no request was sent).
+    fn shed(
+        &self,
+        tables: &PricingTables,
+        choice: &rules::CustomerChoice,
+        area: Area,
+        settings: &Settings,
+        reason: &'static str,
+    ) -> Result<PriceQuote, PricingError> {
+        self.counters.ai_shed.fetch_add(1, Ordering::Relaxed);
+        self.counters.rules_quotes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("arreglame_ai_pricing_shed_total", "reason" => reason).increment(1);
+        tracing::debug!(target: "RuleBasedPricingEngine", reason, "[RuleBasedPricingEngine] AI call shed; priced by the rules");
+        let mut quote = RuleBasedPricingEngine::quote(tables, choice, area, settings)?;
+        quote.fallback_reason = Some(GeminiFailure::Shed(reason).reason().to_string());
         Ok(quote)
     }
 
@@ -300,6 +362,7 @@ impl Pricing {
     pub fn stats(&self) -> PricingStats {
         let c = &self.counters;
         let mut stats = PricingStats {
+            ai_shed: c.ai_shed.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             gemini_quotes: c.gemini_quotes.load(Ordering::Relaxed),
             rules_quotes: c.rules_quotes.load(Ordering::Relaxed),

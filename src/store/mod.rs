@@ -2,6 +2,7 @@
 //! [`Store::transition`]: one transaction with the version-guarded update and one
 //! `outbox_events` row. SQL is written inline, next to the code that uses it.
 
+mod identities;
 mod outbox;
 mod payouts;
 mod requests;
@@ -18,6 +19,7 @@ use tokio::sync::Notify;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use uuid::Uuid;
 
+pub use identities::{CandidateSkip, WorkerProfile};
 pub use outbox::{insert_outbox_event, OutboxEvent};
 pub use payouts::Payout;
 pub use requests::{NewServiceRequest, RequestPage, ServiceRequest};
@@ -59,6 +61,10 @@ pub enum StoreError {
     /// A named database constraint refused the change (a business rule held by the schema).
     #[error("constraint {constraint} refused the change")]
     Constraint { constraint: String },
+    /// PostgreSQL refused a value (SQLSTATE class 22, e.g. a NUL byte in text): the input's
+    /// fault, never a reason to restart anything.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }
@@ -70,6 +76,9 @@ impl From<sqlx::Error> for StoreError {
                 return StoreError::Constraint {
                     constraint: constraint.to_string(),
                 };
+            }
+            if db.code().is_some_and(|c| c.starts_with("22")) {
+                return StoreError::InvalidValue(db.message().to_string());
             }
         }
         StoreError::Database(error)
@@ -100,17 +109,32 @@ struct OutboxSignal {
     sender_started: OnceLock<()>,
 }
 
+/// How long a caller waits for a pooled connection (or for the database to come back)
+/// before the call fails and its caller retries: the actor's supervisor, the cron, the client.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The channel on which committed outbox rows are announced.
 pub const OUTBOX_CHANNEL: &str = "outbox_events";
 
 impl Store {
-    /// Connects a pool. The acquire timeout is long on purpose: under a paused test clock a
-    /// short one would fire while a connection is being opened.
+    /// Connects a pool with the default [`ACQUIRE_TIMEOUT`].
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
+        Store::connect_with(database_url, max_connections, ACQUIRE_TIMEOUT).await
+    }
+
+    /// Connects a pool. The acquire timeout bounds more than the wait for a free connection:
+    /// sqlx retries a refused connect with a backoff capped at a fifth of it, so an hour-long
+    /// timeout meant a caller could sleep 12 minutes after the database came back (a
+    /// request committed during an outage sat PENDING with a stalled actor for 150 s).
+    pub async fn connect_with(
+        database_url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(3600))
+            .acquire_timeout(acquire_timeout)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect(database_url)
@@ -195,12 +219,9 @@ impl Store {
         tx.commit().await
     }
 
-    /// True while the database answers a trivial query within two seconds.
-    pub async fn ping(&self) -> bool {
+    /// True while the database answers a trivial query within `within`.
+    pub async fn ping(&self, within: Duration) -> bool {
         let query = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&self.pool);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), query).await,
-            Ok(Ok(1))
-        )
+        matches!(tokio::time::timeout(within, query).await, Ok(Ok(1)))
     }
 }

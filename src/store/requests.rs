@@ -199,6 +199,28 @@ impl Store {
         .await?)
     }
 
+    /// Open requests whose row shows no progress: PENDING for longer than `pending_for`
+    /// (an actor moves a PENDING request on within milliseconds), or OFFERING past its offer
+    /// deadline by more than `overdue_by` (the actor's timer should have settled it).
+    pub async fn stalled_requests(
+        &self,
+        pending_for: std::time::Duration,
+        overdue_by: std::time::Duration,
+    ) -> Result<Vec<ServiceRequest>, StoreError> {
+        Ok(sqlx::query_as(
+            r#"select * from service_requests
+               where "cityId" is not null
+                 and ((status = 'PENDING' and "updatedAt" < now() - $1::interval)
+                   or (status = 'OFFERING' and "workerTimeoutAt" < now() - $2::interval))
+               order by "updatedAt"
+               limit 1000"#,
+        )
+        .bind(pg_interval(pending_for))
+        .bind(pg_interval(overdue_by))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A customer's requests, newest first, keyed by (createdAt, id) for stable cursors.
     pub async fn customer_requests(
         &self,
@@ -227,4 +249,9 @@ impl Store {
         items.truncate(limit as usize);
         Ok(RequestPage { items, has_more })
     }
+}
+
+/// A duration as a PostgreSQL interval literal (milliseconds are enough here).
+fn pg_interval(d: std::time::Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
 }

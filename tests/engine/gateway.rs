@@ -590,6 +590,7 @@ async fn bad_tokens_close_the_session_with_policy_violation() {
             role: Role::Worker,
             iat: unix_now() - 120,
             exp: unix_now() - 60,
+            nbf: None,
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
@@ -625,7 +626,7 @@ async fn bad_tokens_close_the_session_with_policy_violation() {
 #[tokio::test]
 async fn a_token_that_expires_mid_session_closes_it() {
     let app = spawn_app().await;
-    let worker = Uuid::new_v4();
+    let worker = insert_worker(app.store(), "buenos-aires").await;
     let mut ws = raw_connect(&app).await;
     ws.send(auth_frame(
         &worker_token(&app, worker, Duration::from_secs(1)),
@@ -769,7 +770,8 @@ async fn expect_errors(worker: &mut WorkerApp, cases: Vec<(Message, &str, Option
 #[tokio::test]
 async fn a_frame_beyond_the_transport_limit_closes_with_1009() {
     let app = spawn_app().await;
-    let (mut worker, _) = WorkerApp::connect(&app, Uuid::new_v4(), 0).await;
+    let id = insert_worker(app.store(), "buenos-aires").await;
+    let (mut worker, _) = WorkerApp::connect(&app, id, 0).await;
     worker
         .send_raw(Message::text(
             "x".repeat(Limits::default().max_frame_bytes + 1),
@@ -808,7 +810,8 @@ async fn location_updates_are_rate_limited_and_message_floods_close_the_session(
             burst: 10,
         }
     });
-    let (mut flooder, _) = WorkerApp::connect(&app, Uuid::new_v4(), 0).await;
+    let id = insert_worker(app.store(), "buenos-aires").await;
+    let (mut flooder, _) = WorkerApp::connect(&app, id, 0).await;
     for _ in 0..20 {
         if flooder
             .ws

@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
             StoreError::ConcurrencyConflict { .. }
             | StoreError::IllegalTransition(_)
             | StoreError::WindowClosed => ApiError::Conflict(e.to_string()),
+            StoreError::InvalidValue(_) => ApiError::BadUserInput(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -87,6 +88,7 @@ impl From<CommandError> for ApiError {
             | CommandError::WindowClosed
             | CommandError::Conflict
             | CommandError::Unavailable => ApiError::Conflict(e.to_string()),
+            CommandError::InvalidInput(_) => ApiError::BadUserInput(e.to_string()),
             CommandError::Internal(detail) => ApiError::Internal(detail),
         }
     }

@@ -6,13 +6,15 @@
 //! anyone; everything else needs a customer token (ops tokens may read everything and
 //! cancel). Every id is checked for ownership.
 
+mod caller;
 mod error;
+pub mod guard;
 mod types;
 
 use std::time::Duration;
 
 use async_graphql::{http::GraphiQLSource, Context, Data, Object, Schema, Subscription, ID};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
     extract::{State, WebSocketUpgrade},
     http::{HeaderMap, StatusCode},
@@ -26,13 +28,15 @@ use futures::Stream;
 use tower_http::limit::RequestBodyLimitLayer;
 use uuid::Uuid;
 
+pub use caller::Caller;
+use caller::{rate_limited, OperationBudget, PricingLimiter, QuotaKey};
 pub use error::ApiError;
 use types::*;
 
 use crate::{
-    auth::{bearer_token, AuthError, Role},
+    auth::bearer_token,
     domain::Status,
-    pricing::JobInput,
+    pricing::{AiUse, JobInput},
     startup::AppState,
     store::{CancelledBy, NewServiceRequest, ServiceRequest},
 };
@@ -45,65 +49,6 @@ pub const MAX_BODY_BYTES: usize = 9 * 1024 * 1024;
 const MAX_DESCRIPTION_CHARS: usize = 2000;
 const MAX_ADDRESS_CHARS: usize = 300;
 const MAX_PAGE: i32 = 100;
-
-/// Who is calling, from the bearer token.
-#[derive(Debug, Clone)]
-pub enum Caller {
-    Anonymous,
-    Customer(Uuid),
-    Worker(Uuid),
-    Ops(Uuid),
-    /// A token was sent but is not valid.
-    Invalid(AuthError),
-}
-
-impl Caller {
-    fn from_token(state: &AppState, token: Option<&str>) -> Caller {
-        let Some(token) = token else {
-            return Caller::Anonymous;
-        };
-        match state.keys.verify(token) {
-            Ok(c) => match c.role {
-                Role::Customer => Caller::Customer(c.sub),
-                Role::Worker => Caller::Worker(c.sub),
-                Role::Ops => Caller::Ops(c.sub),
-            },
-            Err(e) => Caller::Invalid(e),
-        }
-    }
-
-    /// The customer (or ops) behind the call, or the reason there is none.
-    fn require_customer_or_ops(&self) -> Result<&Caller, ApiError> {
-        match self {
-            Caller::Customer(_) | Caller::Ops(_) => Ok(self),
-            Caller::Anonymous => Err(ApiError::Unauthenticated(
-                "an Authorization: Bearer token is required".into(),
-            )),
-            Caller::Invalid(e) => Err(e.clone().into()),
-            Caller::Worker(_) => Err(ApiError::Forbidden("workers use the WebSocket API".into())),
-        }
-    }
-
-    fn require_customer(&self) -> Result<Uuid, ApiError> {
-        match self.require_customer_or_ops()? {
-            Caller::Customer(id) => Ok(*id),
-            _ => Err(ApiError::Forbidden(
-                "this operation is for customers".into(),
-            )),
-        }
-    }
-
-    /// Customers see their own requests; ops see all.
-    fn may_read(&self, row: &ServiceRequest) -> Result<(), ApiError> {
-        match self.require_customer_or_ops()? {
-            Caller::Ops(_) => Ok(()),
-            Caller::Customer(id) if row.customer_id == Some(*id) => Ok(()),
-            _ => Err(ApiError::Forbidden(
-                "this service request belongs to another customer".into(),
-            )),
-        }
-    }
-}
 
 fn state<'a>(ctx: &'a Context<'_>) -> &'a AppState {
     ctx.data_unchecked::<AppState>()
@@ -130,6 +75,12 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     if value.trim().is_empty() {
         return Err(ApiError::BadUserInput(format!("{field} must not be empty")));
     }
+    // PostgreSQL refuses NUL in text; refused here, before anything is priced or stored.
+    if value.contains('\0') {
+        return Err(ApiError::BadUserInput(format!(
+            "{field} must not contain NUL (\\u0000)"
+        )));
+    }
     if value.chars().count() > max {
         return Err(ApiError::BadUserInput(format!(
             "{field} is longer than {max} characters"
@@ -147,6 +98,22 @@ fn check_square_meters(state: &AppState, m2: f64) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// Takes one quote from the caller's quota and says whether it may ask the AI.
+fn pricing_gate(ctx: &Context<'_>) -> async_graphql::Result<AiUse> {
+    let peer = ctx.data_opt::<PeerAddress>().map(|p| p.0);
+    let key = QuotaKey::of(caller(ctx), peer);
+    ctx.data_unchecked::<PricingLimiter>()
+        .take(key)
+        .map_err(rate_limited)?;
+    Ok(ctx
+        .data_opt::<OperationBudget>()
+        .map_or(AiUse::Denied("operation_budget"), OperationBudget::ai_use))
+}
+
+/// The client's address, for the anonymous pricing quota.
+#[derive(Debug, Clone, Copy)]
+struct PeerAddress(std::net::IpAddr);
 
 pub struct QueryRoot;
 
@@ -228,16 +195,20 @@ impl MutationRoot {
         let state = state(ctx);
         check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
         check_square_meters(state, input.square_meters)?;
+        let ai = pricing_gate(ctx)?;
         let quote = state
             .pricing
-            .quote(&JobInput {
-                image_base64: input.image,
-                description: input.description,
-                square_meters: input.square_meters,
-                category: input.category,
-                extras: input.extras.unwrap_or_default(),
-                difficulty: input.difficulty,
-            })
+            .quote_with(
+                &JobInput {
+                    image_base64: input.image,
+                    description: input.description,
+                    square_meters: input.square_meters,
+                    category: input.category,
+                    extras: input.extras.unwrap_or_default(),
+                    difficulty: input.difficulty,
+                },
+                ai,
+            )
             .await
             .map_err(ApiError::from)?;
         Ok(quote.into())
@@ -274,16 +245,20 @@ impl MutationRoot {
             })?
             .id
             .clone();
+        let ai = pricing_gate(ctx)?;
         let quote = state
             .pricing
-            .quote(&JobInput {
-                image_base64: input.image,
-                description: input.description.clone(),
-                square_meters: input.square_meters,
-                category: input.category,
-                extras: input.extras.unwrap_or_default(),
-                difficulty: input.difficulty,
-            })
+            .quote_with(
+                &JobInput {
+                    image_base64: input.image,
+                    description: input.description.clone(),
+                    square_meters: input.square_meters,
+                    category: input.category,
+                    extras: input.extras.unwrap_or_default(),
+                    difficulty: input.difficulty,
+                },
+                ai,
+            )
             .await
             .map_err(ApiError::from)?;
         let new = NewServiceRequest {
@@ -316,11 +291,13 @@ impl MutationRoot {
             .await
             .map_err(ApiError::from)?;
         if created || row.status.is_dispatching() {
-            state
-                .dispatcher
-                .ensure_actor(row.id)
-                .await
-                .map_err(ApiError::from)?;
+            // The request is committed: the customer gets it whatever happens to its actor
+            // now. One that cannot start (the database just went away, say) is brought back
+            // by the WorkerAssignmentCron backstop within a sweep.
+            if let Err(e) = state.dispatcher.ensure_actor(row.id).await {
+                tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
+                    "request committed but its actor did not start; the backstop will start it");
+            }
         }
         if created {
             metrics::counter!("arreglame_service_requests_created_total", "city" => new.city_id.clone()).increment(1);
@@ -477,15 +454,21 @@ async fn snapshot_update(state: &AppState, row: &ServiceRequest) -> ServiceReque
     }
 }
 
-/// Builds the schema with the engine's limits.
+/// Builds the schema with the engine's limits (enforced by [`guard::Guard`], before
+/// anything recursive runs).
 pub fn build_schema(state: AppState) -> ArreglameSchema {
     let production = state.config.is_production();
+    let limiter = PricingLimiter::new(
+        state.config.pricing_rate_per_minute,
+        state.config.pricing_rate_burst,
+    );
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
-        .limit_depth(10)
-        .limit_complexity(500);
+        .data(limiter)
+        .extension(guard::Guard(guard::Limits::default()));
     if production {
-        builder = builder.disable_introspection();
+        // Neither the schema nor "did you mean ...?" hints leak in production.
+        builder = builder.disable_introspection().disable_suggestions();
     }
     builder.finish()
 }
@@ -521,17 +504,39 @@ pub fn routes(state: AppState) -> Router {
 async fn graphql(
     State(gql): State<GraphqlState>,
     headers: HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    request: Result<GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
+) -> Response {
+    let request = match request {
+        Ok(r) => r.into_inner(),
+        Err(rejection) => return bad_request(rejection),
+    };
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
-    let caller = Caller::from_token(&gql.app, token);
-    gql.schema
-        .execute(request.into_inner().data(caller))
-        .await
-        .into()
+    let caller = Caller::identify(&gql.app.keys, &gql.app.identities, token).await;
+    let mut request = request.data(caller).data(OperationBudget::default());
+    if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = peer {
+        request = request.data(PeerAddress(addr.ip()));
+    }
+    GraphQLResponse::from(gql.schema.execute(request).await).into_response()
+}
+
+/// A body that is not a GraphQL request (bad JSON, wrong content type): 400 with the usual
+/// GraphQL error shape and a code, like every other refusal.
+fn bad_request(rejection: async_graphql_axum::rejection::GraphQLRejection) -> Response {
+    let status = match rejection.0 {
+        async_graphql::ParseRequestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let body = serde_json::json!({
+        "errors": [{
+            "message": format!("not a GraphQL request: {}", rejection.0),
+            "extensions": { "code": guard::codes::BAD_REQUEST },
+        }]
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 async fn graphiql_page() -> impl IntoResponse {
@@ -545,10 +550,20 @@ async fn graphiql_page() -> impl IntoResponse {
 
 async fn subscriptions(
     State(gql): State<GraphqlState>,
-    protocol: Result<GraphQLProtocol, StatusCode>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Ok(protocol) = protocol else {
+    let protocol = headers
+        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|offered| {
+            offered.split(',').find_map(|p| {
+                p.trim()
+                    .parse::<async_graphql::http::WebSocketProtocols>()
+                    .ok()
+            })
+        });
+    let Some(protocol) = protocol else {
         return (
             StatusCode::BAD_REQUEST,
             "use the graphql-transport-ws subprotocol",
@@ -557,31 +572,101 @@ async fn subscriptions(
     };
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let app = gql.app.clone();
-            GraphQLWebSocket::new(socket, gql.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    // `{"Authorization": "Bearer <jwt>"}` (or `{"token": "<jwt>"}`).
-                    let token = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str())
-                        .and_then(bearer_token)
-                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                        .map(str::to_string);
-                    let caller = Caller::from_token(&app, token.as_deref());
-                    match caller {
-                        Caller::Customer(_) | Caller::Ops(_) => {
-                            let mut data = Data::default();
-                            data.insert(caller);
-                            Ok(data)
-                        }
-                        _ => Err(async_graphql::Error::new(
-                            "a customer or ops token is required in connection_init",
-                        )),
-                    }
-                })
-                .keepalive_timeout(Duration::from_secs(30))
-                .serve()
+        .on_upgrade(move |socket| serve_subscriptions(socket, gql, protocol))
+}
+
+/// The graphql-ws close codes for a refused `connection_init`.
+const CLOSE_UNAUTHORIZED: u16 = 4401;
+const CLOSE_FORBIDDEN: u16 = 4403;
+
+/// One graphql-ws connection: async-graphql runs the protocol; this loop carries frames
+/// and gives a refused `connection_init` the close code graphql-ws defines (4401 without
+/// valid credentials, 4403 with a token of a role that may not subscribe) instead of the
+/// generic 1002.
+async fn serve_subscriptions(
+    socket: axum::extract::ws::WebSocket,
+    gql: GraphqlState,
+    protocol: async_graphql::http::WebSocketProtocols,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures::{SinkExt, StreamExt};
+
+    let (mut sink, stream) = socket.split();
+    let input = stream
+        .take_while(|frame| futures::future::ready(frame.is_ok()))
+        .filter_map(|frame| {
+            futures::future::ready(match frame {
+                Ok(Message::Text(text)) => Some(text.as_str().as_bytes().to_vec()),
+                Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
+                _ => None,
+            })
+        });
+    // Set by the init callback when it refuses, read when async-graphql closes.
+    let refusal = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+    let app = gql.app.clone();
+    let refused = refusal.clone();
+    let on_init = move |payload: serde_json::Value| async move {
+        let token = connection_token(&payload);
+        let caller = Caller::identify(&app.keys, &app.identities, token.as_deref()).await;
+        match caller {
+            Caller::Customer(_) | Caller::Ops(_) => {
+                let mut data = Data::default();
+                data.insert(caller);
+                data.insert(OperationBudget::default());
+                Ok(data)
+            }
+            Caller::Worker(_) => {
+                let _ = refused.set(CLOSE_FORBIDDEN);
+                Err(async_graphql::Error::new(
+                    "Forbidden: subscriptions need a customer or ops token",
+                ))
+            }
+            Caller::Anonymous | Caller::Invalid(_) => {
+                let _ = refused.set(CLOSE_UNAUTHORIZED);
+                Err(async_graphql::Error::new(
+                    "Unauthorized: a valid customer or ops token is required in connection_init",
+                ))
+            }
+        }
+    };
+    let frames = async_graphql::http::WebSocket::new(gql.schema.clone(), input, protocol)
+        .on_connection_init(on_init)
+        .keepalive_timeout(Duration::from_secs(30));
+    futures::pin_mut!(frames);
+    while let Some(frame) = frames.next().await {
+        let message = match frame {
+            async_graphql::http::WsMessage::Text(text) => Message::Text(text.into()),
+            async_graphql::http::WsMessage::Close(code, reason) => {
+                let code = refusal.get().copied().unwrap_or(code);
+                Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.chars().take(100).collect::<String>().into(),
+                }))
+            }
+        };
+        if sink.send(message).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The token of a graphql-ws `connection_init` payload, in the shapes clients send:
+/// `{"Authorization": "Bearer <jwt>"}` (either case), `{"token": "<jwt>"}`, and Apollo's
+/// `{"headers": {"Authorization": "Bearer <jwt>"}}`.
+fn connection_token(payload: &serde_json::Value) -> Option<String> {
+    let bearer = |v: &serde_json::Value| {
+        v.get("Authorization")
+            .or_else(|| v.get("authorization"))
+            .and_then(|v| v.as_str())
+            .and_then(bearer_token)
+            .map(str::to_string)
+    };
+    bearer(payload)
+        .or_else(|| payload.get("headers").and_then(bearer))
+        .or_else(|| {
+            payload
+                .get("token")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
         })
 }

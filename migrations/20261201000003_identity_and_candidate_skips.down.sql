@@ -1,0 +1,2 @@
+drop table if exists dispatch_skips;
+alter table customers drop column if exists "isActive";

@@ -1,0 +1,467 @@
+//! What runs before anything recursive touches a GraphQL request, on every entry point
+//! (`POST /graphql` and the graphql-ws socket both go through the schema, so both through
+//! this extension).
+//!
+//! async-graphql's parser (pest) and its validation visitors recurse once per nesting
+//! level; a 6 KB document of 1,500 nested input objects overflows a tokio worker's stack
+//! and aborts the whole process. So the order here is:
+//!
+//! 1. [`scan`]: a linear, non-recursive pass over the query text that bounds the bracket
+//!    nesting (`{`, `[`, `(`, outside strings and comments) and the document size;
+//! 2. the variables' nesting, walked with an explicit stack;
+//! 3. only then the parser, and an iterative check of the selection depth through
+//!    fragment spreads (what `limit_recursive_depth` does, without recursion);
+//! 4. after validation, the engine's depth and complexity limits.
+//!
+//! Every refusal carries `extensions.code` ([`codes`]). Errors that async-graphql itself
+//! produces without a code get one by the stage that produced them: `GRAPHQL_PARSE_FAILED`
+//! for parsing, `GRAPHQL_VALIDATION_FAILED` for validation, `BAD_REQUEST` for the rest.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+        NextPrepareRequest, NextRequest, NextSubscribe, NextValidation,
+    },
+    parser::types::{ExecutableDocument, Selection, SelectionSet},
+    ErrorExtensionValues, Name, Positioned, Request, Response, ServerError, ServerResult,
+    ValidationResult, Value, Variables,
+};
+use futures::stream::BoxStream;
+
+/// The `extensions.code` values of refusals made before a resolver runs.
+pub mod codes {
+    /// The document is not GraphQL.
+    pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+    /// The document does not fit the schema (unknown field, wrong argument type, ...).
+    pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    /// Nested, deep, long or complex beyond the limits.
+    pub const QUERY_TOO_COMPLEX: &str = "QUERY_TOO_COMPLEX";
+    /// A request-level mistake: no such operation, a subscription over HTTP, bad JSON.
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+}
+
+/// The limits, sized so the standard introspection query of graphql-js passes.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Brackets open at once anywhere in the document.
+    pub max_nesting: usize,
+    /// Nesting of JSON variables (objects and lists).
+    pub max_variable_nesting: usize,
+    /// Length of the query text (photos belong in variables, but an inline one fits).
+    pub max_query_bytes: usize,
+    /// Selection-set depth, following fragment spreads.
+    pub max_selection_depth: usize,
+    /// Directives on one field, fragment or operation.
+    pub max_directives: usize,
+    /// What async-graphql calls depth (fields below the root).
+    pub max_depth: usize,
+    /// async-graphql's complexity (one per field, by default).
+    pub max_complexity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nesting: 48,
+            max_variable_nesting: 16,
+            max_query_bytes: 8 * 1024 * 1024,
+            max_selection_depth: 24,
+            max_directives: 16,
+            max_depth: 12,
+            max_complexity: 500,
+        }
+    }
+}
+
+/// Why a document was refused before parsing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the document nests deeper than {0} brackets")]
+    NestingTooDeep(usize),
+    #[error("the document is longer than {0} bytes")]
+    TooLong(usize),
+    #[error("the variables nest deeper than {0} levels")]
+    VariablesTooDeep(usize),
+    #[error("selections nest deeper than {0} levels (fragments included)")]
+    SelectionTooDeep(usize),
+    #[error("more than {0} directives in one place")]
+    TooManyDirectives(usize),
+    #[error("the query is nested too deep: depth {depth}, at most {max}")]
+    DepthLimit { depth: usize, max: usize },
+    #[error("the query is too complex: complexity {complexity}, at most {max}")]
+    ComplexityLimit { complexity: usize, max: usize },
+}
+
+impl Refusal {
+    fn into_server_error(self) -> ServerError {
+        with_code(
+            ServerError::new(self.to_string(), None),
+            codes::QUERY_TOO_COMPLEX,
+        )
+    }
+}
+
+/// Checks the query text without recursion: bracket nesting outside strings and comments,
+/// and length. Linear in the text; never allocates.
+pub fn scan(query: &str, limits: &Limits) -> Result<(), Refusal> {
+    if query.len() > limits.max_query_bytes {
+        return Err(Refusal::TooLong(limits.max_query_bytes));
+    }
+    let bytes = query.as_bytes();
+    let (mut i, mut depth) = (0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                // Block string: ends at an unescaped `"""`; `\"""` is an escaped quote.
+                i += 3;
+                loop {
+                    if i >= bytes.len() {
+                        return Ok(()); // unterminated: the parser will say so
+                    }
+                    if bytes[i..].starts_with(b"\\\"\"\"") {
+                        i += 4;
+                    } else if bytes[i..].starts_with(b"\"\"\"") {
+                        i += 2;
+                        break;
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > limits.max_nesting {
+                    return Err(Refusal::NestingTooDeep(limits.max_nesting));
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The deepest nesting of objects and lists in the variables, walked with a stack.
+pub fn check_variables(variables: &Variables, limits: &Limits) -> Result<(), Refusal> {
+    let mut stack: Vec<(&Value, usize)> = variables.values().map(|v| (v, 1)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        if depth > limits.max_variable_nesting {
+            return Err(Refusal::VariablesTooDeep(limits.max_variable_nesting));
+        }
+        match value {
+            Value::List(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(fields) => stack.extend(fields.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Selection depth through fragment spreads, and directives per place, without recursion.
+/// Fragment cycles are bounded by the depth limit (validation names them afterwards).
+pub fn check_document(doc: &ExecutableDocument, limits: &Limits) -> Result<(), Refusal> {
+    let too_many = |directives: usize| directives > limits.max_directives;
+    let mut stack: Vec<(&Positioned<SelectionSet>, usize)> = Vec::new();
+    for (_, operation) in doc.operations.iter() {
+        if too_many(operation.node.directives.len()) {
+            return Err(Refusal::TooManyDirectives(limits.max_directives));
+        }
+        stack.push((&operation.node.selection_set, 1));
+    }
+    for fragment in doc.fragments.values() {
+        if too_many(fragment.node.directives.len()) {
+            return Err(Refusal::TooManyDirectives(limits.max_directives));
+        }
+    }
+    while let Some((set, depth)) = stack.pop() {
+        if depth > limits.max_selection_depth {
+            return Err(Refusal::SelectionTooDeep(limits.max_selection_depth));
+        }
+        for selection in &set.node.items {
+            if too_many(selection.node.directives().len()) {
+                return Err(Refusal::TooManyDirectives(limits.max_directives));
+            }
+            match &selection.node {
+                Selection::Field(field) => {
+                    if !field.node.selection_set.node.items.is_empty() {
+                        stack.push((&field.node.selection_set, depth + 1));
+                    }
+                }
+                Selection::FragmentSpread(spread) => {
+                    if let Some(fragment) =
+                        doc.fragments.get(&spread.node.fragment_name.node as &Name)
+                    {
+                        stack.push((&fragment.node.selection_set, depth + 1));
+                    }
+                }
+                Selection::InlineFragment(inline) => {
+                    stack.push((&inline.node.selection_set, depth + 1));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The extension that applies all of the above (see the module documentation).
+pub struct Guard(pub Limits);
+
+impl ExtensionFactory for Guard {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(GuardExtension(self.0))
+    }
+}
+
+struct GuardExtension(Limits);
+
+fn with_code(mut error: ServerError, code: &'static str) -> ServerError {
+    let has_code = error
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.get("code").is_some());
+    if !has_code {
+        error
+            .extensions
+            .get_or_insert_with(ErrorExtensionValues::default)
+            .set("code", code);
+    }
+    error
+}
+
+fn coded(errors: Vec<ServerError>, code: &'static str) -> Vec<ServerError> {
+    errors.into_iter().map(|e| with_code(e, code)).collect()
+}
+
+fn code_response(mut response: Response) -> Response {
+    response.errors = coded(std::mem::take(&mut response.errors), codes::BAD_REQUEST);
+    response
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for GuardExtension {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        // Last line: anything still without a code (an unknown operation name, a
+        // subscription sent over HTTP) is the request's fault.
+        code_response(next.run(ctx).await)
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        use futures::StreamExt;
+        next.run(ctx, stream).map(code_response).boxed()
+    }
+
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        scan(&request.query, &self.0).map_err(Refusal::into_server_error)?;
+        check_variables(&request.variables, &self.0).map_err(Refusal::into_server_error)?;
+        next.run(ctx, request).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let _ = (ctx, variables, next);
+        // Parsed here rather than by `next`, so the depth check below is ours (iterative)
+        // and every parse error gets its code.
+        let doc = async_graphql::parser::parse_query(query)
+            .map_err(|e| with_code(ServerError::from(e), codes::PARSE_FAILED))?;
+        check_document(&doc, &self.0).map_err(Refusal::into_server_error)?;
+        Ok(doc)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next
+            .run(ctx)
+            .await
+            .map_err(|errors| coded(errors, codes::VALIDATION_FAILED))?;
+        let limits = &self.0;
+        if result.depth > limits.max_depth {
+            return Err(vec![Refusal::DepthLimit {
+                depth: result.depth,
+                max: limits.max_depth,
+            }
+            .into_server_error()]);
+        }
+        if result.complexity > limits.max_complexity {
+            return Err(vec![Refusal::ComplexityLimit {
+                complexity: result.complexity,
+                max: limits.max_complexity,
+            }
+            .into_server_error()]);
+        }
+        Ok(result)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> Response {
+        next.run(ctx, operation_name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nested_object(levels: usize) -> String {
+        format!(
+            "query {{ __typename @skip(if: {}1{}) }}",
+            "{a:".repeat(levels),
+            "}".repeat(levels)
+        )
+    }
+
+    #[test]
+    fn deep_input_objects_are_refused_before_parsing() {
+        let limits = Limits::default();
+        assert_eq!(
+            scan(&nested_object(1_500), &limits),
+            Err(Refusal::NestingTooDeep(limits.max_nesting))
+        );
+        assert_eq!(scan(&nested_object(10), &limits), Ok(()));
+        let lists = format!("{{ f(a: {}1{}) }}", "[".repeat(100), "]".repeat(100));
+        assert!(scan(&lists, &limits).is_err());
+    }
+
+    #[test]
+    fn brackets_inside_strings_and_comments_do_not_count() {
+        let limits = Limits::default();
+        let inside = format!(
+            "{{ f(a: \"{}\", b: \"\"\"{}\\\"\"\" {}\"\"\") # {}\n }}",
+            "{".repeat(500),
+            "[".repeat(500),
+            "(".repeat(500),
+            "{".repeat(500)
+        );
+        assert_eq!(scan(&inside, &limits), Ok(()));
+        // An escaped quote does not end a string.
+        let escaped = format!("{{ f(a: \"\\\"{}\") }}", "{".repeat(500));
+        assert_eq!(scan(&escaped, &limits), Ok(()));
+    }
+
+    #[test]
+    fn deep_variables_are_refused() {
+        let limits = Limits::default();
+        let mut value = serde_json::json!(1);
+        for _ in 0..40 {
+            value = serde_json::json!({ "a": value });
+        }
+        let vars = Variables::from_json(serde_json::json!({ "input": value }));
+        assert_eq!(
+            check_variables(&vars, &limits),
+            Err(Refusal::VariablesTooDeep(limits.max_variable_nesting))
+        );
+        let flat = Variables::from_json(serde_json::json!({ "input": { "a": [1, 2] } }));
+        assert_eq!(check_variables(&flat, &limits), Ok(()));
+    }
+
+    #[test]
+    fn fragment_chains_count_towards_the_selection_depth() {
+        let limits = Limits::default();
+        let mut doc = String::from("query { ...F0 }\n");
+        for i in 0..60 {
+            doc.push_str(&format!("fragment F{i} on Query {{ ...F{} }}\n", i + 1));
+        }
+        doc.push_str("fragment F60 on Query { __typename }\n");
+        let parsed = async_graphql::parser::parse_query(&doc).unwrap();
+        assert_eq!(
+            check_document(&parsed, &limits),
+            Err(Refusal::SelectionTooDeep(limits.max_selection_depth))
+        );
+        let shallow = async_graphql::parser::parse_query("{ a { b { c } } }").unwrap();
+        assert_eq!(check_document(&shallow, &limits), Ok(()));
+    }
+
+    /// Characters that matter to the scanner and the parser, in hostile proportions.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("(".to_string()),
+            Just(")".to_string()),
+            Just("\"".to_string()),
+            Just("\"\"\"".to_string()),
+            Just("\\".to_string()),
+            Just("#".to_string()),
+            Just("\n".to_string()),
+            Just("a:".to_string()),
+            Just("...".to_string()),
+            Just("@skip(if: ".to_string()),
+            Just("query ".to_string()),
+            Just("fragment F on Query ".to_string()),
+            "[a-z$:!,=|&]{1,4}",
+            any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(piece, 0..400).prop_map(|p| p.concat())
+    }
+
+    fn cases() -> u32 {
+        std::env::var("ARREGLAME_FUZZ_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(512)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// The pre-check never panics, and whatever passes it the parser handles without
+        /// overflowing (the test thread's stack is smaller than a tokio worker's).
+        #[test]
+        fn hostile_documents_are_scanned_and_parsed_without_crashing(text in hostile_text()) {
+            let limits = Limits::default();
+            if scan(&text, &limits).is_ok() {
+                if let Ok(doc) = async_graphql::parser::parse_query(&text) {
+                    let _ = check_document(&doc, &limits);
+                }
+            }
+        }
+
+        /// Deep nesting of any bracket mix is refused by the scan, never by a crash.
+        #[test]
+        fn any_deep_bracket_mix_is_refused(opens in prop::collection::vec(0usize..3, 49..3000)) {
+            let text: String = opens.iter().map(|i| ["{", "[", "("][*i]).collect();
+            prop_assert!(scan(&text, &Limits::default()).is_err());
+        }
+    }
+}
