@@ -448,6 +448,15 @@ impl Dispatcher {
             .unwrap_or(false)
     }
 
+    /// Fault injection for resilience drills: makes the request's actor hang in a handler.
+    pub fn inject_stall(&self, request_id: Uuid) -> bool {
+        self.ctx
+            .registry
+            .get(&request_id)
+            .map(|a| a.send_message(RequestMsg::InjectStall).is_ok())
+            .unwrap_or(false)
+    }
+
     // ---- workers ------------------------------------------------------------------------
 
     fn city_actor(&self, city_id: &str) -> Result<CityHandle, CityError> {

@@ -95,6 +95,9 @@ pub enum RequestMsg {
     Snapshot(RpcReplyPort<RequestSnapshot>),
     /// Fault injection for resilience tests and chaos drills: the handler panics.
     InjectPanic,
+    /// Fault injection: the handler never returns (a stuck await), so the actor stays
+    /// registered but answers nothing; the backstop's heartbeat must replace it.
+    InjectStall,
 }
 
 /// The actor's configuration: the shared dispatch context.
@@ -311,6 +314,7 @@ impl RequestActor {
                 let _ = reply.send(state.snapshot());
             }
             RequestMsg::InjectPanic => panic!("fault injected into request actor {}", state.row.id),
+            RequestMsg::InjectStall => std::future::pending::<()>().await,
         }
         if state.row.status.is_terminal() {
             myself.stop(Some(format!("request {}", state.row.status)));

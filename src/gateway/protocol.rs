@@ -615,6 +615,7 @@ pub fn job_update_frame(request_id: Uuid, status: Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn code_of(text: &str) -> ErrorCode {
         parse(text).expect_err(text).error.code
@@ -772,5 +773,71 @@ mod tests {
             ErrorCode::NotYourOffer
         );
         assert!(ErrorCode::Conflict.is_transient() && !ErrorCode::NotYourOffer.is_transient());
+    }
+
+    /// Pieces of worker frames, valid and hostile, in hostile proportions: deep brackets,
+    /// NUL escapes, huge numbers, wrong types, unknown types, every real message type.
+    fn hostile_frame() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just(r#"{"v":1,"type":""#.to_string()),
+            prop_oneof![
+                Just("auth"),
+                Just("go_online"),
+                Just("go_offline"),
+                Just("location"),
+                Just("ack_offer"),
+                Just("accept_offer"),
+                Just("reject_offer"),
+                Just("start_job"),
+                Just("complete_job"),
+                Just("ping"),
+                Just("nope"),
+            ]
+            .prop_map(str::to_string),
+            Just(r#"","id":"#.to_string()),
+            Just(r#","data":"#.to_string()),
+            Just(r#"{"lat":-34.6,"lon":-58.4,"skills":["#.to_string()),
+            Just(r#""reason":"\u0000""#.to_string()),
+            Just(r#""lastSeq":"#.to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("-1e400".to_string()),
+            Just("[".repeat(200)),
+            Just("{\"a\":".repeat(100)),
+            Just("]".repeat(50)),
+            Just("}".to_string()),
+            Just("null".to_string()),
+            Just("\"\\ud800\"".to_string()),
+            any::<char>().prop_map(String::from),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+    }
+
+    fn cases() -> u32 {
+        std::env::var("ARREGLAME_FUZZ_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(512)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// No frame makes the decoder panic, and every refusal is a typed error whose
+        /// message fits an error frame; nothing accepted carries a NUL to the database.
+        #[test]
+        fn hostile_frames_decode_or_get_a_coded_error(text in hostile_frame()) {
+            match parse(&text) {
+                Ok(inbound) => {
+                    let shown = format!("{:?}", inbound.msg);
+                    prop_assert!(!shown.contains('\0'), "a NUL got through: {shown}");
+                }
+                Err(rejected) => {
+                    let frame = error_frame(rejected.id.as_deref(), &rejected.error);
+                    let back: Value = serde_json::from_str(&frame).unwrap();
+                    prop_assert_eq!(&back["type"], "error");
+                    prop_assert!(back["data"]["code"].is_string());
+                }
+            }
+        }
     }
 }

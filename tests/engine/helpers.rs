@@ -82,7 +82,12 @@ pub async fn warm_store(url: &str, connections: u32) -> Store {
 }
 
 pub fn test_config(database_url: &str) -> Config {
-    let vars: HashMap<String, String> = [
+    test_config_with(database_url, &[])
+}
+
+/// [`test_config`] with some variables added or overridden.
+pub fn test_config_with(database_url: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = [
         ("DATABASE_URL", database_url),
         ("PORT", "0"),
         ("HOST", "127.0.0.1"),
@@ -93,6 +98,9 @@ pub fn test_config(database_url: &str) -> Config {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
     Config::from_vars(vars).unwrap()
 }
 
@@ -106,8 +114,13 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        TestApp::spawn_with(&[]).await
+    }
+
+    /// The engine with some environment variables set (APP_ENV, GEMINI_*, limits).
+    pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
         let database_url = fresh_database().await;
-        let app = Application::build(test_config(&database_url))
+        let app = Application::build(test_config_with(&database_url, vars))
             .await
             .expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
@@ -258,4 +271,20 @@ pub async fn outbox_of(store: &Store, aggregate_id: Uuid) -> Vec<(String, i32)> 
         .fetch_all(store.pool())
         .await
         .unwrap()
+}
+
+/// Polls `check` until it holds; fails the test after `timeout` instead of hanging.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -5,6 +5,7 @@ mod api;
 mod dispatch;
 mod foundation;
 mod gateway;
+mod hardening;
 mod helpers;
 mod ops;
 mod outbox;

@@ -34,12 +34,12 @@ use tokio::sync::watch;
 
 use crate::helpers::{fresh_database, init_test_logging};
 
-const API_KEY: &str = "test-gemini-key";
-const MODEL: &str = "gemini-2.0-flash";
+pub const API_KEY: &str = "test-gemini-key";
+pub const MODEL: &str = "gemini-2.0-flash";
 
 /// What the fake answers to one `generateContent` call.
 #[derive(Debug, Clone)]
-enum Reply {
+pub enum Reply {
     /// 200 with this JSON as the model's text (`candidates[0].content.parts[0].text`).
     Answer(Value),
     /// 200 with this text as the model's text.
@@ -51,7 +51,7 @@ enum Reply {
 }
 
 /// A local Gemini: queued replies first, then the default one; records every request.
-struct FakeGemini {
+pub struct FakeGemini {
     queued: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     requests: Mutex<Vec<Value>>,
@@ -59,7 +59,7 @@ struct FakeGemini {
 }
 
 impl FakeGemini {
-    async fn start(default: Reply) -> (Arc<FakeGemini>, String) {
+    pub async fn start(default: Reply) -> (Arc<FakeGemini>, String) {
         let fake = Arc::new(FakeGemini {
             queued: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
@@ -83,7 +83,7 @@ impl FakeGemini {
         *self.default.lock().unwrap() = reply;
     }
 
-    fn hits(&self) -> usize {
+    pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
@@ -140,7 +140,7 @@ async fn generate_content(
 }
 
 /// Retries and breaker quick enough for tests; the cool-down outlasts any test.
-fn test_tuning() -> GeminiTuning {
+pub fn test_tuning() -> GeminiTuning {
     GeminiTuning {
         max_attempts: 2,
         initial_backoff: Duration::from_millis(1),
@@ -149,7 +149,7 @@ fn test_tuning() -> GeminiTuning {
     }
 }
 
-fn gemini_at(base_url: &str, timeout: Duration) -> GeminiConfig {
+pub fn gemini_at(base_url: &str, timeout: Duration) -> GeminiConfig {
     GeminiConfig {
         api_key: API_KEY.into(),
         base_url: base_url.into(),
@@ -177,7 +177,7 @@ async fn gemini_pricing(base_url: &str) -> Pricing {
 
 /// The guide's example: `estimateJob(input: {image: "base64...", description: "Corte de
 /// pasto", squareMeters: 100})`.
-fn guide_job() -> JobInput {
+pub fn guide_job() -> JobInput {
     JobInput {
         image_base64: Some("base64...".into()),
         description: "Corte de pasto".into(),
@@ -195,7 +195,7 @@ fn assert_guide_rules_price(q: &PriceQuote) {
     assert_eq!(q.worker_net, Cents(1_593_750));
 }
 
-fn good_answer() -> Reply {
+pub fn good_answer() -> Reply {
     Reply::Answer(json!({
         "difficulty": "HARD",
         "extras": ["tall_grass"],
