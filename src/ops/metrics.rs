@@ -58,6 +58,11 @@ pub async fn render(state: &AppState) -> String {
             "arreglame_actor_escalations_total",
             stats.actors_escalated.get(),
         ),
+        (
+            "arreglame_actor_heartbeat_replacements_total",
+            stats.actors_revived.get(),
+        ),
+        ("arreglame_actor_nudges_total", stats.actors_nudged.get()),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value);

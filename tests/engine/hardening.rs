@@ -818,3 +818,71 @@ async fn graphql_ws_refusals_use_the_graphql_ws_close_codes_and_apollo_headers_w
     .await;
     assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
 }
+
+// ---- 6. the outage -------------------------------------------------------------------
+
+/// The cause of the request left behind: with an hour-long acquire timeout, sqlx backed a
+/// refused connect off by up to a fifth of it, so a caller that began waiting during an
+/// outage slept for minutes after the database came back, and with an hour to wait it
+/// never gave up. Now it gives up within the pool's acquire timeout (5 s), and its caller
+/// (the supervisor, the cron, the client) retries: the test fails rather than hangs.
+#[tokio::test]
+async fn a_caller_waiting_for_an_unreachable_database_gives_up() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{dead}/nothing");
+    let refused = tokio::time::timeout(PATIENCE, arreglame::store::Store::connect(&url, 2))
+        .await
+        .expect("the wait for a connection is bounded");
+    assert!(
+        matches!(refused, Err(sqlx::Error::PoolTimedOut)),
+        "{refused:?}"
+    );
+}
+
+/// The drill: the database goes away; a request committed just as it comes back has an
+/// actor stuck waiting for a connection. That wait ends (instead of sleeping through the
+/// recovery), and the next sweep gives the request a working actor that offers it.
+#[tokio::test]
+async fn a_request_committed_during_a_database_outage_is_dispatched_after_one_sweep() {
+    let direct = fresh_database().await;
+    let proxy = DbProxy::start(&direct).await;
+    let app = TestApp::spawn_on(proxy.url(&direct), &[]).await;
+    let db = arreglame::store::Store::connect(&direct, 2).await.unwrap();
+    let worker = insert_worker(&db, "buenos-aires").await;
+    app.handle
+        .state
+        .dispatcher
+        .worker_online("buenos-aires", worker, LON, LAT, vec!["lawn_mowing".into()])
+        .await
+        .unwrap();
+
+    proxy.cut();
+    let (row, _) = db
+        .create_request(&new_request(CUSTOMER, LON, LAT))
+        .await
+        .unwrap();
+    // Its actor cannot load the row: the engine's pool has no database.
+    let dispatcher = app.handle.state.dispatcher.clone();
+    let start = tokio::spawn(async move { dispatcher.ensure_actor(row.id).await });
+    // Longer than the acquire timeout, so the start normally gives up during the outage.
+    tokio::time::sleep(arreglame::store::ACQUIRE_TIMEOUT + Duration::from_secs(2)).await;
+    proxy.restore().await;
+    let started = tokio::time::timeout(PATIENCE, start)
+        .await
+        .expect("the actor's start does not outlive the outage")
+        .unwrap();
+    if started.is_err() {
+        // It gave up while the database was away: the backstop brings it back.
+        let report = worker_assignment_sweep(app.store(), &app.handle.state.dispatcher)
+            .await
+            .unwrap();
+        assert_eq!(report.respawned, 1, "{report:?}");
+    }
+    wait_until(PATIENCE, || async {
+        db.get_request(row.id).await.unwrap().status.as_str() == "OFFERING"
+    })
+    .await;
+}

@@ -120,6 +120,11 @@ impl TestApp {
     /// The engine with some environment variables set (APP_ENV, GEMINI_*, limits).
     pub async fn spawn_with(vars: &[(&str, &str)]) -> TestApp {
         let database_url = fresh_database().await;
+        TestApp::spawn_on(database_url, vars).await
+    }
+
+    /// The engine on an existing (migrated, seeded) database, reached at `database_url`.
+    pub async fn spawn_on(database_url: String, vars: &[(&str, &str)]) -> TestApp {
         let app = Application::build(test_config_with(&database_url, vars))
             .await
             .expect("build app");
@@ -286,5 +291,74 @@ where
             "condition not met within {timeout:?}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore: cut, every
+/// connection through it dies and its port refuses new ones (as a stopped server's does);
+/// restored, it listens on the same port again. The database outage of a drill, in a test.
+pub struct DbProxy {
+    pub port: u16,
+    upstream: std::net::SocketAddr,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DbProxy {
+    pub async fn start(database_url: &str) -> std::sync::Arc<DbProxy> {
+        let upstream_port: u16 = database_url
+            .rsplit_once(':')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("DATABASE_URL has host:port");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = std::sync::Arc::new(DbProxy {
+            port: listener.local_addr().unwrap().port(),
+            upstream: ([127, 0, 0, 1], upstream_port).into(),
+            task: std::sync::Mutex::new(None),
+        });
+        proxy.serve(listener);
+        proxy
+    }
+
+    /// `database_url` with the proxy's port instead of the server's.
+    pub fn url(&self, database_url: &str) -> String {
+        let (head, tail) = database_url.rsplit_once(':').unwrap();
+        let db = tail.split_once('/').map(|(_, d)| d).unwrap();
+        format!("{head}:{}/{db}", self.port)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        let task = tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                pipes.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// The outage begins: live connections drop, new ones are refused.
+    pub fn cut(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            // Aborting the accept loop drops the listener and, with the JoinSet, every pipe.
+            task.abort();
+        }
+    }
+
+    /// The database is back, on the same port.
+    pub async fn restore(&self) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        self.serve(listener);
     }
 }
