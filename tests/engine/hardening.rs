@@ -886,3 +886,59 @@ async fn a_request_committed_during_a_database_outage_is_dispatched_after_one_sw
     })
     .await;
 }
+
+/// A Gemini answer nested past serde_json's recursion limit, or larger than the engine
+/// reads, is a malformed answer: the rules price the job and nothing crashes.
+#[tokio::test]
+async fn hostile_gemini_answers_fall_back_to_the_rules() {
+    let deep: &'static str =
+        Box::leak(format!("{}\"EASY\"{}", "[".repeat(5_000), "]".repeat(5_000)).into_boxed_str());
+    let huge: &'static str = Box::leak(format!("\"{}\"", "x".repeat(300 * 1024)).into_boxed_str());
+    for text in [deep, huge] {
+        let (_gemini, base_url) = fake::FakeGemini::start(fake::Reply::Text(text)).await;
+        let url = fresh_database().await;
+        let store = arreglame::store::Store::connect(&url, 2).await.unwrap();
+        let (_tx, settings) = watch::channel(std::sync::Arc::new(Settings::default()));
+        let pricing = Pricing::with_tuning(
+            store,
+            settings,
+            Some(fake::gemini_at(&base_url, Duration::from_secs(30))),
+            fake::test_tuning(),
+        )
+        .await
+        .unwrap();
+        let quote = pricing.quote(&fake::guide_job()).await.unwrap();
+        assert_eq!(quote.engine, EngineKind::Rules);
+        assert_eq!(quote.fallback_reason.as_deref(), Some("malformed_answer"));
+    }
+}
+
+/// Commands other than `serve` print their results on stdout: their logs go to stderr,
+/// so `simulate --json | jq` never reads a log line (here: a command whose database is
+/// unreachable logs an error, and stdout stays clean).
+#[tokio::test]
+async fn logs_of_commands_go_to_stderr_not_stdout() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_arreglame"))
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{dead}/x"),
+        )
+        .env("LOG_LEVEL", "debug")
+        .env_remove("LOG_FILE")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "stdout has no log lines"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ERROR"), "{stderr}");
+}
