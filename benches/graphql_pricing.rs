@@ -176,7 +176,7 @@ async fn measure_all(params: &Params, url: &str) -> anyhow::Result<()> {
 /// around the same price. What the HTTP comparison adds beyond these is the transport.
 async fn in_process(engine: &AppHandle) -> anyhow::Result<(f64, f64)> {
     let pricing = engine.state.pricing.clone();
-    let schema = build_schema(engine.state.clone());
+    let schema = build_schema(engine.state.api_context());
     let job = JobInput {
         image_base64: Some("base64...".into()),
         description: "Corte de pasto".into(),

@@ -39,6 +39,24 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl AppState {
+    /// The customer API's context.
+    pub fn api_context(&self) -> api::ApiContext {
+        api::ApiContext {
+            production: self.config.is_production(),
+            pricing_rate_per_minute: self.config.pricing_rate_per_minute,
+            pricing_rate_burst: self.config.pricing_rate_burst,
+            store: self.store.clone(),
+            dispatcher: self.dispatcher.clone(),
+            settings: self.settings.clone(),
+            keys: self.keys.clone(),
+            identities: self.identities.clone(),
+            pricing: self.pricing.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+}
+
 /// Lets a test (or an embedding program) reach into a running engine and stop it.
 #[derive(Clone)]
 pub struct AppHandle {
@@ -136,11 +154,30 @@ impl Application {
             relay,
             shutdown: shutdown_rx,
         };
+        let api = state.api_context();
+        let gateway = gateway::GatewayContext::new(
+            state.sessions.clone(),
+            state.dispatcher.clone(),
+            state.store.clone(),
+            state.keys.clone(),
+            state.identities.clone(),
+            state.shutdown.clone(),
+        );
+        let ops = crate::ops::OpsContext {
+            keys: state.keys.clone(),
+            metrics_token: state.config.metrics_token.clone(),
+            metrics_elsewhere: state.config.metrics_addr.is_some(),
+            store: state.store.clone(),
+            dispatcher: state.dispatcher.clone(),
+            sessions: state.sessions.clone(),
+            pricing: state.pricing.clone(),
+            relay: state.relay.clone(),
+        };
         let router = Router::new()
             .merge(api::health_routes(store))
-            .merge(api::routes(state.clone()))
-            .merge(gateway::routes().with_state(state.clone()))
-            .merge(crate::ops::routes(state.clone()))
+            .merge(api::routes(api))
+            .merge(gateway::routes(gateway))
+            .merge(crate::ops::routes(ops.clone()))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
@@ -150,7 +187,7 @@ impl Application {
         let listener = TcpListener::bind(addr).await?;
         if let Some(metrics_addr) = state.config.metrics_addr {
             let metrics_listener = TcpListener::bind(metrics_addr).await?;
-            let app = crate::ops::metrics_only(state.clone());
+            let app = crate::ops::metrics_only(ops);
             let mut stop = state.shutdown.clone();
             background.push(tokio::spawn(async move {
                 let _ = axum::serve(metrics_listener, app)

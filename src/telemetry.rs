@@ -2,7 +2,15 @@
 //! the operators' `grep "ERROR" logs/app.log` and `grep "WorkerAssignmentCron" logs/app.log`
 //! keep working. Components log with `target: "WorkerAssignmentCron"` and the like.
 
-use std::{fs::OpenOptions, io::IsTerminal, path::Path, sync::Mutex};
+use std::{
+    fs::OpenOptions,
+    io::IsTerminal,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
@@ -73,4 +81,21 @@ pub fn init_to(console: Console, log_level: &str, log_file: Option<&Path>) -> st
         .with(file)
         .try_init();
     Ok(())
+}
+
+/// A monotonically increasing count, cheap to bump from any actor or session;
+/// metrics export it and tests assert on it.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
 }

@@ -6,7 +6,34 @@ pub mod graphql;
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
 
-use crate::store::Store;
+use std::sync::Arc;
+
+use crate::{
+    auth::TokenKeys,
+    dispatch::Dispatcher,
+    identity::Identities,
+    jobs::outbox_relay::RelayHandle,
+    pricing::Pricing,
+    store::{SettingsWatch, Store},
+};
+
+/// What the customer API needs, and nothing more (built by `startup`).
+#[derive(Clone)]
+pub struct ApiContext {
+    /// Production: no GraphiQL, no introspection, no "did you mean" hints.
+    pub production: bool,
+    /// Quotes per caller per minute, and the burst (`PRICING_RATE_*`).
+    pub pricing_rate_per_minute: u32,
+    pub pricing_rate_burst: u32,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub settings: SettingsWatch,
+    pub keys: TokenKeys,
+    pub identities: Arc<Identities>,
+    pub pricing: Arc<Pricing>,
+    /// Committed outbox events, for subscriptions.
+    pub relay: RelayHandle,
+}
 
 /// Routes every deployment needs: `/health` (the guide's check) and `/ready`.
 pub fn health_routes(store: Store) -> Router {
@@ -37,7 +64,7 @@ async fn ready(State(store): State<Store>) -> impl IntoResponse {
     }
 }
 
-/// Everything under `/graphql` (and, later, `/ops` and `/metrics`).
-pub fn routes(state: crate::startup::AppState) -> Router {
-    graphql::routes(state)
+/// Everything under `/graphql`.
+pub fn routes(ctx: ApiContext) -> Router {
+    graphql::routes(ctx)
 }

@@ -226,6 +226,9 @@ pub enum CityError {
     NotOnline(Uuid),
     #[error("worker {0} is not available")]
     NotAvailable(Uuid),
+    /// The database did not say what the worker holds; nothing changed. Retry.
+    #[error("the worker's jobs could not be read; retry")]
+    Unavailable,
 }
 
 /// Messages of the city actor.

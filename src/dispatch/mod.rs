@@ -8,13 +8,7 @@ pub mod gateway;
 pub mod request;
 pub mod supervisor;
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-};
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
@@ -25,6 +19,7 @@ use uuid::Uuid;
 use crate::{
     domain::Status,
     store::{CancelledBy, ServiceRequest, SettingsWatch, Store, StoreError},
+    telemetry::Counter,
 };
 use city::{
     Availability, CityActor, CityError, CityHandle, CityInfo, CityMsg, CityStats, OnlineWorker,
@@ -82,19 +77,6 @@ impl From<StoreError> for CommandError {
     }
 }
 
-/// A monotonically increasing count, cheap to bump from any actor.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Counters of the dispatch loop (metrics export them, tests assert on them).
 #[derive(Debug, Default)]
 pub struct DispatchStats {
@@ -121,7 +103,7 @@ impl DispatchStats {
     pub fn record_assignment(&self, created_at: DateTime<Utc>) {
         let ms = (Utc::now() - created_at).num_milliseconds().max(0) as u64;
         metrics::histogram!("arreglame_time_to_assignment_seconds").record(ms as f64 / 1000.0);
-        self.assignment_ms_sum.0.fetch_add(ms, Ordering::Relaxed);
+        self.assignment_ms_sum.add(ms);
         self.assignments.inc();
     }
 }
@@ -170,36 +152,26 @@ impl Dispatcher {
         settings: SettingsWatch,
         gateway: Arc<dyn WorkerGateway>,
     ) -> anyhow::Result<Dispatcher> {
-        let rows: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-            r#"select id, name, "serviceArea" from cities where "isActive" order by id"#,
-        )
-        .fetch_all(store.pool())
-        .await?;
         let mut cities = HashMap::new();
-        for (id, name, area) in rows {
-            let info = match CityInfo::from_geojson(id.clone(), name, &area) {
+        for row in store.active_cities().await? {
+            let info = match CityInfo::from_geojson(row.id.clone(), row.name, &row.service_area) {
                 Ok(info) => info,
                 Err(e) => {
-                    tracing::error!(target: "Dispatch", city = %id, "city skipped: {e}");
+                    tracing::error!(target: "Dispatch", city = %row.id, "city skipped: {e}");
                     continue;
                 }
             };
             let (actor, _) = Actor::spawn(None, CityActor, info.clone()).await?;
             cities.insert(
-                id,
+                row.id,
                 CityHandle {
                     info: Arc::new(info),
                     actor,
                 },
             );
         }
-        let categories: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
-            r#"select code, "requiredSkill" from service_categories"#,
-        )
-        .fetch_all(store.pool())
-        .await?
-        .into_iter()
-        .collect();
+        let categories: HashMap<String, String> =
+            store.category_skills().await?.into_iter().collect();
         let ctx = Arc::new(DispatchContext {
             store,
             settings,
@@ -218,8 +190,49 @@ impl Dispatcher {
         Ok(dispatcher)
     }
 
+    /// The shared context itself, for benches and tests that build actors by hand.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
     pub fn context(&self) -> &Arc<DispatchContext> {
         &self.ctx
+    }
+
+    /// The dispatch loop's counters.
+    pub fn stats(&self) -> &DispatchStats {
+        &self.ctx.stats
+    }
+
+    /// True while the request has a registered actor.
+    pub fn has_actor(&self, request_id: Uuid) -> bool {
+        self.ctx.registry.contains_key(&request_id)
+    }
+
+    /// Kills every request actor at once, with no clean-up (drills and tests: a crash).
+    pub fn kill_request_actors(&self) {
+        for entry in self.ctx.registry.iter() {
+            entry.value().kill();
+        }
+    }
+
+    /// Kills one request's actor with no clean-up (a crash); true when it had one.
+    pub fn kill_request_actor(&self, request_id: Uuid) -> bool {
+        self.ctx
+            .registry
+            .get(&request_id)
+            .map(|a| a.kill())
+            .is_some()
+    }
+
+    /// The served cities, by id.
+    pub fn cities(&self) -> Vec<Arc<CityInfo>> {
+        let mut cities: Vec<_> = self.ctx.cities.values().map(|c| c.info.clone()).collect();
+        cities.sort_by(|a, b| a.id.cmp(&b.id));
+        cities
+    }
+
+    /// One served city.
+    pub fn city_info(&self, city_id: &str) -> Option<Arc<CityInfo>> {
+        self.ctx.cities.get(city_id).map(|c| c.info.clone())
     }
 
     /// Gives every open request without a live actor its actor back. Returns how many.
@@ -486,15 +499,23 @@ impl Dispatcher {
         skills: Vec<String>,
     ) -> Result<(), CityError> {
         let city = self.city_actor(city_id)?;
-        let busy_with: Option<Uuid> = sqlx::query_scalar(
-            r#"select id from service_requests
-               where "assignedWorkerId" = $1 and status in ('ASSIGNED', 'IN_PROGRESS')
-               limit 1"#,
-        )
-        .bind(worker_id)
-        .fetch_optional(self.ctx.store.pool())
-        .await
-        .unwrap_or(None);
+        // What the worker holds comes from the database; if it cannot say, the worker is
+        // not put online (as available, it could be offered a second job).
+        let store = &self.ctx.store;
+        let unavailable = |e: StoreError| {
+            tracing::warn!(target: "Dispatch", %worker_id, error = %e, "worker not put online: its jobs could not be read");
+            CityError::Unavailable
+        };
+        let busy_with = store
+            .jobs_in_hand(worker_id)
+            .await
+            .map_err(unavailable)?
+            .first()
+            .map(|job| job.request_id);
+        let holding = store
+            .pending_offer_request(worker_id)
+            .await
+            .map_err(unavailable)?;
         let result = city
             .call(|reply| CityMsg::Online {
                 worker_id,
@@ -508,13 +529,7 @@ impl Dispatcher {
             .unwrap_or(Err(CityError::NotOnline(worker_id)));
         if result.is_ok() {
             // A pending offer from before a reconnect keeps the worker reserved for it.
-            if let Ok(Some(request_id)) = sqlx::query_scalar::<_, Uuid>(
-                r#"select "requestId" from offers where "workerId" = $1 and outcome is null"#,
-            )
-            .bind(worker_id)
-            .fetch_optional(self.ctx.store.pool())
-            .await
-            {
+            if let Some(request_id) = holding {
                 let _ = city
                     .call(|reply| CityMsg::Reserve {
                         worker_id,
@@ -523,13 +538,13 @@ impl Dispatcher {
                     })
                     .await;
             }
-            let _ = sqlx::query(r#"update worker_profiles set "cityId" = $2, "lastActiveAt" = now(), "lastLatitude" = $3, "lastLongitude" = $4 where id = $1"#)
-                .bind(worker_id)
-                .bind(city_id)
-                .bind(lat)
-                .bind(lon)
-                .execute(self.ctx.store.pool())
-                .await;
+            if let Err(e) = store
+                .record_worker_online(worker_id, city_id, lat, lon)
+                .await
+            {
+                // Bookkeeping only (the guide's "lastActiveAt"): dispatch does not read it.
+                tracing::warn!(target: "Dispatch", %worker_id, error = %e, "could not record the worker's last activity");
+            }
         }
         result
     }

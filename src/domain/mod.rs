@@ -2,6 +2,7 @@
 
 pub mod money;
 pub mod rate;
+pub mod schedule;
 pub mod status;
 
 pub use money::{Cents, Ratio};

@@ -30,37 +30,64 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{identity::Identities, startup::AppState, store::Store};
+use crate::{auth::TokenKeys, dispatch::Dispatcher, identity::Identities, store::Store};
 use sessions::{KillReason, Shared};
 
 /// Frames that may wait in a connection's write buffer while the socket is not writable
 /// (the send queue in front of it is the real bound).
 const MAX_WRITE_BACKLOG: usize = 256 * 1024;
 
+/// What the worker gateway needs, and nothing more (built by `startup`): the live
+/// sessions, what every session shares, and the engine's shutdown switch.
+#[derive(Clone)]
+pub struct GatewayContext {
+    sessions: Arc<Sessions>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl GatewayContext {
+    pub fn new(
+        sessions: Arc<Sessions>,
+        dispatcher: Dispatcher,
+        store: Store,
+        keys: TokenKeys,
+        identities: Arc<Identities>,
+        shutdown: watch::Receiver<bool>,
+    ) -> GatewayContext {
+        GatewayContext {
+            sessions,
+            shared: Arc::new(Shared {
+                dispatcher,
+                store,
+                keys,
+                identities,
+            }),
+            shutdown,
+        }
+    }
+}
+
 /// `GET /ws/worker`.
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/ws/worker", get(worker_socket))
+pub fn routes(ctx: GatewayContext) -> Router {
+    Router::new()
+        .route("/ws/worker", get(worker_socket))
+        .with_state(ctx)
 }
 
 /// Upgrades to a worker session. No credentials here: the token comes in the first message,
 /// so it never lands in URLs, proxies' access logs or browser history.
-async fn worker_socket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    if *state.shutdown.borrow() {
+async fn worker_socket(State(ctx): State<GatewayContext>, ws: WebSocketUpgrade) -> Response {
+    if *ctx.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    let sessions = state.sessions.clone();
+    let sessions = ctx.sessions.clone();
     let limits = sessions.limits();
     if sessions.open_connections() >= limits.max_connections {
         tracing::warn!(target: "Gateway", limit = limits.max_connections, "connection refused: too many open connections");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     }
-    let shared = sessions.shared(|| Shared {
-        dispatcher: state.dispatcher.clone(),
-        store: state.store.clone(),
-        keys: state.keys.clone(),
-        identities: state.identities.clone(),
-    });
-    let shutdown = state.shutdown.clone();
+    let (shared, shutdown) = (ctx.shared.clone(), ctx.shutdown.clone());
     ws.read_buffer_size(limits.read_buffer_bytes)
         .write_buffer_size(limits.write_buffer_bytes)
         .max_write_buffer_size(limits.write_buffer_bytes + MAX_WRITE_BACKLOG)

@@ -165,6 +165,7 @@ impl From<CityError> for WireError {
             CityError::OutsideServiceArea { .. } => ErrorCode::OutsideServiceArea,
             CityError::InvalidCoordinates => ErrorCode::InvalidCoordinates,
             CityError::NotOnline(_) | CityError::NotAvailable(_) => ErrorCode::NotOnline,
+            CityError::Unavailable => ErrorCode::Unavailable,
         };
         WireError::new(code, e.to_string())
     }

@@ -303,24 +303,6 @@ fn auth_ok_frame(authed: &Authed, entry: &WorkerEntry, conn_id: u64, limits: &Li
     )
 }
 
-/// A pending offer of the worker, with what the `offer` frame shows of its request.
-#[derive(sqlx::FromRow)]
-#[sqlx(rename_all = "camelCase")]
-struct PendingOffer {
-    offer_id: Uuid,
-    request_id: Uuid,
-    attempt: i32,
-    expires_at: DateTime<Utc>,
-    distance_meters: Option<f64>,
-    description: Option<String>,
-    square_meters: Option<f64>,
-    worker_net_cents: Option<i64>,
-    currency: String,
-    city_id: Option<String>,
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-}
-
 /// Queues every still-valid offer of the worker that the app does not have yet. The
 /// database, not memory, says what is pending: this survives engine restarts.
 async fn resume(
@@ -330,18 +312,7 @@ async fn resume(
     last_seq: u64,
     tx: &mpsc::Sender<String>,
 ) {
-    let pending: Vec<PendingOffer> = match sqlx::query_as(
-        r#"select o.id as "offerId", o."requestId", o.attempt, o."expiresAt", o."distanceMeters",
-                  r.description, r."squareMeters", r."workerNetCents", r.currency, r."cityId",
-                  r.latitude, r.longitude
-           from offers o join service_requests r on r.id = o."requestId"
-           where o."workerId" = $1 and o.outcome is null and o."expiresAt" > now()
-           order by o."sentAt""#,
-    )
-    .bind(entry.id)
-    .fetch_all(shared.store.pool())
-    .await
-    {
+    let pending = match shared.store.pending_offers_of(entry.id).await {
         Ok(rows) => rows,
         Err(e) => {
             // Not fatal: the request actor's timer still settles the offer.
@@ -353,8 +324,8 @@ async fn resume(
         let area = p
             .city_id
             .as_ref()
-            .and_then(|c| shared.dispatcher.context().cities.get(c))
-            .map(|city| city.info.name.clone())
+            .and_then(|c| shared.dispatcher.city_info(c))
+            .map(|city| city.name.clone())
             .unwrap_or_default();
         let round = |x: Option<f64>| (x.unwrap_or_default() * 1000.0).round() / 1000.0;
         let notice = crate::dispatch::gateway::OfferNotice {
@@ -380,18 +351,14 @@ async fn resume(
     }
     // The worker's jobs in hand (assigned or started), so an app that lost its state
     // across the reconnect learns what it is working on.
-    let jobs: Vec<(Uuid, String)> = sqlx::query_as(
-        r#"select id, status from service_requests
-           where "assignedWorkerId" = $1 and status in ('ASSIGNED', 'IN_PROGRESS')
-           order by "assignedAt""#,
-    )
-    .bind(entry.id)
-    .fetch_all(shared.store.pool())
-    .await
-    .unwrap_or_default();
-    for (request_id, status) in jobs {
-        if let Some(status) = crate::domain::Status::parse(&status) {
-            let _ = tx.try_send(protocol::job_update_frame(request_id, status));
+    match shared.store.jobs_in_hand(entry.id).await {
+        Ok(jobs) => {
+            for job in jobs {
+                let _ = tx.try_send(protocol::job_update_frame(job.request_id, job.status));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(target: "Gateway", worker_id = %entry.id, error = %e, "could not load the jobs in hand to resume");
         }
     }
 }
@@ -629,10 +596,8 @@ impl Reader<'_> {
         };
         let dispatcher = &self.shared.dispatcher;
         let inside = dispatcher
-            .context()
-            .cities
-            .get(&city)
-            .is_some_and(|c| c.info.serves(m.lon, m.lat));
+            .city_info(&city)
+            .is_some_and(|c| c.serves(m.lon, m.lat));
         if !inside {
             return self.error(
                 id,
@@ -701,19 +666,13 @@ impl Reader<'_> {
 
     async fn accepted_by_me(&self, offer_id: Uuid, request_id: Uuid) -> Option<ServiceRequest> {
         let store = &self.shared.store;
-        let mine: Option<i32> = sqlx::query_scalar(
-            r#"select 1 from offers
-               where id = $1 and "requestId" = $2 and "workerId" = $3 and outcome = 'ACCEPTED'"#,
-        )
-        .bind(offer_id)
-        .bind(request_id)
-        .bind(self.entry.id)
-        .fetch_optional(store.pool())
-        .await
-        .ok()
-        .flatten();
-        mine?;
-        store.get_request(request_id).await.ok()
+        match store
+            .offer_accepted_by(offer_id, request_id, self.entry.id)
+            .await
+        {
+            Ok(true) => store.get_request(request_id).await.ok(),
+            _ => None,
+        }
     }
 
     // ---- answering --------------------------------------------------------------------

@@ -10,7 +10,7 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, Mutex, RwLock,
     },
     time::Duration,
 };
@@ -32,10 +32,11 @@ use crate::{
     auth::TokenKeys,
     dispatch::{
         gateway::{OfferNotice, WorkerGateway, WorkerNotice},
-        Counter, Dispatcher,
+        Dispatcher,
     },
     identity::Identities,
     store::Store,
+    telemetry::Counter,
 };
 
 /// Answers kept per worker for `accept_offer` replays.
@@ -299,7 +300,6 @@ pub struct Sessions {
     /// Seconds since `started` of the last prune.
     last_prune: AtomicU64,
     started: Instant,
-    shared: OnceLock<Arc<Shared>>,
     pub stats: GatewayStats,
 }
 
@@ -325,7 +325,6 @@ impl Sessions {
             all_closed: Notify::new(),
             last_prune: AtomicU64::new(0),
             started: Instant::now(),
-            shared: OnceLock::new(),
             stats: GatewayStats::default(),
         }
     }
@@ -402,10 +401,6 @@ impl Sessions {
                 return self.live.load(Ordering::Acquire) == 0;
             }
         }
-    }
-
-    pub(super) fn shared(&self, make: impl FnOnce() -> Shared) -> Arc<Shared> {
-        self.shared.get_or_init(|| Arc::new(make())).clone()
     }
 
     /// Counts a connection task; the guard uncounts it when dropped.

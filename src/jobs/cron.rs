@@ -10,10 +10,10 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::schedule;
+use crate::domain::schedule;
 use crate::{
     dispatch::Dispatcher,
-    store::{Change, OfferOutcome, ServiceRequest, Settings, SettingsWatch, Store},
+    store::{Change, OfferOutcome, Settings, SettingsWatch, Store},
 };
 
 /// Counts of one sweep, for logs and tests.
@@ -48,17 +48,9 @@ pub async fn worker_assignment_sweep(
     dispatcher: &Dispatcher,
 ) -> anyhow::Result<SweepReport> {
     tracing::info!(target: "WorkerAssignmentCron", "[WorkerAssignmentCron] Checking for worker assignment timeouts...");
-    let overdue: Vec<ServiceRequest> = sqlx::query_as(
-        r#"select * from service_requests
-           where status = 'OFFERING' and "workerTimeoutAt" < now()
-           order by "workerTimeoutAt"
-           limit 1000"#,
-    )
-    .fetch_all(store.pool())
-    .await?;
+    let overdue = store.overdue_offering(1000).await?;
     let mut report = SweepReport::default();
-    let registry = &dispatcher.context().registry;
-    for row in overdue.iter().filter(|r| !registry.contains_key(&r.id)) {
+    for row in overdue.iter().filter(|r| !dispatcher.has_actor(r.id)) {
         let Some(offer) = store.pending_offer(row.id).await? else {
             continue;
         };
@@ -70,7 +62,7 @@ pub async fn worker_assignment_sweep(
         match store.transition(row, change).await {
             Ok(_) => {
                 report.settled += 1;
-                dispatcher.context().stats.offers_expired.inc();
+                dispatcher.stats().offers_expired.inc();
             }
             Err(e) if e.is_conflict() => continue, // an actor or another engine got there first
             Err(e) => return Err(e.into()),

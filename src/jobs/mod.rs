@@ -3,4 +3,3 @@
 
 pub mod cron;
 pub mod outbox_relay;
-pub mod schedule;

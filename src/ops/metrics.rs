@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::startup::AppState;
+use super::OpsContext;
 
 /// Buckets in seconds, from sub-millisecond database calls to multi-minute assignments.
 const BUCKETS: &[f64] = &[
@@ -33,9 +33,9 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Copies the engine's live counts into the registry, then renders the text format.
-pub async fn render(state: &AppState) -> String {
+pub async fn render(state: &OpsContext) -> String {
     let handle = handle();
-    let stats = &state.dispatcher.context().stats;
+    let stats = state.dispatcher.stats();
     let counters = [
         ("arreglame_offers_sent_total", stats.offers_sent.get()),
         (

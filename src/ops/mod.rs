@@ -10,7 +10,7 @@
 
 pub mod metrics;
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::{FromRequestParts, Path, State},
@@ -28,11 +28,30 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
-    auth::{bearer_token, Role},
+    auth::{bearer_token, Role, TokenKeys},
+    dispatch::Dispatcher,
     dispatch::{city::CityStats, request::RequestSnapshot},
-    startup::AppState,
+    gateway::Sessions,
+    jobs::outbox_relay::RelayHandle,
+    pricing::Pricing,
     store::OfferRow,
+    store::Store,
 };
+
+/// What the ops surface needs, and nothing more (built by `startup`).
+#[derive(Clone)]
+pub struct OpsContext {
+    pub keys: TokenKeys,
+    /// `METRICS_TOKEN`: a bearer token `/metrics` accepts besides an ops JWT.
+    pub metrics_token: Option<String>,
+    /// `/metrics` has its own listener (`METRICS_ADDR`), so not on the main port.
+    pub metrics_elsewhere: bool,
+    pub store: Store,
+    pub dispatcher: Dispatcher,
+    pub sessions: Arc<Sessions>,
+    pub pricing: Arc<Pricing>,
+    pub relay: RelayHandle,
+}
 
 /// The dashboard page (no data inside; it fetches with the operator's token).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -40,12 +59,12 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// An authenticated operator.
 pub struct Operator(pub Uuid);
 
-impl FromRequestParts<AppState> for Operator {
+impl FromRequestParts<OpsContext> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &AppState,
+        state: &OpsContext,
     ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
@@ -136,7 +155,7 @@ pub struct ActorsSnapshot {
 }
 
 impl ActorsSnapshot {
-    pub async fn collect(state: &AppState) -> ActorsSnapshot {
+    pub async fn collect(state: &OpsContext) -> ActorsSnapshot {
         let dispatcher = &state.dispatcher;
         let requests = dispatcher.snapshots().await;
         let now = Utc::now();
@@ -163,22 +182,18 @@ impl ActorsSnapshot {
                 created_at: r.created_at,
                 age_seconds: (now - r.created_at).num_seconds(),
             });
-        let ctx = dispatcher.context();
         let mut cities = Vec::new();
         for stats in dispatcher.city_stats().await {
-            let handle = ctx.city(&stats.city_id);
+            let info = dispatcher.city_info(&stats.city_id);
             cities.push(CityView {
                 id: stats.city_id.clone(),
-                name: handle
-                    .as_ref()
-                    .map(|h| h.info.name.clone())
-                    .unwrap_or_default(),
-                mailbox_depth: handle.map(|h| h.info.mailbox_depth()).unwrap_or(0),
+                name: info.as_ref().map(|i| i.name.clone()).unwrap_or_default(),
+                mailbox_depth: info.map(|i| i.mailbox_depth()).unwrap_or(0),
                 open_requests: per_city.remove(&stats.city_id).unwrap_or_default(),
                 stats,
             });
         }
-        let s = &ctx.stats;
+        let s = dispatcher.stats();
         ActorsSnapshot {
             at: now,
             cities,
@@ -203,35 +218,35 @@ impl ActorsSnapshot {
     }
 }
 
-fn websocket_sessions(state: &AppState) -> usize {
+fn websocket_sessions(state: &OpsContext) -> usize {
     state.sessions.connected_workers()
 }
 
 /// Routes under `/ops`, plus `/metrics` unless it has its own listener.
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: OpsContext) -> Router {
     let mut router = Router::new()
         .route("/ops", get(|| async { Html(DASHBOARD) }))
         .route("/ops/actors", get(actors))
         .route("/ops/live", get(live))
         .route("/ops/map", get(map))
         .route("/ops/requests/{id}/trail", get(trail));
-    if state.config.metrics_addr.is_none() {
+    if !state.metrics_elsewhere {
         router = router.route("/metrics", get(protected_metrics));
     }
     router.with_state(state)
 }
 
 /// `/metrics` alone, without auth, for a separate listener (`METRICS_ADDR`).
-pub fn metrics_only(state: AppState) -> Router {
+pub fn metrics_only(state: OpsContext) -> Router {
     Router::new()
         .route(
             "/metrics",
-            get(|State(state): State<AppState>| async move { prometheus(&state).await }),
+            get(|State(state): State<OpsContext>| async move { prometheus(&state).await }),
         )
         .with_state(state)
 }
 
-async fn prometheus(state: &AppState) -> Response {
+async fn prometheus(state: &OpsContext) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -243,7 +258,7 @@ async fn prometheus(state: &AppState) -> Response {
 }
 
 async fn protected_metrics(
-    State(state): State<AppState>,
+    State(state): State<OpsContext>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let token = headers
@@ -252,7 +267,7 @@ async fn protected_metrics(
         .and_then(bearer_token);
     let allowed = match token {
         Some(t) => {
-            state.config.metrics_token.as_deref() == Some(t)
+            state.metrics_token.as_deref() == Some(t)
                 || state.keys.verify_role(t, Role::Ops).is_ok()
         }
         None => false,
@@ -267,14 +282,14 @@ async fn protected_metrics(
     prometheus(&state).await
 }
 
-async fn actors(_op: Operator, State(state): State<AppState>) -> Json<ActorsSnapshot> {
+async fn actors(_op: Operator, State(state): State<OpsContext>) -> Json<ActorsSnapshot> {
     Json(ActorsSnapshot::collect(&state).await)
 }
 
 /// Server-sent events: a `snapshot` every second and an `event` per committed outbox row.
 async fn live(
     _op: Operator,
-    State(state): State<AppState>,
+    State(state): State<OpsContext>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = state.relay.subscribe();
     let stream = futures::stream::unfold(
@@ -311,18 +326,14 @@ struct MapCity {
 }
 
 /// Map data: every city's outline, online workers and open requests.
-async fn map(_op: Operator, State(state): State<AppState>) -> Json<Vec<MapCity>> {
+async fn map(_op: Operator, State(state): State<OpsContext>) -> Json<Vec<MapCity>> {
     let requests = state.dispatcher.snapshots().await;
     let mut out = Vec::new();
-    let mut ids: Vec<_> = state.dispatcher.context().cities.keys().cloned().collect();
-    ids.sort();
-    for id in ids {
-        let Some(handle) = state.dispatcher.context().city(&id) else {
-            continue;
-        };
+    for info in state.dispatcher.cities() {
+        let id = info.id.clone();
         out.push(MapCity {
-            name: handle.info.name.clone(),
-            outline: handle.info.outline(),
+            name: info.name.clone(),
+            outline: info.outline(),
             workers: state.dispatcher.city_workers(&id).await,
             requests: requests
                 .iter()
@@ -349,20 +360,18 @@ struct Trail {
     explanation: String,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TrailEvent {
     id: i64,
-    #[sqlx(rename = "type")]
     #[serde(rename = "type")]
     event_type: String,
     payload: serde_json::Value,
-    #[sqlx(rename = "createdAt")]
     created_at: DateTime<Utc>,
 }
 
 /// The dispatch decisions of one request: "why was nothing assigned?"
-async fn trail(_op: Operator, State(state): State<AppState>, Path(id): Path<String>) -> Response {
+async fn trail(_op: Operator, State(state): State<OpsContext>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<Uuid>() else {
         return (
             StatusCode::BAD_REQUEST,
@@ -386,14 +395,19 @@ async fn trail(_op: Operator, State(state): State<AppState>, Path(id): Path<Stri
     };
     let offers = state.store.offers_for_request(id).await.unwrap_or_default();
     let skipped = state.store.candidate_skips(id).await.unwrap_or_default();
-    let events: Vec<TrailEvent> = sqlx::query_as(
-        r#"select id, type, payload, "createdAt" from outbox_events
-           where "aggregateType" = 'service_request' and "aggregateId" = $1 order by id"#,
-    )
-    .bind(id.to_string())
-    .fetch_all(state.store.pool())
-    .await
-    .unwrap_or_default();
+    let events: Vec<TrailEvent> = state
+        .store
+        .request_events(id)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| TrailEvent {
+            id: e.id,
+            event_type: e.event_type,
+            payload: e.payload,
+            created_at: e.created_at,
+        })
+        .collect();
     let mut explanation = explain(&request, &offers);
     if !skipped.is_empty() {
         explanation.push_str(&format!(

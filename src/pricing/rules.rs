@@ -80,22 +80,8 @@ fn find<'a, T>(rows: &'a [T], code: &str, code_of: impl Fn(&T) -> &str) -> Optio
 
 impl PricingTables {
     pub async fn load(store: &Store) -> Result<PricingTables, sqlx::Error> {
-        let categories: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            r#"select code, name, "baseRatePerSqmCents", "minimumPriceCents" from service_categories order by code"#,
-        )
-        .fetch_all(store.pool())
-        .await?;
-        // numeric columns come as text and are parsed exactly into parts per million.
-        let difficulties: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "select level, multiplier::text, description from difficulty_multipliers order by multiplier, level",
-        )
-        .fetch_all(store.pool())
-        .await?;
-        let extras: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-            "select code, name, multiplier::text, description from extra_multipliers order by code",
-        )
-        .fetch_all(store.pool())
-        .await?;
+        let rows = store.pricing_rows().await?;
+        let (categories, difficulties, extras) = (rows.categories, rows.difficulties, rows.extras);
         Ok(PricingTables {
             categories: categories
                 .into_iter()

@@ -122,38 +122,19 @@ pub struct Fleet {
 /// Creates the simulated workers and customers in the database (tagged by name, so a
 /// later run can tell them apart) and loads the city's service area.
 pub async fn provision(store: &Store, args: &SimArgs, jwt_secret: &str) -> anyhow::Result<Fleet> {
-    let (name, area): (String, serde_json::Value) =
-        sqlx::query_as(r#"select name, "serviceArea" from cities where id = $1"#)
-            .bind(&args.city)
-            .fetch_optional(store.pool())
-            .await?
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "city {:?} is not in the database (was it seeded?)",
-                    args.city
-                )
-            })?;
-    let city =
-        CityInfo::from_geojson(args.city.clone(), name, &area).map_err(anyhow::Error::msg)?;
+    let row = store.city(&args.city).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "city {:?} is not in the database (was it seeded?)",
+            args.city
+        )
+    })?;
+    let city = CityInfo::from_geojson(args.city.clone(), row.name, &row.service_area)
+        .map_err(anyhow::Error::msg)?;
     let run = Uuid::new_v4().simple().to_string();
-    let worker_ids: Vec<Uuid> = sqlx::query_scalar(
-        r#"insert into worker_profiles (name, "cityId", skills, rating)
-           select 'sim-' || $1 || '-w' || n, $2, '{lawn_mowing,gardening,cleaning}', 4.5
-           from generate_series(1, $3) n
-           returning id"#,
-    )
-    .bind(&run[..8])
-    .bind(&args.city)
-    .bind(args.workers as i32)
-    .fetch_all(store.pool())
-    .await?;
-    let customer_ids: Vec<Uuid> = sqlx::query_scalar(
-        r#"insert into customers (name) select 'sim-' || $1 || '-c' || n from generate_series(1, $2) n returning id"#,
-    )
-    .bind(&run[..8])
-    .bind(args.customers as i32)
-    .fetch_all(store.pool())
-    .await?;
+    let worker_ids = store
+        .provision_workers(&run[..8], &args.city, args.workers)
+        .await?;
+    let customer_ids = store.provision_customers(&run[..8], args.customers).await?;
     Ok(Fleet {
         args: args.clone(),
         city,

@@ -253,31 +253,12 @@ pub async fn cross_check(
     summary: &Summary,
 ) -> anyhow::Result<CrossCheck> {
     let ids: Vec<Uuid> = summary.finals.keys().copied().collect();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        r#"select status, count(*) from service_requests where "customerId" = any($1) group by status"#,
-    )
-    .bind(&fleet.customer_ids)
-    .fetch_all(store.pool())
-    .await?;
-    let by_status: HashMap<String, i64> = rows.into_iter().collect();
-    let outbox_mismatches: i64 = sqlx::query_scalar(
-        r#"select count(*) from service_requests r
-           where r."customerId" = any($1)
-             and (select count(*) from outbox_events e
-                  where e."aggregateType" = 'service_request' and e."aggregateId" = r.id::text) <> r.version"#,
-    )
-    .bind(&fleet.customer_ids)
-    .fetch_one(store.pool())
-    .await?;
-    let double_accepted: i64 = sqlx::query_scalar(
-        r#"select count(*) from (
-             select o."requestId" from offers o join service_requests r on r.id = o."requestId"
-             where r."customerId" = any($1) and o.outcome = 'ACCEPTED'
-             group by o."requestId" having count(*) > 1) d"#,
-    )
-    .bind(&fleet.customer_ids)
-    .fetch_one(store.pool())
-    .await?;
+    let counts = store.fleet_counts(&fleet.customer_ids).await?;
+    let (by_status, outbox_mismatches, double_accepted) = (
+        counts.by_status,
+        counts.outbox_mismatches,
+        counts.double_accepted,
+    );
     let mut problems = Vec::new();
     let db = |s: &str| by_status.get(s).copied().unwrap_or(0) as usize;
     let total: usize = by_status.values().map(|v| *v as usize).sum();

@@ -2,12 +2,17 @@
 //! [`Store::transition`]: one transaction with the version-guarded update and one
 //! `outbox_events` row. SQL is written inline, next to the code that uses it.
 
+mod cities;
+mod fleet;
 mod identities;
 mod outbox;
+pub mod outbox_batch;
 mod payouts;
+mod pricing_tables;
 mod requests;
 pub mod system_config;
 mod transition;
+mod workers;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -19,12 +24,16 @@ use tokio::sync::Notify;
 use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use uuid::Uuid;
 
+pub use cities::CityRow;
+pub use fleet::FleetCounts;
 pub use identities::{CandidateSkip, WorkerProfile};
 pub use outbox::{insert_outbox_event, OutboxEvent};
 pub use payouts::Payout;
+pub use pricing_tables::PricingRows;
 pub use requests::{NewServiceRequest, RequestPage, ServiceRequest};
 pub use system_config::{Settings, SettingsWatch};
 pub use transition::{CancelledBy, Change, NewOffer, OfferOutcome, OfferRow};
+pub use workers::{JobInHand, PendingOfferView};
 
 use crate::domain::IllegalTransition;
 
@@ -96,6 +105,8 @@ impl StoreError {
 pub struct Store {
     pool: PgPool,
     outbox: Arc<OutboxSignal>,
+    /// The one-connection pool of the outbox LISTEN, made on first use.
+    listener_pool: Arc<OnceLock<PgPool>>,
 }
 
 /// Tells outbox consumers that new rows were committed. The local relay is woken directly;
@@ -146,6 +157,7 @@ impl Store {
         Store {
             pool,
             outbox: Arc::default(),
+            listener_pool: Arc::default(),
         }
     }
 
@@ -178,6 +190,11 @@ impl Store {
         self.outbox.local.notified().await
     }
 
+    /// The pool itself, for fixtures in the tests and benches only (feature
+    /// `test-support`, which the crate's dev-dependency on itself turns on): the engine's
+    /// every statement is a named method of this module.
+    #[cfg(feature = "test-support")]
+    #[doc(hidden)]
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -221,6 +221,32 @@ impl Store {
         .await?)
     }
 
+    /// OFFERING requests whose offer deadline passed, most overdue first (the backstop's).
+    pub async fn overdue_offering(&self, limit: i64) -> Result<Vec<ServiceRequest>, StoreError> {
+        Ok(sqlx::query_as(
+            r#"select * from service_requests
+               where status = 'OFFERING' and "workerTimeoutAt" < now()
+               order by "workerTimeoutAt"
+               limit $1"#,
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every committed event of a request, oldest first (the decision trail shows them).
+    pub async fn request_events(&self, id: Uuid) -> Result<Vec<super::OutboxEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            r#"select id, "aggregateType", "aggregateId", "aggregateVersion", type, payload,
+                      processed, attempts, "createdAt"
+               from outbox_events
+               where "aggregateType" = 'service_request' and "aggregateId" = $1 order by id"#,
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A customer's requests, newest first, keyed by (createdAt, id) for stable cursors.
     pub async fn customer_requests(
         &self,

@@ -162,7 +162,7 @@ fn fraction(v: &str) -> Result<Ratio, String> {
 }
 
 fn cron(v: &str) -> Result<String, String> {
-    crate::jobs::schedule::parse(v).map_err(|e| e.to_string())?;
+    crate::domain::schedule::parse(v).map_err(|e| e.to_string())?;
     Ok(v.to_string())
 }
 
@@ -187,7 +187,7 @@ impl Store {
         let (tx, rx) = watch::channel(Arc::new(settings));
         let store = self.clone();
         let task = tokio::spawn(async move {
-            let mut listener = PgListener::connect_with(store.pool()).await.ok();
+            let mut listener = PgListener::connect_with(&store.pool).await.ok();
             if let Some(l) = listener.as_mut() {
                 if let Err(e) = l.listen("system_config_changed").await {
                     tracing::warn!(target: "SystemConfig", error = %e, "LISTEN failed; relying on periodic reload");

@@ -42,7 +42,7 @@ async fn until_actor_offering(h: &DispatchHarness, id: Uuid) -> Uuid {
 }
 
 async fn until_no_actor(h: &DispatchHarness, id: Uuid) {
-    while h.dispatcher.context().registry.contains_key(&id) {
+    while h.dispatcher.has_actor(id) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -347,7 +347,7 @@ async fn a_panicking_request_actor_is_restarted_from_the_database_and_completes(
     // The restarted actor resumes the same pending offer from its row.
     let resumed = until_actor_offering(&h, request.id).await;
     assert_eq!(resumed, o.offer_id);
-    assert_eq!(h.dispatcher.context().stats.actor_restarts.get(), 1);
+    assert_eq!(h.dispatcher.stats().actor_restarts.get(), 1);
 
     h.dispatcher
         .accept_offer(w, request.id, o.offer_id)
@@ -373,7 +373,7 @@ async fn a_request_actor_that_keeps_failing_is_escalated_and_the_cron_brings_it_
     // Past the cap nobody restarts it...
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(h.dispatcher.snapshot(request.id).await.is_none());
-    assert_eq!(h.dispatcher.context().stats.actors_escalated.get(), 1);
+    assert_eq!(h.dispatcher.stats().actors_escalated.get(), 1);
     // ...until the backstop sweep gives the open request its actor back.
     let report = worker_assignment_sweep(&h.store, &h.dispatcher)
         .await
@@ -476,9 +476,7 @@ async fn a_killed_engine_loses_no_request_and_assigns_none_twice() {
         }
     }
     // Kill: actors vanish without any clean-up of their own.
-    for entry in h.dispatcher.context().registry.iter() {
-        entry.value().kill();
-    }
+    h.dispatcher.kill_request_actors();
     drop(h.dispatcher);
 
     let mut again = DispatchHarness::start_on(h.database_url.clone(), quick_settings()).await;
@@ -551,12 +549,7 @@ async fn the_cron_backstop_settles_an_overdue_offer_nobody_watches() {
     let request = h.create_request(LON, LAT).await;
     let o = offer(h.next_notice().await);
     // The actor dies for good (as if escalated) and the offer's deadline passes.
-    h.dispatcher
-        .context()
-        .registry
-        .get(&request.id)
-        .unwrap()
-        .kill();
+    assert!(h.dispatcher.kill_request_actor(request.id));
     until_no_actor(&h, request.id).await;
     sqlx::query(r#"update service_requests set "workerTimeoutAt" = now() - interval '1 minute' where id = $1"#)
         .bind(request.id)

@@ -488,7 +488,7 @@ async fn a_candidate_whose_offer_fails_is_skipped_and_the_next_worker_gets_it() 
         WorkerNotice::Offer(o) => assert_eq!(o.worker_id, real),
         other => panic!("expected an offer, got {other:?}"),
     }
-    let stats = &h.dispatcher.context().stats;
+    let stats = &h.dispatcher.stats();
     assert_eq!(
         stats.actor_restarts.get(),
         0,
@@ -637,7 +637,7 @@ async fn nul_bytes_are_refused_at_the_door_and_restart_nothing() {
     assert_eq!(reject["type"], "error", "{reject}");
     assert_eq!(reject["data"]["code"], "INVALID_MESSAGE");
     // The offer is still out and its actor never restarted.
-    let stats = &app.handle.state.dispatcher.context().stats;
+    let stats = &app.handle.state.dispatcher.stats();
     assert_eq!(stats.actor_restarts.get(), 0);
     let outcome: Option<String> = sqlx::query_scalar("select outcome from offers where id = $1")
         .bind(
@@ -681,7 +681,7 @@ async fn a_registered_actor_that_stopped_making_progress_is_replaced_by_the_swee
         .await
         .unwrap();
     assert_eq!(report.revived, 1, "{report:?}");
-    assert_eq!(h.dispatcher.context().stats.actors_revived.get(), 1);
+    assert_eq!(h.dispatcher.stats().actors_revived.get(), 1);
     // The replacement settles the overdue offer and moves on (no other worker: unassigned).
     wait_until(PATIENCE, || async {
         h.store

@@ -34,10 +34,10 @@ pub use error::ApiError;
 use types::*;
 
 use crate::{
+    api::ApiContext,
     auth::bearer_token,
     domain::Status,
     pricing::{AiUse, JobInput},
-    startup::AppState,
     store::{CancelledBy, NewServiceRequest, ServiceRequest},
 };
 
@@ -50,8 +50,8 @@ const MAX_DESCRIPTION_CHARS: usize = 2000;
 const MAX_ADDRESS_CHARS: usize = 300;
 const MAX_PAGE: i32 = 100;
 
-fn state<'a>(ctx: &'a Context<'_>) -> &'a AppState {
-    ctx.data_unchecked::<AppState>()
+fn state<'a>(ctx: &'a Context<'_>) -> &'a ApiContext {
+    ctx.data_unchecked::<ApiContext>()
 }
 
 fn caller<'a>(ctx: &'a Context<'_>) -> &'a Caller {
@@ -89,7 +89,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_square_meters(state: &AppState, m2: f64) -> Result<(), ApiError> {
+fn check_square_meters(state: &ApiContext, m2: f64) -> Result<(), ApiError> {
     let max = state.settings.borrow().max_square_meters;
     if !m2.is_finite() || m2 <= 0.0 || m2 > max {
         return Err(ApiError::BadUserInput(format!(
@@ -371,7 +371,7 @@ impl SubscriptionRoot {
 }
 
 fn updates(
-    state: AppState,
+    state: ApiContext,
     first: ServiceRequest,
     events: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::store::OutboxEvent>>,
 ) -> impl Stream<Item = ServiceRequestUpdate> {
@@ -439,7 +439,7 @@ fn updates(
     )
 }
 
-async fn snapshot_update(state: &AppState, row: &ServiceRequest) -> ServiceRequestUpdate {
+async fn snapshot_update(state: &ApiContext, row: &ServiceRequest) -> ServiceRequestUpdate {
     ServiceRequestUpdate {
         request_id: ID(row.id.to_string()),
         status: row.status,
@@ -456,12 +456,9 @@ async fn snapshot_update(state: &AppState, row: &ServiceRequest) -> ServiceReque
 
 /// Builds the schema with the engine's limits (enforced by [`guard::Guard`], before
 /// anything recursive runs).
-pub fn build_schema(state: AppState) -> ArreglameSchema {
-    let production = state.config.is_production();
-    let limiter = PricingLimiter::new(
-        state.config.pricing_rate_per_minute,
-        state.config.pricing_rate_burst,
-    );
+pub fn build_schema(state: ApiContext) -> ArreglameSchema {
+    let production = state.production;
+    let limiter = PricingLimiter::new(state.pricing_rate_per_minute, state.pricing_rate_burst);
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
         .data(limiter)
@@ -482,13 +479,13 @@ pub fn sdl() -> String {
 
 #[derive(Clone)]
 struct GraphqlState {
-    app: AppState,
+    app: ApiContext,
     schema: ArreglameSchema,
 }
 
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: ApiContext) -> Router {
     let schema = build_schema(state.clone());
-    let graphiql = !state.config.is_production();
+    let graphiql = !state.production;
     let gql = GraphqlState { app: state, schema };
     let mut router = Router::new().route("/graphql/ws", get(subscriptions));
     router = if graphiql {

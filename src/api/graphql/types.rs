@@ -6,9 +6,9 @@ use uuid::Uuid;
 
 use super::{error::ApiError, Caller};
 use crate::{
+    api::ApiContext,
     domain::Status,
     pricing::{EngineKind, PriceQuote},
-    startup::AppState,
     store::ServiceRequest,
 };
 
@@ -142,15 +142,11 @@ pub struct WorkerSummary {
 }
 
 pub async fn worker_summary(
-    state: &AppState,
+    state: &ApiContext,
     id: Option<Uuid>,
 ) -> Result<Option<WorkerSummary>, ApiError> {
     let Some(id) = id else { return Ok(None) };
-    let row: Option<(String, f64)> =
-        sqlx::query_as("select name, rating::float8 from worker_profiles where id = $1")
-            .bind(id)
-            .fetch_optional(state.store.pool())
-            .await?;
+    let row = state.store.worker_summary(id).await?;
     Ok(row.map(|(name, rating)| WorkerSummary {
         id: ID(id.to_string()),
         name,
@@ -194,7 +190,7 @@ impl ServiceRequestNode {
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Option<WorkerSummary>> {
-        Ok(worker_summary(ctx.data_unchecked::<AppState>(), self.assigned_worker_id).await?)
+        Ok(worker_summary(ctx.data_unchecked::<ApiContext>(), self.assigned_worker_id).await?)
     }
 
     /// Ops only: every offer made, with distance, radius step and outcome.
@@ -202,7 +198,7 @@ impl ServiceRequestNode {
         if !matches!(ctx.data_unchecked::<Caller>(), Caller::Ops(_)) {
             return Err(ApiError::Forbidden("the dispatch trail is for ops".into()).into());
         }
-        let state = ctx.data_unchecked::<AppState>();
+        let state = ctx.data_unchecked::<ApiContext>();
         let id: Uuid = self
             .id
             .parse()

@@ -162,21 +162,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Backlog, lag and parked rows in one pass over the unprocessed rows (the partial index
-/// `where processed = false` keeps it off the processed history).
+/// Backlog, lag and parked rows, read from the table.
 async fn read_table_figures(store: &Store) -> Result<TableFigures, sqlx::Error> {
-    let (backlog, parked, lag_seconds): (i64, i64, Option<f64>) = sqlx::query_as(
-        r#"select count(*) filter (where "parkedAt" is null),
-                  count(*) filter (where "parkedAt" is not null),
-                  extract(epoch from now() - min("createdAt") filter (where "parkedAt" is null))::float8
-           from outbox_events
-           where processed = false"#,
-    )
-    .fetch_one(store.pool())
-    .await?;
+    let figures = store.outbox_figures().await?;
     Ok(TableFigures {
-        backlog,
-        lag_seconds: lag_seconds.unwrap_or(0.0).max(0.0),
-        parked,
+        backlog: figures.backlog,
+        lag_seconds: figures.lag_seconds,
+        parked: figures.parked,
     })
 }

@@ -55,8 +55,6 @@
 //! - In-process subscribers get each event after its mark committed, in id order within
 //!   a batch: the same facts as the stream, once per engine. With several engines each
 //!   engine's subscribers see the events that engine relayed.
-
-mod batch;
 mod broker;
 mod metrics;
 mod retry;
@@ -74,12 +72,14 @@ use tokio::{
 };
 
 use self::{
-    batch::Charged,
     broker::{Acked, Broker, BrokerUnavailable, Delivery, Sending},
     metrics::Counters,
     retry::Deferrals,
 };
-use crate::store::{OutboxEvent, SettingsWatch, Store};
+use crate::store::{
+    outbox_batch::{self, Charged},
+    OutboxEvent, SettingsWatch, Store,
+};
 
 pub use self::{metrics::RelayMetrics, retry::Backoff};
 
@@ -379,8 +379,8 @@ async fn settle(
     max_attempts: i32,
 ) -> Result<Settled, sqlx::Error> {
     let delivered: Vec<i64> = outcomes.delivered.iter().map(|e| e.id).collect();
-    batch::mark_processed(&mut tx, &delivered).await?;
-    let charged = batch::charge_failures(&mut tx, &outcomes.refused, max_attempts).await?;
+    outbox_batch::mark_processed(&mut tx, &delivered).await?;
+    let charged = outbox_batch::charge_failures(&mut tx, &outcomes.refused, max_attempts).await?;
     tx.commit().await?;
     Ok(Settled { outcomes, charged })
 }
@@ -529,8 +529,8 @@ impl Relay {
         let batch_size = settings.outbox_batch_size.max(1);
         let mut skip = self.deferrals.waiting(Instant::now());
         skip.extend_from_slice(also_skip);
-        let mut tx = self.store.pool().begin().await?;
-        let claimed = batch::claim(&mut tx, batch_size, &skip).await?;
+        let mut tx = self.store.begin_outbox_batch().await?;
+        let claimed = outbox_batch::claim(&mut tx, batch_size, &skip).await?;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(None);

@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::{
     sync::{watch, Notify},
     task::JoinHandle,
@@ -26,22 +25,13 @@ pub(super) fn spawn_listener(
     new_rows: Arc<Notify>,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(store.pool().connect_options().as_ref().clone());
-    tokio::spawn(listen(pool, new_rows, shutdown))
+    tokio::spawn(listen(store.clone(), new_rows, shutdown))
 }
 
-async fn listen(pool: sqlx::PgPool, new_rows: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn listen(store: Store, new_rows: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     let mut failures = 0u32;
     loop {
-        let connecting = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(OUTBOX_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
+        let connecting = store.listen_outbox();
         let connected = tokio::select! {
             connected = connecting => connected,
             _ = shutdown.changed() => return,
@@ -67,7 +57,7 @@ async fn listen(pool: sqlx::PgPool, new_rows: Arc<Notify>, mut shutdown: watch::
         new_rows.notify_one();
         loop {
             tokio::select! {
-                received = listener.try_recv() => match received {
+                received = listener.next() => match received {
                     // `None`: the connection dropped and was re-made; anything sent in
                     // between is lost, so look at the table anyway.
                     Ok(_) => new_rows.notify_one(),
