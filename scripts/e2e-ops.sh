@@ -38,8 +38,13 @@ for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
   sleep 0.1
 done
+ops_token="$("$bin" token --role ops --sub 00000000-0000-4000-8000-0000000000f1)"
 ARREGLAME_URL="http://127.0.0.1:$PORT" \
-OPS_TOKEN="$("$bin" token --role ops --sub 00000000-0000-4000-8000-0000000000f1)" \
+OPS_TOKEN="$ops_token" \
 CUSTOMER_TOKEN="$("$bin" token --role customer --sub 00000000-0000-4000-8000-000000000c01)" \
 SCREENSHOT="$PWD/target/artifacts/ops-dashboard.png" \
 node "$work/ops_dashboard.mjs"
+# The same engine scraped by Debian's real Prometheus server, with the shipped alert rules.
+log "prometheus scrape check"
+PROMETHEUS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
+  scripts/check-prometheus-scrape.sh "http://127.0.0.1:$PORT/metrics" "$ops_token"
