@@ -3,6 +3,7 @@
 //! `outbox_events` row. SQL is written inline, next to the code that uses it.
 
 mod cities;
+pub mod events;
 mod fleet;
 mod identities;
 mod outbox;

@@ -48,17 +48,18 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         for payout in &released {
-            let payload = serde_json::json!({
-                "payoutId": payout.id,
-                "requestId": payout.request_id,
-                "workerId": payout.worker_id,
-                "amountCents": payout.amount_cents,
-                "currency": payout.currency,
-                "releasedAt": payout.released_at,
-            });
+            let payload = serde_json::to_value(super::events::PayoutReleased {
+                payout_id: payout.id,
+                request_id: payout.request_id,
+                worker_id: payout.worker_id,
+                amount_cents: payout.amount_cents,
+                currency: payout.currency.clone(),
+                released_at: payout.released_at,
+            })
+            .expect("event payloads always serialize");
             insert_outbox_event(
                 &mut tx,
-                "payout",
+                super::events::PAYOUT,
                 &payout.id.to_string(),
                 payout.version,
                 "PayoutReleased",

@@ -64,20 +64,6 @@ impl ServiceRequest {
     pub fn worker_net(&self) -> Cents {
         Cents(self.worker_net_cents.unwrap_or(0))
     }
-
-    /// The JSON that outbox events and live subscriptions carry about this request.
-    pub fn event_snapshot(&self) -> serde_json::Value {
-        serde_json::json!({
-            "requestId": self.id,
-            "customerId": self.customer_id,
-            "cityId": self.city_id,
-            "status": self.status,
-            "version": self.version,
-            "assignmentAttempts": self.assignment_attempts,
-            "workerTimeoutAt": self.worker_timeout_at,
-            "assignedWorkerId": self.assigned_worker_id,
-        })
-    }
 }
 
 /// What a customer's new request carries once priced.
@@ -159,12 +145,16 @@ impl Store {
             return Ok((existing, false));
         };
 
-        let mut payload = request.event_snapshot();
-        payload["priceTotalCents"] = request.price_total_cents.into();
-        payload["pricingEngine"] = request.pricing_engine.clone().into();
+        let payload = super::events::RequestEvent::payload(
+            &request,
+            &super::events::Created {
+                price_total_cents: request.price_total_cents,
+                pricing_engine: request.pricing_engine.clone(),
+            },
+        );
         insert_outbox_event(
             &mut tx,
-            "service_request",
+            super::events::SERVICE_REQUEST,
             &request.id.to_string(),
             request.version,
             "ServiceRequestCreated",

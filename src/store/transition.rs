@@ -3,10 +3,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 
-use super::{insert_outbox_event, ServiceRequest, Store, StoreError};
+use super::{
+    events::{self, RequestEvent},
+    insert_outbox_event, ServiceRequest, Store, StoreError,
+};
 use crate::domain::{Cents, Command};
 
 /// A new offer to one worker.
@@ -168,6 +170,9 @@ impl Store {
         result
     }
 
+    /// The transaction of one transition: the version-guarded update, then the writer of
+    /// this change (its offer or payout rows, and what its event records), then exactly
+    /// one outbox row.
     async fn apply_transition(
         &self,
         current: &ServiceRequest,
@@ -175,190 +180,51 @@ impl Store {
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
         let mut tx = self.pool.begin().await?;
-
-        let (attempts_delta, timeout_at, assignee) = match &change {
-            Change::OfferSent(offer) => (1, Some(offer.expires_at), None),
-            Change::OfferAccepted { worker_id, .. } => (0, None, Some(*worker_id)),
-            _ => (0, None, None),
-        };
-        let (cancelled_by, cancel_reason, cancel_fee) = match &change {
-            Change::Cancelled { by, reason, fee } => {
-                (Some(by.as_str()), reason.clone(), Some(fee.0))
-            }
-            _ => (None, None, None),
-        };
-        let unassigned_reason = match &change {
-            Change::GaveUp { reason } => Some(reason.clone()),
-            _ => None,
-        };
-
-        let updated: Option<ServiceRequest> = sqlx::query_as(
-            r#"update service_requests set
-                 status = $3,
-                 version = version + 1,
-                 "assignmentAttempts" = "assignmentAttempts" + $4,
-                 "workerTimeoutAt" = $5,
-                 "assignedWorkerId" = coalesce($6, "assignedWorkerId"),
-                 "assignedAt" = case when $3 = 'ASSIGNED' then now() else "assignedAt" end,
-                 "startedAt" = case when $3 = 'IN_PROGRESS' then now() else "startedAt" end,
-                 "completedAt" = case when $3 = 'COMPLETED' then now() else "completedAt" end,
-                 "cancelledAt" = case when $3 = 'CANCELLED' then now() else "cancelledAt" end,
-                 "cancelledBy" = coalesce($7, "cancelledBy"),
-                 "cancellationReason" = coalesce($8, "cancellationReason"),
-                 "cancellationFeeCents" = coalesce($9, "cancellationFeeCents"),
-                 "unassignedReason" = coalesce($10, "unassignedReason"),
-                 "updatedAt" = now()
-               where id = $1 and version = $2
-               returning *"#,
-        )
-        .bind(current.id)
-        .bind(current.version)
-        .bind(to.as_str())
-        .bind(attempts_delta)
-        .bind(timeout_at)
-        .bind(assignee)
-        .bind(cancelled_by)
-        .bind(cancel_reason)
-        .bind(cancel_fee)
-        .bind(unassigned_reason)
-        .fetch_optional(&mut *tx)
-        .await?;
-
-        let Some(updated) = updated else {
+        let Some(updated) = update_request(&mut tx, current, to, &change).await? else {
             tx.rollback().await?;
             return Err(self.missing_or_conflict(current).await);
         };
-
-        let mut payload = updated.event_snapshot();
-        match &change {
+        let payload = match &change {
             Change::OfferSent(offer) => {
-                sqlx::query(
-                    r#"insert into offers (id, "requestId", "workerId", attempt, "expiresAt",
-                                           "distanceMeters", "radiusMeters", "candidatesConsidered")
-                       values ($1, $2, $3, $4, $5, $6, $7, $8)"#,
-                )
-                .bind(offer.id)
-                .bind(updated.id)
-                .bind(offer.worker_id)
-                .bind(offer.attempt)
-                .bind(offer.expires_at)
-                .bind(offer.distance_meters)
-                .bind(offer.radius_meters)
-                .bind(offer.candidates_considered)
-                .execute(&mut *tx)
-                .await?;
-                payload["offerId"] = json!(offer.id);
-                payload["workerId"] = json!(offer.worker_id);
-                payload["attempt"] = json!(offer.attempt);
-                payload["expiresAt"] = json!(offer.expires_at);
-                payload["distanceMeters"] = json!(offer.distance_meters);
-                payload["radiusMeters"] = json!(offer.radius_meters);
+                let detail = write_offer_sent(&mut tx, &updated, offer).await?;
+                RequestEvent::payload(&updated, &detail)
             }
             Change::OfferSettled {
                 offer_id,
                 outcome,
                 reason,
             } => {
-                let worker_id = settle_pending_offer(
-                    &mut tx,
-                    updated.id,
-                    Some(*offer_id),
-                    *outcome,
-                    reason.as_deref(),
-                )
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "pending offer",
-                    id: offer_id.to_string(),
-                })?;
-                payload["offerId"] = json!(offer_id);
-                payload["workerId"] = json!(worker_id);
-                payload["outcome"] = json!(outcome);
-                payload["reason"] = json!(reason);
+                let detail =
+                    write_offer_settled(&mut tx, &updated, *offer_id, *outcome, reason).await?;
+                RequestEvent::payload(&updated, &detail)
             }
             Change::OfferAccepted {
                 offer_id,
                 worker_id,
             } => {
-                let accepted_by = settle_pending_offer(
-                    &mut tx,
-                    updated.id,
-                    Some(*offer_id),
-                    OfferOutcome::Accepted,
-                    None,
-                )
-                .await?;
-                if accepted_by != Some(*worker_id) {
-                    tx.rollback().await?;
-                    return Err(StoreError::NotFound {
-                        what: "pending offer for this worker",
-                        id: offer_id.to_string(),
-                    });
-                }
-                payload["offerId"] = json!(offer_id);
-                payload["workerId"] = json!(worker_id);
+                let detail = write_offer_accepted(&mut tx, &updated, *offer_id, *worker_id).await?;
+                RequestEvent::payload(&updated, &detail)
             }
             Change::GaveUp { reason } => {
-                if let Some(worker) =
-                    settle_pending_offer(&mut tx, updated.id, None, OfferOutcome::Withdrawn, None)
-                        .await?
-                {
-                    payload["withdrawnFromWorkerId"] = json!(worker);
-                }
-                payload["reason"] = json!(reason);
+                let detail = events::Unassigned {
+                    withdrawn_from_worker_id: withdraw_pending_offer(&mut tx, &updated).await?,
+                    reason: reason.clone(),
+                };
+                RequestEvent::payload(&updated, &detail)
             }
             Change::Cancelled { by, reason, fee } => {
-                if current.status == crate::domain::Status::Completed {
-                    // A dispute: only while the payout is still held (window open).
-                    let held: Option<Uuid> = sqlx::query_scalar(
-                        r#"update payouts set status = 'CANCELLED', version = version + 1
-                           where "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()
-                           returning id"#,
-                    )
-                    .bind(updated.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some(payout_id) = held else {
-                        return Err(StoreError::WindowClosed);
-                    };
-                    payload["payoutCancelledId"] = json!(payout_id);
-                }
-                if let Some(worker) =
-                    settle_pending_offer(&mut tx, updated.id, None, OfferOutcome::Withdrawn, None)
-                        .await?
-                {
-                    payload["withdrawnFromWorkerId"] = json!(worker);
-                }
-                payload["cancelledBy"] = json!(by);
-                payload["reason"] = json!(reason);
-                payload["cancellationFeeCents"] = json!(fee.0);
+                let detail = write_cancelled(&mut tx, current, &updated, *by, reason, *fee).await?;
+                RequestEvent::payload(&updated, &detail)
             }
-            Change::JobStarted => {}
+            Change::JobStarted => RequestEvent::payload(&updated, &events::JobStarted {}),
             Change::JobCompleted { payout_release_at } => {
-                let worker = updated.assigned_worker_id.ok_or(StoreError::Constraint {
-                    constraint: "service_requests_assignee_check".into(),
-                })?;
-                let payout_id: Uuid = sqlx::query_scalar(
-                    r#"insert into payouts ("requestId", "workerId", "amountCents", currency, "releaseAt")
-                       values ($1, $2, $3, $4, $5)
-                       returning id"#,
-                )
-                .bind(updated.id)
-                .bind(worker)
-                .bind(updated.worker_net_cents.unwrap_or(0))
-                .bind(&updated.currency)
-                .bind(payout_release_at)
-                .fetch_one(&mut *tx)
-                .await?;
-                payload["payoutId"] = json!(payout_id);
-                payload["payoutAmountCents"] = json!(updated.worker_net_cents);
-                payload["payoutReleaseAt"] = json!(payout_release_at);
+                let detail = write_job_completed(&mut tx, &updated, *payout_release_at).await?;
+                RequestEvent::payload(&updated, &detail)
             }
-        }
-
+        };
         insert_outbox_event(
             &mut tx,
-            "service_request",
+            events::SERVICE_REQUEST,
             &updated.id.to_string(),
             updated.version,
             change.event_type(),
@@ -407,6 +273,202 @@ impl Store {
                 .await?,
         )
     }
+}
+
+/// The version-guarded update every change makes; `None` when the row moved on (or is gone).
+async fn update_request(
+    tx: &mut sqlx::PgConnection,
+    current: &ServiceRequest,
+    to: crate::domain::Status,
+    change: &Change,
+) -> Result<Option<ServiceRequest>, sqlx::Error> {
+    let (attempts_delta, timeout_at, assignee) = match change {
+        Change::OfferSent(offer) => (1, Some(offer.expires_at), None),
+        Change::OfferAccepted { worker_id, .. } => (0, None, Some(*worker_id)),
+        _ => (0, None, None),
+    };
+    let (cancelled_by, cancel_reason, cancel_fee) = match change {
+        Change::Cancelled { by, reason, fee } => (Some(by.as_str()), reason.clone(), Some(fee.0)),
+        _ => (None, None, None),
+    };
+    let unassigned_reason = match change {
+        Change::GaveUp { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    sqlx::query_as(
+        r#"update service_requests set
+             status = $3,
+             version = version + 1,
+             "assignmentAttempts" = "assignmentAttempts" + $4,
+             "workerTimeoutAt" = $5,
+             "assignedWorkerId" = coalesce($6, "assignedWorkerId"),
+             "assignedAt" = case when $3 = 'ASSIGNED' then now() else "assignedAt" end,
+             "startedAt" = case when $3 = 'IN_PROGRESS' then now() else "startedAt" end,
+             "completedAt" = case when $3 = 'COMPLETED' then now() else "completedAt" end,
+             "cancelledAt" = case when $3 = 'CANCELLED' then now() else "cancelledAt" end,
+             "cancelledBy" = coalesce($7, "cancelledBy"),
+             "cancellationReason" = coalesce($8, "cancellationReason"),
+             "cancellationFeeCents" = coalesce($9, "cancellationFeeCents"),
+             "unassignedReason" = coalesce($10, "unassignedReason"),
+             "updatedAt" = now()
+           where id = $1 and version = $2
+           returning *"#,
+    )
+    .bind(current.id)
+    .bind(current.version)
+    .bind(to.as_str())
+    .bind(attempts_delta)
+    .bind(timeout_at)
+    .bind(assignee)
+    .bind(cancelled_by)
+    .bind(cancel_reason)
+    .bind(cancel_fee)
+    .bind(unassigned_reason)
+    .fetch_optional(tx)
+    .await
+}
+
+/// OfferSent: the offer row.
+async fn write_offer_sent(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+    offer: &NewOffer,
+) -> Result<events::OfferSent, StoreError> {
+    sqlx::query(
+        r#"insert into offers (id, "requestId", "workerId", attempt, "expiresAt",
+                               "distanceMeters", "radiusMeters", "candidatesConsidered")
+           values ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+    )
+    .bind(offer.id)
+    .bind(updated.id)
+    .bind(offer.worker_id)
+    .bind(offer.attempt)
+    .bind(offer.expires_at)
+    .bind(offer.distance_meters)
+    .bind(offer.radius_meters)
+    .bind(offer.candidates_considered)
+    .execute(tx)
+    .await?;
+    Ok(events::OfferSent {
+        offer_id: offer.id,
+        worker_id: offer.worker_id,
+        attempt: offer.attempt,
+        expires_at: offer.expires_at,
+        distance_meters: offer.distance_meters,
+        radius_meters: offer.radius_meters,
+    })
+}
+
+/// OfferRejected / OfferExpired: that offer settled.
+async fn write_offer_settled(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+    offer_id: Uuid,
+    outcome: OfferOutcome,
+    reason: &Option<String>,
+) -> Result<events::OfferSettled, StoreError> {
+    let worker_id =
+        settle_pending_offer(tx, updated.id, Some(offer_id), outcome, reason.as_deref())
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: "pending offer",
+                id: offer_id.to_string(),
+            })?;
+    Ok(events::OfferSettled {
+        offer_id,
+        worker_id,
+        outcome,
+        reason: reason.clone(),
+    })
+}
+
+/// WorkerAssigned: the offer accepted, by the worker it was made to.
+async fn write_offer_accepted(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+    offer_id: Uuid,
+    worker_id: Uuid,
+) -> Result<events::WorkerAssigned, StoreError> {
+    let accepted_by =
+        settle_pending_offer(tx, updated.id, Some(offer_id), OfferOutcome::Accepted, None).await?;
+    if accepted_by != Some(worker_id) {
+        // Dropping the transaction rolls it back.
+        return Err(StoreError::NotFound {
+            what: "pending offer for this worker",
+            id: offer_id.to_string(),
+        });
+    }
+    Ok(events::WorkerAssigned {
+        offer_id,
+        worker_id,
+    })
+}
+
+/// Withdraws the request's pending offer, if any; the worker who held it.
+async fn withdraw_pending_offer(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, None).await
+}
+
+/// ServiceRequestCancelled: a pending offer withdrawn; for a dispute of a completed job,
+/// its payout cancelled, only while the payout is still held (window open).
+async fn write_cancelled(
+    tx: &mut sqlx::PgConnection,
+    current: &ServiceRequest,
+    updated: &ServiceRequest,
+    by: CancelledBy,
+    reason: &Option<String>,
+    fee: Cents,
+) -> Result<events::Cancelled, StoreError> {
+    let mut payout_cancelled_id = None;
+    if current.status == crate::domain::Status::Completed {
+        let held: Option<Uuid> = sqlx::query_scalar(
+            r#"update payouts set status = 'CANCELLED', version = version + 1
+               where "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()
+               returning id"#,
+        )
+        .bind(updated.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        payout_cancelled_id = Some(held.ok_or(StoreError::WindowClosed)?);
+    }
+    Ok(events::Cancelled {
+        payout_cancelled_id,
+        withdrawn_from_worker_id: withdraw_pending_offer(tx, updated).await?,
+        cancelled_by: by,
+        reason: reason.clone(),
+        cancellation_fee_cents: fee.0,
+    })
+}
+
+/// JobCompleted: the worker's payout, held until the cancellation window closes.
+async fn write_job_completed(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+    payout_release_at: DateTime<Utc>,
+) -> Result<events::JobCompleted, StoreError> {
+    let worker = updated.assigned_worker_id.ok_or(StoreError::Constraint {
+        constraint: "service_requests_assignee_check".into(),
+    })?;
+    let payout_id: Uuid = sqlx::query_scalar(
+        r#"insert into payouts ("requestId", "workerId", "amountCents", currency, "releaseAt")
+           values ($1, $2, $3, $4, $5)
+           returning id"#,
+    )
+    .bind(updated.id)
+    .bind(worker)
+    .bind(updated.worker_net_cents.unwrap_or(0))
+    .bind(&updated.currency)
+    .bind(payout_release_at)
+    .fetch_one(tx)
+    .await?;
+    Ok(events::JobCompleted {
+        payout_id,
+        payout_amount_cents: updated.worker_net_cents,
+        payout_release_at,
+    })
 }
 
 /// Settles the request's pending offer (a given one, or whichever is pending) and returns

@@ -38,7 +38,10 @@ use crate::{
     auth::bearer_token,
     domain::Status,
     pricing::{AiUse, JobInput},
-    store::{CancelledBy, NewServiceRequest, ServiceRequest},
+    store::{
+        events::{self, RequestState},
+        CancelledBy, NewServiceRequest, ServiceRequest,
+    },
 };
 
 /// The schema type.
@@ -400,21 +403,24 @@ fn updates(
             loop {
                 match events.recv().await {
                     Ok(e)
-                        if e.aggregate_type == "service_request"
+                        if e.aggregate_type == events::SERVICE_REQUEST
                             && e.aggregate_id == key
                             && e.aggregate_version > seen =>
                     {
                         seen = e.aggregate_version;
-                        let p = &e.payload;
-                        let status = p["status"].as_str().and_then(Status::parse)?;
-                        let worker = p["assignedWorkerId"].as_str().and_then(|s| s.parse().ok());
-                        let assigned = worker_summary(&state, worker).await.ok().flatten();
+                        let Ok(p) = RequestState::decode(&e.payload) else {
+                            tracing::error!(target: "GraphQL", event = e.id, "outbox payload does not decode; skipped");
+                            continue;
+                        };
+                        let assigned = worker_summary(&state, p.assigned_worker_id)
+                            .await
+                            .ok()
+                            .flatten();
                         let update = ServiceRequestUpdate {
                             request_id: ID(key.clone()),
-                            status,
+                            status: p.status,
                             version: e.aggregate_version,
-                            assignment_attempts: p["assignmentAttempts"].as_i64().unwrap_or(0)
-                                as i32,
+                            assignment_attempts: p.assignment_attempts,
                             event: e.event_type.clone(),
                             assigned_worker: assigned,
                             occurred_at: e.created_at,
