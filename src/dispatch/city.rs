@@ -543,11 +543,7 @@ pub struct CityState {
 
 impl CityState {
     fn check_position(&mut self, lon: f64, lat: f64) -> Result<(), CityError> {
-        if !(lon.is_finite()
-            && lat.is_finite()
-            && (-180.0..=180.0).contains(&lon)
-            && (-90.0..=90.0).contains(&lat))
-        {
+        if crate::domain::Position::new(lon, lat).is_err() {
             self.refused_positions += 1;
             return Err(CityError::InvalidCoordinates);
         }

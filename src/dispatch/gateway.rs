@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::domain::Status;
+use crate::domain::{Position, Status};
 
 /// Everything a worker needs to decide on an offer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,6 +31,56 @@ pub struct OfferNotice {
     pub area: String,
     pub latitude: f64,
     pub longitude: f64,
+}
+
+/// The offer side of an [`OfferNotice`].
+#[derive(Debug, Clone, Copy)]
+pub struct OfferParts {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    pub worker_id: Uuid,
+    pub attempt: i32,
+    pub expires_at: DateTime<Utc>,
+    pub distance_meters: f64,
+}
+
+/// The job side of an [`OfferNotice`], as the request's row has it.
+#[derive(Debug, Clone, Copy)]
+pub struct JobParts<'a> {
+    pub description: Option<&'a str>,
+    pub square_meters: Option<f64>,
+    pub worker_net_cents: Option<i64>,
+    pub currency: &'a str,
+    pub position: Option<Position>,
+    /// The city's name (the notice says where, not the address).
+    pub area: &'a str,
+}
+
+impl OfferNotice {
+    /// The one way an offer notice is made (a fresh offer, or one resumed after a
+    /// reconnect): the job's position rounded to about 100 m, since the exact address is
+    /// shared only after acceptance.
+    pub fn new(offer: OfferParts, job: JobParts<'_>) -> OfferNotice {
+        let place = job
+            .position
+            .map(Position::rounded_for_privacy)
+            .unwrap_or(Position { lon: 0.0, lat: 0.0 });
+        OfferNotice {
+            offer_id: offer.offer_id,
+            request_id: offer.request_id,
+            worker_id: offer.worker_id,
+            attempt: offer.attempt,
+            expires_at: offer.expires_at,
+            description: job.description.unwrap_or_default().to_string(),
+            square_meters: job.square_meters.unwrap_or_default(),
+            worker_net_cents: job.worker_net_cents.unwrap_or_default(),
+            currency: job.currency.to_string(),
+            distance_meters: offer.distance_meters,
+            area: job.area.to_string(),
+            latitude: place.lat,
+            longitude: place.lon,
+        }
+    }
 }
 
 /// What dispatch tells a worker.

@@ -17,11 +17,11 @@ use uuid::Uuid;
 
 use super::{
     city::{CityHandle, CityMsg, Search},
-    gateway::{OfferNotice, WorkerNotice},
+    gateway::{JobParts, OfferNotice, OfferParts, WorkerNotice},
     CommandError, DispatchContext,
 };
 use crate::{
-    domain::{Cents, Status},
+    domain::{Cents, Position, Status},
     store::{CancelledBy, Change, NewOffer, OfferOutcome, ServiceRequest, StoreError},
 };
 
@@ -616,29 +616,32 @@ impl RequestActor {
 
     fn notice(&self, state: &RequestState, offer: &NewOffer) -> OfferNotice {
         let row = &state.row;
-        let (lon, lat) = row.position().unwrap_or_default();
-        let city_name = row
+        let area = row
             .city_id
             .as_ref()
             .and_then(|c| self.ctx.cities.get(c))
             .map(|c| c.info.name.clone())
             .unwrap_or_default();
-        OfferNotice {
-            offer_id: offer.id,
-            request_id: row.id,
-            worker_id: offer.worker_id,
-            attempt: offer.attempt,
-            expires_at: offer.expires_at,
-            description: row.description.clone().unwrap_or_default(),
-            square_meters: row.square_meters.unwrap_or_default(),
-            worker_net_cents: row.worker_net_cents.unwrap_or_default(),
-            currency: row.currency.clone(),
-            distance_meters: offer.distance_meters,
-            area: city_name,
-            // Rounded to ~100 m: the exact address is shared only after acceptance.
-            latitude: (lat * 1000.0).round() / 1000.0,
-            longitude: (lon * 1000.0).round() / 1000.0,
-        }
+        OfferNotice::new(
+            OfferParts {
+                offer_id: offer.id,
+                request_id: row.id,
+                worker_id: offer.worker_id,
+                attempt: offer.attempt,
+                expires_at: offer.expires_at,
+                distance_meters: offer.distance_meters,
+            },
+            JobParts {
+                description: row.description.as_deref(),
+                square_meters: row.square_meters,
+                worker_net_cents: row.worker_net_cents,
+                currency: &row.currency,
+                position: row
+                    .position()
+                    .and_then(|(lon, lat)| Position::new(lon, lat).ok()),
+                area: &area,
+            },
+        )
     }
 
     /// Records a rejected or expired offer, frees the worker and looks for the next one.

@@ -1,9 +1,11 @@
 //! Pure types and rules of the marketplace: no I/O here.
 
 pub mod money;
+pub mod position;
 pub mod rate;
 pub mod schedule;
 pub mod status;
 
 pub use money::{Cents, Ratio};
+pub use position::{InvalidPosition, Position};
 pub use status::{Command, IllegalTransition, Status};

@@ -200,7 +200,10 @@ pub struct Auth {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GoOnline {
+    /// `latitude` is accepted too (the engine's own frames spell positions out).
+    #[serde(alias = "latitude")]
     pub lat: f64,
+    #[serde(alias = "longitude")]
     pub lon: f64,
     /// The skills to be offered jobs for today: narrows the profile's skills, never widens
     /// them. Absent or empty: every skill on the profile.
@@ -211,7 +214,9 @@ pub struct GoOnline {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Location {
+    #[serde(alias = "latitude")]
     pub lat: f64,
+    #[serde(alias = "longitude")]
     pub lon: f64,
     /// Horizontal accuracy in metres, as the phone reports it.
     #[serde(default)]
@@ -443,23 +448,125 @@ fn validate(msg: &ClientMsg) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Latitude in [-90, 90] and longitude in [-180, 180].
+/// Latitude in [-90, 90] and longitude in [-180, 180] (`domain::Position`'s rule).
 pub fn check_coordinates(lat: f64, lon: f64) -> Result<(), WireError> {
-    let ok = lat.is_finite()
-        && lon.is_finite()
-        && (-90.0..=90.0).contains(&lat)
-        && (-180.0..=180.0).contains(&lon);
-    if ok {
-        Ok(())
-    } else {
-        Err(WireError::new(
-            ErrorCode::InvalidCoordinates,
-            format!("({lat}, {lon}) is not a position: lat must be within ±90 and lon within ±180"),
-        ))
-    }
+    crate::domain::Position::new(lon, lat)
+        .map(|_| ())
+        .map_err(|e| WireError::new(ErrorCode::InvalidCoordinates, e.to_string()))
 }
 
 // ---- engine → worker --------------------------------------------------------------------
+
+/// Every timestamp on the wire: RFC 3339, UTC, exactly milliseconds
+/// (`2026-12-01T10:00:00.123Z`), so the same instant always reads the same, whether it was
+/// just made or read back from the database (microseconds) after a reconnect.
+pub mod wire_time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn format(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(at))
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(
+            at: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_str(&format(at)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// The message id of a frame too large to handle, when it can be read (the frame is under
+/// the transport limit, so parsing it costs at most that).
+pub fn readable_id(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    serde_json::from_str::<IdOnly>(text)
+        .ok()?
+        .id
+        .filter(|id| id.chars().count() <= MAX_ID_CHARS && !id.contains('\0'))
+}
+
+/// `data` of `pong`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pong {
+    #[serde(with = "wire_time")]
+    pub server_time: DateTime<Utc>,
+}
+
+/// `data` of the `ok` answering `ack_offer`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acked {
+    pub offer_id: Uuid,
+}
+
+/// `data` of the `ok` answering `reject_offer`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectedOffer {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+}
+
+/// `data` of the `ok` answering `go_online`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Online<'a> {
+    pub city_id: &'a str,
+    /// The skills the worker is offered jobs for (the profile's, narrowed by the claim).
+    pub skills: &'a [String],
+    /// Skills the claim named that the profile does not have.
+    pub ignored_skills: &'a [String],
+}
+
+/// `data` of the `ok` answering `go_offline`.
+#[derive(Debug, Serialize)]
+pub struct Nothing {}
+
+/// `data` of the `ok` answering `accept_offer`: the job, now with its exact address.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub offer_id: Uuid,
+    pub request_id: Uuid,
+    pub status: Status,
+    pub job: AcceptedJob,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedJob {
+    pub description: Option<String>,
+    pub address: Option<String>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub square_meters: Option<f64>,
+    pub worker_net_cents: Option<i64>,
+    pub currency: String,
+}
+
+/// `data` of the `ok` answering `start_job` and `complete_job`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    pub request_id: Uuid,
+    pub status: Status,
+}
 
 #[derive(Serialize)]
 struct Envelope<'a, T: Serialize> {
@@ -490,10 +597,12 @@ pub fn error_frame(reply_to: Option<&str>, error: &WireError) -> String {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OfferData<'a> {
+    /// Per worker, strictly increasing, 64 bits (milliseconds since 1970 or more).
     pub seq: u64,
     pub offer_id: Uuid,
     pub request_id: Uuid,
     pub attempt: i32,
+    #[serde(with = "wire_time")]
     pub expires_at: DateTime<Utc>,
     pub job: JobSummary<'a>,
 }
@@ -523,6 +632,7 @@ pub struct AuthOk {
     pub protocol_version: u64,
     pub heartbeat_interval_ms: u64,
     pub heartbeat_timeout_ms: u64,
+    #[serde(with = "wire_time")]
     pub token_expires_at: DateTime<Utc>,
     /// The city the engine still has the worker online in (after a takeover or a quick
     /// reconnect); `null` means send `go_online` to receive offers.
@@ -774,6 +884,40 @@ mod tests {
             ErrorCode::NotYourOffer
         );
         assert!(ErrorCode::Conflict.is_transient() && !ErrorCode::NotYourOffer.is_transient());
+    }
+
+    #[test]
+    fn engine_timestamps_are_milliseconds_whatever_their_source_precision() {
+        let at = DateTime::parse_from_rfc3339("2026-03-14T15:09:26.535123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let pong = frame("pong", None, &Pong { server_time: at });
+        assert!(
+            pong.contains(r#""serverTime":"2026-03-14T15:09:26.535Z""#),
+            "{pong}"
+        );
+        let whole = DateTime::parse_from_rfc3339("2026-03-14T15:09:26Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(wire_time::format(&whole), "2026-03-14T15:09:26.000Z");
+    }
+
+    #[test]
+    fn positions_may_be_spelled_out() {
+        let text = r#"{"v":1,"type":"go_online","data":{"latitude":-34.6,"longitude":-58.4}}"#;
+        let Ok(Inbound {
+            msg: ClientMsg::GoOnline(m),
+            ..
+        }) = parse(text)
+        else {
+            panic!("{text}")
+        };
+        assert_eq!((m.lat, m.lon, m.skills.len()), (-34.6, -58.4, 0));
+        assert_eq!(
+            readable_id(r#"{"id":"big","pad":"xx"}"#).as_deref(),
+            Some("big")
+        );
+        assert_eq!(readable_id("not json"), None);
     }
 
     /// Pieces of worker frames, valid and hostile, in hostile proportions: deep brackets,

@@ -17,7 +17,8 @@ use std::{sync::Arc, time::Duration};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use chrono::{DateTime, Utc};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::{
     sync::{mpsc, watch},
     time::{timeout, timeout_at, Instant},
@@ -27,14 +28,17 @@ use uuid::Uuid;
 use super::{
     limits::{Limits, TokenBucket},
     protocol::{
-        self, close, AcceptOffer, AuthOk, ClientMsg, ErrorCode, GoOnline, Inbound, JobRef,
-        Location, RejectOffer, SessionLimits, WireError,
+        self, close, AcceptOffer, Accepted, AcceptedJob, Acked, AuthOk, ClientMsg, ErrorCode,
+        GoOnline, Inbound, JobRef, JobResult, Location, Nothing, Online, Pong, RejectOffer,
+        RejectedOffer, SessionLimits, WireError,
     },
     sessions::{KillReason, Registration, Sessions, Shared, WorkerEntry},
 };
 use crate::{
     auth::{unix_now, AuthError, Role},
+    dispatch::gateway::{JobParts, OfferNotice, OfferParts},
     dispatch::CommandError,
+    domain::Position,
     store::ServiceRequest,
 };
 
@@ -327,22 +331,27 @@ async fn resume(
             .and_then(|c| shared.dispatcher.city_info(c))
             .map(|city| city.name.clone())
             .unwrap_or_default();
-        let round = |x: Option<f64>| (x.unwrap_or_default() * 1000.0).round() / 1000.0;
-        let notice = crate::dispatch::gateway::OfferNotice {
-            offer_id: p.offer_id,
-            request_id: p.request_id,
-            worker_id: entry.id,
-            attempt: p.attempt,
-            expires_at: p.expires_at,
-            description: p.description.unwrap_or_default(),
-            square_meters: p.square_meters.unwrap_or_default(),
-            worker_net_cents: p.worker_net_cents.unwrap_or_default(),
-            currency: p.currency,
-            distance_meters: p.distance_meters.unwrap_or_default(),
-            area,
-            latitude: round(p.latitude),
-            longitude: round(p.longitude),
-        };
+        let notice = OfferNotice::new(
+            OfferParts {
+                offer_id: p.offer_id,
+                request_id: p.request_id,
+                worker_id: entry.id,
+                attempt: p.attempt,
+                expires_at: p.expires_at,
+                distance_meters: p.distance_meters.unwrap_or_default(),
+            },
+            JobParts {
+                description: p.description.as_deref(),
+                square_meters: p.square_meters,
+                worker_net_cents: p.worker_net_cents,
+                currency: &p.currency,
+                position: p
+                    .longitude
+                    .zip(p.latitude)
+                    .and_then(|(lon, lat)| Position::new(lon, lat).ok()),
+                area: &area,
+            },
+        );
         if let Some(frame) = entry.resume_frame(&notice, last_seq) {
             if tx.try_send(frame).is_ok() {
                 sessions.stats.offers_resent.inc();
@@ -422,7 +431,7 @@ impl Reader<'_> {
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         if text.len() > self.limits.max_message_bytes {
             return self.error(
-                None,
+                protocol::readable_id(text).as_deref(),
                 WireError::new(
                     ErrorCode::MessageTooLarge,
                     format!(
@@ -441,14 +450,25 @@ impl Reader<'_> {
         let shared = self.shared;
         let worker = self.entry.id;
         match msg {
-            ClientMsg::Ping => self.reply(id, "pong", &json!({ "serverTime": Utc::now() })),
+            ClientMsg::Ping => self.reply(
+                id,
+                "pong",
+                &Pong {
+                    server_time: Utc::now(),
+                },
+            ),
             ClientMsg::Auth(auth) => self.refresh_token(id, &auth.token).await,
             ClientMsg::GoOnline(m) => self.go_online(id, m).await,
             ClientMsg::GoOffline => self.go_offline(id).await,
             ClientMsg::Location(m) => self.location(id, m).await,
             ClientMsg::AckOffer(m) => {
                 if self.entry.ack(m.offer_id) {
-                    self.ok(id, &json!({ "offerId": m.offer_id }))
+                    self.ok(
+                        id,
+                        &Acked {
+                            offer_id: m.offer_id,
+                        },
+                    )
                 } else {
                     self.error(id, CommandError::OfferNotPending.into())
                 }
@@ -468,7 +488,10 @@ impl Reader<'_> {
                 }
                 self.answer(
                     id,
-                    answer.map(|()| json!({ "offerId": offer_id, "requestId": request_id })),
+                    answer.map(|()| RejectedOffer {
+                        offer_id,
+                        request_id,
+                    }),
                 )
             }
             ClientMsg::StartJob(JobRef { request_id }) => {
@@ -489,11 +512,20 @@ impl Reader<'_> {
             return Err(End::AuthRejected("auth: token for another worker"));
         }
         self.token_expires = instant_of(utc_of(claims.exp));
-        self.reply(
-            id,
-            "auth_ok",
-            &json!({ "workerId": claims.sub, "tokenExpiresAt": utc_of(claims.exp) }),
-        )
+        // The same `auth_ok` as at the start (heartbeat, limits and all), so an app handles
+        // both alike.
+        let authed = Authed {
+            worker_id: claims.sub,
+            token_expires_at: utc_of(claims.exp),
+            last_seq: 0,
+            reply_to: id.map(str::to_string),
+        };
+        self.send(auth_ok_frame(
+            &authed,
+            self.entry,
+            self.conn_id,
+            self.limits,
+        ))
     }
 
     async fn go_online(&mut self, id: Option<&str>, m: GoOnline) -> Result<(), End> {
@@ -548,7 +580,11 @@ impl Reader<'_> {
                 tracing::debug!(target: "Gateway", worker_id = %self.entry.id, city, "worker online");
                 self.ok(
                     id,
-                    &json!({ "cityId": city, "skills": skills, "ignoredSkills": ignored }),
+                    &Online {
+                        city_id: &city,
+                        skills: &skills,
+                        ignored_skills: &ignored,
+                    },
                 )
             }
             Err(e) => self.error(id, e.into()),
@@ -566,7 +602,7 @@ impl Reader<'_> {
                 .worker_offline(&city, self.entry.id)
                 .await;
         }
-        self.ok(id, &json!({}))
+        self.ok(id, &Nothing {})
     }
 
     async fn location(&mut self, id: Option<&str>, m: Location) -> Result<(), End> {
@@ -685,11 +721,11 @@ impl Reader<'_> {
         })
     }
 
-    fn reply(&self, id: Option<&str>, kind: &str, data: &Value) -> Result<(), End> {
+    fn reply<T: Serialize>(&self, id: Option<&str>, kind: &str, data: &T) -> Result<(), End> {
         self.send(protocol::frame(kind, id, data))
     }
 
-    fn ok(&self, id: Option<&str>, data: &Value) -> Result<(), End> {
+    fn ok<T: Serialize>(&self, id: Option<&str>, data: &T) -> Result<(), End> {
         self.reply(id, "ok", data)
     }
 
@@ -698,10 +734,10 @@ impl Reader<'_> {
         self.send(protocol::error_frame(id, &error))
     }
 
-    fn answer<E: Into<WireError>>(
+    fn answer<T: Serialize, E: Into<WireError>>(
         &self,
         id: Option<&str>,
-        answer: Result<Value, E>,
+        answer: Result<T, E>,
     ) -> Result<(), End> {
         match answer {
             Ok(data) => self.ok(id, &data),
@@ -710,26 +746,31 @@ impl Reader<'_> {
     }
 }
 
-/// What the worker learns on accepting: the job, now with its exact address.
+/// What the worker learns on accepting: the job, now with its exact address. Kept as JSON
+/// in the idempotency cache, so a repeated accept gets the very same answer.
 fn accepted_data(offer_id: Uuid, row: &ServiceRequest) -> Value {
-    json!({
-        "offerId": offer_id,
-        "requestId": row.id,
-        "status": row.status,
-        "job": {
-            "description": row.description,
-            "address": row.address,
-            "latitude": row.latitude,
-            "longitude": row.longitude,
-            "squareMeters": row.square_meters,
-            "workerNetCents": row.worker_net_cents,
-            "currency": row.currency,
+    serde_json::to_value(Accepted {
+        offer_id,
+        request_id: row.id,
+        status: row.status,
+        job: AcceptedJob {
+            description: row.description.clone(),
+            address: row.address.clone(),
+            latitude: row.latitude,
+            longitude: row.longitude,
+            square_meters: row.square_meters,
+            worker_net_cents: row.worker_net_cents,
+            currency: row.currency.clone(),
         },
     })
+    .expect("protocol frames always serialise")
 }
 
-fn job_data(row: &ServiceRequest) -> Value {
-    json!({ "requestId": row.id, "status": row.status })
+fn job_data(row: &ServiceRequest) -> JobResult {
+    JobResult {
+        request_id: row.id,
+        status: row.status,
+    }
 }
 
 /// Drains the send queue into the socket, a batch per flush. A write that stalls past

@@ -36,7 +36,7 @@ use types::*;
 use crate::{
     api::ApiContext,
     auth::bearer_token,
-    domain::Status,
+    domain::{Position, Status},
     pricing::{AiUse, JobInput},
     store::{
         events::{self, RequestState},
@@ -232,14 +232,8 @@ impl MutationRoot {
         if let Some(key) = &input.idempotency_key {
             check_text("idempotencyKey", key, 100)?;
         }
-        let (lat, lon) = (input.latitude, input.longitude);
-        if !(lat.is_finite()
-            && lon.is_finite()
-            && (-90.0..=90.0).contains(&lat)
-            && (-180.0..=180.0).contains(&lon))
-        {
-            return Err(ApiError::BadUserInput("latitude/longitude out of range".into()).into());
-        }
+        let Position { lon, lat } = Position::new(input.longitude, input.latitude)
+            .map_err(|e| ApiError::BadUserInput(format!("latitude/longitude: {e}")))?;
         let city = state
             .dispatcher
             .city_at(lon, lat)
