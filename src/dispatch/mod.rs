@@ -5,6 +5,7 @@
 
 pub mod city;
 pub mod gateway;
+pub mod index;
 pub mod request;
 pub mod supervisor;
 

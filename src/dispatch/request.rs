@@ -21,7 +21,10 @@ use super::{
     CommandError, DispatchContext,
 };
 use crate::{
-    domain::{Cents, Position, Status},
+    domain::{
+        cancellation::{cancellation_fee, NotCancellable},
+        Cents, Position, Status,
+    },
     store::{CancelledBy, Change, NewOffer, OfferOutcome, ServiceRequest, StoreError},
 };
 
@@ -136,24 +139,6 @@ impl RequestState {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
-    }
-}
-
-/// What the customer pays when cancelling from `status` (the documented policy):
-/// free while no worker is committed; after assignment, `late_cancellation_fee_percentage`
-/// of the total, which compensates the worker who set out; never once the job started.
-pub fn cancellation_fee(
-    status: Status,
-    total: Cents,
-    late_fee: crate::domain::Ratio,
-) -> Result<Cents, CommandError> {
-    match status {
-        Status::Pending | Status::Offering => Ok(Cents::ZERO),
-        Status::Assigned => Ok(total.times(late_fee)),
-        other => Err(CommandError::IllegalState {
-            status: other,
-            action: "cancel",
-        }),
     }
 }
 
@@ -744,7 +729,11 @@ impl RequestActor {
             state.row.status,
             Cents(state.row.price_total_cents.unwrap_or(0)),
             late_fee,
-        )?;
+        )
+        .map_err(|NotCancellable(status)| CommandError::IllegalState {
+            status,
+            action: "cancel",
+        })?;
         let before = state.row.status;
         let row = self
             .ctx

@@ -1,5 +1,6 @@
 //! Pure types and rules of the marketplace: no I/O here.
 
+pub mod cancellation;
 pub mod money;
 pub mod position;
 pub mod rate;

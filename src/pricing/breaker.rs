@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 /// The breaker's state, as reported in [`super::PricingStats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CircuitState {
     Closed,
     Open,

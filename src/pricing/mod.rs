@@ -135,6 +135,7 @@ pub struct GeminiConfig {
 
 /// Counters since start-up, for metrics and tests.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PricingStats {
     /// HTTP requests sent to Gemini, retries included.
     pub gemini_requests: u64,

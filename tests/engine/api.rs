@@ -1,7 +1,5 @@
 //! Issue 5: the customer GraphQL API over real HTTP and WebSocket on loopback.
 
-use std::time::Duration;
-
 use arreglame::{auth::Role, domain::Status};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -9,9 +7,6 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 use uuid::Uuid;
 
 use crate::helpers::*;
-
-const LON: f64 = -58.3816;
-const LAT: f64 = -34.6037;
 
 /// The guide's example, character for character.
 const GUIDE_ESTIMATE: &str = r#"mutation {
@@ -29,13 +24,6 @@ const GUIDE_ESTIMATE: &str = r#"mutation {
 }"#;
 
 impl TestApp {
-    pub fn token(&self, role: Role, sub: Uuid) -> String {
-        self.handle
-            .state
-            .keys
-            .issue(role, sub, Duration::from_secs(3600))
-    }
-
     /// POSTs a GraphQL operation; returns the whole JSON answer.
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
         let mut req = reqwest::Client::new()
@@ -311,12 +299,10 @@ async fn the_cancellation_policy_cases() {
 }
 
 async fn wait_offer(app: &TestApp, id: Uuid) -> Uuid {
-    loop {
-        if let Some(o) = app.store().pending_offer(id).await.unwrap() {
-            return o.id;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(PATIENCE, || async {
+        app.store().pending_offer(id).await.unwrap().map(|o| o.id)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -551,9 +537,10 @@ async fn pages_follow_cursors_and_filter_by_status() {
 
     // No worker is online: all three end UNASSIGNED; filtering by another status finds none.
     for id in &ids {
-        while app.store().get_request(*id).await.unwrap().status != Status::Unassigned {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(PATIENCE, || async {
+            app.store().get_request(*id).await.unwrap().status == Status::Unassigned
+        })
+        .await;
     }
     let by_status = "query($s: Status) { myServiceRequests(status: $s) { edges { node { id } } } }";
     let unassigned = app

@@ -15,8 +15,6 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 // Buenos Aires, around the Obelisco.
-const LON: f64 = -58.3816;
-const LAT: f64 = -34.6037;
 
 fn offer(notice: WorkerNotice) -> arreglame::dispatch::gateway::OfferNotice {
     match notice {
@@ -31,20 +29,18 @@ async fn status_of(h: &DispatchHarness, id: Uuid) -> Status {
 
 /// Waits (in virtual time) until the request's live actor reports a pending offer.
 async fn until_actor_offering(h: &DispatchHarness, id: Uuid) -> Uuid {
-    loop {
-        if let Some(s) = h.dispatcher.snapshot(id).await {
-            if let Some(p) = s.pending {
-                return p.offer_id;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(PATIENCE, || async {
+        h.dispatcher
+            .snapshot(id)
+            .await
+            .and_then(|s| s.pending)
+            .map(|p| p.offer_id)
+    })
+    .await
 }
 
 async fn until_no_actor(h: &DispatchHarness, id: Uuid) {
-    while h.dispatcher.has_actor(id) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(PATIENCE, || async { !h.dispatcher.has_actor(id) }).await
 }
 
 #[tokio::test]
@@ -488,7 +484,12 @@ async fn a_killed_engine_loses_no_request_and_assigns_none_twice() {
             .unwrap();
     }
     // Answer every offer (the recovered ones are pushed again) until all are settled.
+    let deadline = std::time::Instant::now() + PATIENCE;
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "requests still open after {PATIENCE:?}"
+        );
         let open: i64 = sqlx::query_scalar(
             "select count(*) from service_requests where status in ('PENDING', 'OFFERING')",
         )
@@ -498,7 +499,8 @@ async fn a_killed_engine_loses_no_request_and_assigns_none_twice() {
         if open == 0 {
             break;
         }
-        if let WorkerNotice::Offer(o) = again.next_notice().await {
+        let next = tokio::time::timeout(Duration::from_millis(200), again.next_notice()).await;
+        if let Ok(WorkerNotice::Offer(o)) = next {
             let _ = again
                 .dispatcher
                 .accept_offer(o.worker_id, o.request_id, o.offer_id)

@@ -23,12 +23,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-// Buenos Aires, around the Obelisco.
-const LON: f64 = -58.3816;
-const LAT: f64 = -34.6037;
-/// A guard against a hung test, never a measurement.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A worker app: a real WebSocket client plus the frames it has read but not yet looked at.
@@ -48,10 +42,6 @@ async fn raw_connect(app: &TestApp) -> Ws {
     ws
 }
 
-fn worker_token(app: &TestApp, worker: Uuid, ttl: Duration) -> String {
-    app.handle.state.keys.issue(Role::Worker, worker, ttl)
-}
-
 fn auth_frame(token: &str, last_seq: u64) -> Message {
     Message::text(json!({"v": 1, "type": "auth", "id": "auth", "data": {"token": token, "lastSeq": last_seq}}).to_string())
 }
@@ -60,7 +50,7 @@ impl WorkerApp {
     /// Connects and authenticates; answers the client and its `auth_ok` data.
     async fn connect(app: &TestApp, worker: Uuid, last_seq: u64) -> (WorkerApp, Value) {
         let mut ws = raw_connect(app).await;
-        let token = worker_token(app, worker, Duration::from_secs(3600));
+        let token = app.token_for(Role::Worker, worker, Duration::from_secs(3600));
         ws.send(auth_frame(&token, last_seq)).await.unwrap();
         let mut client = WorkerApp {
             id: worker,
@@ -157,7 +147,12 @@ impl WorkerApp {
     /// Pings until an offer arrives, so a short heartbeat timeout cannot end the session
     /// while the test waits for dispatch.
     async fn offer_while_pinging(&mut self) -> Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no offer within {PATIENCE:?}"
+            );
             if let Some(i) = self.inbox.iter().position(|f| f["type"] == "offer") {
                 return self.inbox.remove(i).unwrap();
             }
@@ -228,17 +223,7 @@ async fn offer_outcome(app: &TestApp, offer: Uuid) -> Option<String> {
 
 /// Polls (without asserting on time) until the offer has an outcome.
 async fn settled(app: &TestApp, offer: Uuid) -> String {
-    let wait = async {
-        loop {
-            if let Some(outcome) = offer_outcome(app, offer).await {
-                return outcome;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, wait)
-        .await
-        .expect("the offer is settled")
+    wait_for(PATIENCE, || offer_outcome(app, offer)).await
 }
 
 /// Polls (without asserting on time) until the request reaches `wanted`; answers the last
@@ -572,7 +557,7 @@ async fn auth_must_come_first_and_in_time() {
     let url = format!(
         "{}?token={}",
         ws_url(&app),
-        worker_token(&app, Uuid::new_v4(), Duration::from_secs(60))
+        app.token_for(Role::Worker, Uuid::new_v4(), Duration::from_secs(60))
     );
     let (mut in_url, _) = connect_async(url).await.unwrap();
     assert_eq!(closed(&mut in_url).await.0, 1008);
@@ -629,7 +614,7 @@ async fn a_token_that_expires_mid_session_closes_it() {
     let worker = insert_worker(app.store(), "buenos-aires").await;
     let mut ws = raw_connect(&app).await;
     ws.send(auth_frame(
-        &worker_token(&app, worker, Duration::from_secs(1)),
+        &app.token_for(Role::Worker, worker, Duration::from_secs(1)),
         0,
     ))
     .await
@@ -984,9 +969,7 @@ async fn connections_beyond_the_cap_are_refused_before_the_upgrade() {
     let _first = raw_connect(&app).await;
     let sessions = &app.handle.state.sessions;
     tokio::time::timeout(PATIENCE, async {
-        while sessions.open_connections() < 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(PATIENCE, || async { sessions.open_connections() >= 1 }).await
     })
     .await
     .expect("the first connection is counted");

@@ -29,19 +29,8 @@ use uuid::Uuid;
 
 use crate::{helpers::*, pricing as fake};
 
-const LON: f64 = -58.3816;
-const LAT: f64 = -34.6037;
-const PATIENCE: Duration = Duration::from_secs(30);
-
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn token(app: &TestApp, role: Role, sub: Uuid) -> String {
-    app.handle
-        .state
-        .keys
-        .issue(role, sub, Duration::from_secs(3600))
-}
 
 async fn post_graphql(app: &TestApp, token: Option<&str>, body: Value) -> (u16, Value) {
     let mut req = reqwest::Client::new()
@@ -181,7 +170,7 @@ async fn deeply_nested_graphql_is_refused_with_a_code_and_the_engine_stays_up() 
     assert_eq!(first_code(&answer), "QUERY_TOO_COMPLEX", "{answer}");
 
     // The same document over graphql-ws.
-    let customer = token(&app, Role::Customer, CUSTOMER);
+    let customer = app.token(Role::Customer, CUSTOMER);
     let mut ws = open_graphql_ws(&app).await;
     let ack = init(
         &mut ws,
@@ -281,7 +270,7 @@ async fn production_gives_no_suggestions_and_no_schema() {
 #[tokio::test]
 async fn unknown_or_deactivated_customers_get_a_coded_refusal() {
     let app = TestApp::spawn().await;
-    let ghost = token(&app, Role::Customer, Uuid::new_v4());
+    let ghost = app.token(Role::Customer, Uuid::new_v4());
     let answer = gql(
         &app,
         Some(&ghost),
@@ -295,7 +284,7 @@ async fn unknown_or_deactivated_customers_get_a_coded_refusal() {
         .execute(app.store().pool())
         .await
         .unwrap();
-    let deactivated = token(&app, Role::Customer, OTHER_CUSTOMER);
+    let deactivated = app.token(Role::Customer, OTHER_CUSTOMER);
     let answer = gql(
         &app,
         Some(&deactivated),
@@ -379,7 +368,7 @@ async fn worker_frame_any(ws: &mut Ws) -> Value {
 async fn ghost_and_deactivated_workers_are_refused_at_the_door_and_closed_when_live() {
     let app = TestApp::spawn().await;
     // Never existed.
-    let mut ghost = worker_connect(&app, &token(&app, Role::Worker, Uuid::new_v4())).await;
+    let mut ghost = worker_connect(&app, &app.token(Role::Worker, Uuid::new_v4())).await;
     assert_eq!(
         worker_closed(&mut ghost).await,
         (1008, "auth: unknown worker".into())
@@ -391,14 +380,14 @@ async fn ghost_and_deactivated_workers_are_refused_at_the_door_and_closed_when_l
         .execute(app.store().pool())
         .await
         .unwrap();
-    let mut ws = worker_connect(&app, &token(&app, Role::Worker, inactive)).await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, inactive)).await;
     assert_eq!(
         worker_closed(&mut ws).await,
         (1008, "auth: worker account deactivated".into())
     );
     // Online, then deactivated: the session closes with 4005 and the worker goes offline.
     let live = insert_worker(app.store(), "buenos-aires").await;
-    let mut ws = worker_connect(&app, &token(&app, Role::Worker, live)).await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, live)).await;
     worker_frame(&mut ws, "auth_ok").await;
     let online = call(&mut ws, "go_online", "on", json!({"lat": LAT, "lon": LON})).await;
     assert_eq!(online["type"], "ok", "{online}");
@@ -420,7 +409,7 @@ async fn ghost_and_deactivated_workers_are_refused_at_the_door_and_closed_when_l
     assert!(workers.iter().all(|w| w.id != live), "taken offline");
     // Deleted while connected: the same.
     let doomed = insert_worker(app.store(), "buenos-aires").await;
-    let mut ws = worker_connect(&app, &token(&app, Role::Worker, doomed)).await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, doomed)).await;
     worker_frame(&mut ws, "auth_ok").await;
     sqlx::query("delete from worker_profiles where id = $1")
         .bind(doomed)
@@ -434,7 +423,7 @@ async fn ghost_and_deactivated_workers_are_refused_at_the_door_and_closed_when_l
 async fn the_skills_offered_come_from_the_profile_never_from_the_claim() {
     let app = TestApp::spawn().await;
     let worker = insert_worker(app.store(), "buenos-aires").await; // profile: lawn_mowing
-    let mut ws = worker_connect(&app, &token(&app, Role::Worker, worker)).await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, worker)).await;
     worker_frame(&mut ws, "auth_ok").await;
     let widened = call(
         &mut ws,
@@ -554,7 +543,7 @@ async fn one_operation_asks_the_ai_once_and_callers_are_rate_limited() {
             > 0
     );
     // Another caller has a quota of its own.
-    let customer = token(&limited, Role::Customer, CUSTOMER);
+    let customer = limited.token(Role::Customer, CUSTOMER);
     assert!(gql(&limited, Some(&customer), one, json!({})).await["errors"].is_null());
 }
 
@@ -592,7 +581,7 @@ async fn past_the_concurrency_cap_the_rules_price_at_once() {
 #[tokio::test]
 async fn nul_bytes_are_refused_at_the_door_and_restart_nothing() {
     let app = TestApp::spawn().await;
-    let customer = token(&app, Role::Customer, CUSTOMER);
+    let customer = app.token(Role::Customer, CUSTOMER);
     for input in [
         create_input("Pasto\u{0}", "Calle 1", None),
         create_input("Pasto", "Calle\u{0} 1", None),
@@ -603,7 +592,7 @@ async fn nul_bytes_are_refused_at_the_door_and_restart_nothing() {
     }
     // A cancel reason, on a real request.
     let worker = insert_worker(app.store(), "buenos-aires").await;
-    let mut ws = worker_connect(&app, &token(&app, Role::Worker, worker)).await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, worker)).await;
     worker_frame(&mut ws, "auth_ok").await;
     call(&mut ws, "go_online", "on", json!({"lat": LAT, "lon": LON})).await;
     let created = gql(
@@ -761,7 +750,7 @@ async fn worker_socket_edge_cases_get_their_documented_answers() {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&app))
         .await
         .unwrap();
-    let t = token(&app, Role::Worker, worker);
+    let t = app.token(Role::Worker, worker);
     ws.send(Message::text(
         json!({"v":1,"type":"auth","data":{"token": t, "lastSeq": "yesterday"}}).to_string(),
     ))
@@ -793,7 +782,7 @@ async fn worker_socket_edge_cases_get_their_documented_answers() {
 async fn graphql_ws_refusals_use_the_graphql_ws_close_codes_and_apollo_headers_work() {
     let app = TestApp::spawn().await;
     let mut ws = open_graphql_ws(&app).await;
-    let worker = token(&app, Role::Worker, Uuid::new_v4());
+    let worker = app.token(Role::Worker, Uuid::new_v4());
     let refused = init(
         &mut ws,
         json!({"Authorization": format!("Bearer {worker}")}),
@@ -803,13 +792,13 @@ async fn graphql_ws_refusals_use_the_graphql_ws_close_codes_and_apollo_headers_w
     let mut ws = open_graphql_ws(&app).await;
     assert_eq!(close_code(&init(&mut ws, json!({})).await), 4401);
     let mut ws = open_graphql_ws(&app).await;
-    let ghost = token(&app, Role::Customer, Uuid::new_v4());
+    let ghost = app.token(Role::Customer, Uuid::new_v4());
     assert_eq!(
         close_code(&init(&mut ws, json!({"token": ghost})).await),
         4401
     );
     // Apollo's connectionParams shape.
-    let customer = token(&app, Role::Customer, CUSTOMER);
+    let customer = app.token(Role::Customer, CUSTOMER);
     let mut ws = open_graphql_ws(&app).await;
     let ack = init(
         &mut ws,

@@ -17,6 +17,10 @@ use sqlx::{postgres::PgPoolOptions, Connection, PgConnection};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+/// A point in Buenos Aires (Obelisco), inside the seeded service area.
+pub const LON: f64 = -58.3816;
+pub const LAT: f64 = -34.6037;
+
 pub const CUSTOMER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000c01);
 pub const OTHER_CUSTOMER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000c02);
 
@@ -151,6 +155,20 @@ impl TestApp {
         worker
     }
 
+    /// A token for `sub` in `role`, valid for an hour: the one way tests mint tokens.
+    pub fn token(&self, role: arreglame::auth::Role, sub: Uuid) -> String {
+        self.token_for(role, sub, std::time::Duration::from_secs(3600))
+    }
+
+    pub fn token_for(
+        &self,
+        role: arreglame::auth::Role,
+        sub: Uuid,
+        ttl: std::time::Duration,
+    ) -> String {
+        self.handle.state.keys.issue(role, sub, ttl)
+    }
+
     #[allow(dead_code)] // used by the API suites
     pub fn store(&self) -> &Store {
         &self.handle.state.store
@@ -278,19 +296,39 @@ pub async fn outbox_of(store: &Store, aggregate_id: Uuid) -> Vec<(String, i32)> 
         .unwrap()
 }
 
-/// Polls `check` until it holds; fails the test after `timeout` instead of hanging.
+/// How long a test waits for something that should happen (generous: a loaded CI box).
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Polls `check` until it holds; fails the test after `timeout` instead of hanging. The one
+/// poll every test uses (under a paused clock too: the deadline is wall-clock time).
 pub async fn wait_until<F, Fut>(timeout: std::time::Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_for(timeout, || {
+        let checked = check();
+        async move { checked.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `probe` until it answers something; fails the test after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = std::time::Instant::now() + timeout;
-    while !check().await {
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "condition not met within {timeout:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
 

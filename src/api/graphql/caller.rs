@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use async_graphql::ErrorExtensions;
+use async_graphql::{Context, ErrorExtensions};
 use dashmap::DashMap;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -193,6 +193,22 @@ impl OperationBudget {
         }
     }
 }
+
+/// Takes one quote from the caller's quota and says whether it may ask the AI.
+pub fn pricing_gate(ctx: &Context<'_>) -> async_graphql::Result<AiUse> {
+    let peer = ctx.data_opt::<PeerAddress>().map(|p| p.0);
+    let key = QuotaKey::of(super::caller(ctx), peer);
+    ctx.data_unchecked::<PricingLimiter>()
+        .take(key)
+        .map_err(rate_limited)?;
+    Ok(ctx
+        .data_opt::<OperationBudget>()
+        .map_or(AiUse::Denied("operation_budget"), OperationBudget::ai_use))
+}
+
+/// The client's address, for the anonymous pricing quota.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddress(pub std::net::IpAddr);
 
 #[cfg(test)]
 mod tests {

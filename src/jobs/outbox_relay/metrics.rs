@@ -18,6 +18,7 @@ use crate::store::Store;
 
 /// A snapshot of the relay's health.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RelayMetrics {
     /// Rows waiting to be relayed: not processed and not parked (all engines).
     pub backlog: i64,

@@ -1,0 +1,176 @@
+//! Writes: price a job, post a request, cancel one.
+
+use async_graphql::{Context, Object, ID};
+
+use super::{
+    caller,
+    caller::{pricing_gate, Caller},
+    queries::load_readable,
+    state,
+    types::*,
+    validation::{check_square_meters, check_text, MAX_ADDRESS_CHARS, MAX_DESCRIPTION_CHARS},
+    ApiError,
+};
+use crate::{
+    domain::{Position, Status},
+    pricing::JobInput,
+    store::{CancelledBy, NewServiceRequest},
+};
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Prices a job from a photo, a description and its size. Open to anyone.
+    async fn estimate_job(
+        &self,
+        ctx: &Context<'_>,
+        input: EstimateJobInput,
+    ) -> async_graphql::Result<JobEstimate> {
+        let state = state(ctx);
+        check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
+        check_square_meters(state, input.square_meters)?;
+        let ai = pricing_gate(ctx)?;
+        let quote = state
+            .pricing
+            .quote_with(
+                &JobInput {
+                    image_base64: input.image,
+                    description: input.description,
+                    square_meters: input.square_meters,
+                    category: input.category,
+                    extras: input.extras.unwrap_or_default(),
+                    difficulty: input.difficulty,
+                },
+                ai,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok(quote.into())
+    }
+
+    /// Posts a request: priced now (the price is locked), then dispatched to the nearest
+    /// suitable worker. The same idempotency key returns the request it first created.
+    async fn create_service_request(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateServiceRequestInput,
+    ) -> async_graphql::Result<ServiceRequestNode> {
+        let customer = caller(ctx).require_customer()?;
+        let state = state(ctx);
+        check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
+        check_text("address", &input.address, MAX_ADDRESS_CHARS)?;
+        check_square_meters(state, input.square_meters)?;
+        if let Some(key) = &input.idempotency_key {
+            check_text("idempotencyKey", key, 100)?;
+        }
+        let Position { lon, lat } = Position::new(input.longitude, input.latitude)
+            .map_err(|e| ApiError::BadUserInput(format!("latitude/longitude: {e}")))?;
+        let city = state
+            .dispatcher
+            .city_at(lon, lat)
+            .ok_or_else(|| {
+                ApiError::BadUserInput("this location is outside every city we serve".into())
+            })?
+            .id
+            .clone();
+        let ai = pricing_gate(ctx)?;
+        let quote = state
+            .pricing
+            .quote_with(
+                &JobInput {
+                    image_base64: input.image,
+                    description: input.description.clone(),
+                    square_meters: input.square_meters,
+                    category: input.category,
+                    extras: input.extras.unwrap_or_default(),
+                    difficulty: input.difficulty,
+                },
+                ai,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        let new = NewServiceRequest {
+            customer_id: customer,
+            city_id: city,
+            latitude: lat,
+            longitude: lon,
+            address: input.address,
+            description: input.description,
+            square_meters: input.square_meters,
+            image_ref: quote.image_ref.clone(),
+            service_category: quote.breakdown.category.clone(),
+            difficulty_level: quote.breakdown.difficulty_level.clone(),
+            extras: quote
+                .breakdown
+                .extras
+                .iter()
+                .map(|(c, _)| c.clone())
+                .collect(),
+            currency: quote.currency.clone(),
+            price_total: quote.total,
+            worker_net: quote.worker_net,
+            platform_fee: quote.platform_fee,
+            pricing_engine: quote.engine.as_str().to_string(),
+            idempotency_key: input.idempotency_key,
+        };
+        let (row, created) = state
+            .store
+            .create_request(&new)
+            .await
+            .map_err(ApiError::from)?;
+        if created || row.status.is_dispatching() {
+            // The request is committed: the customer gets it whatever happens to its actor
+            // now. One that cannot start (the database just went away, say) is brought back
+            // by the WorkerAssignmentCron backstop within a sweep.
+            if let Err(e) = state.dispatcher.ensure_actor(row.id).await {
+                tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
+                    "request committed but its actor did not start; the backstop will start it");
+            }
+        }
+        if created {
+            metrics::counter!("arreglame_service_requests_created_total", "city" => new.city_id.clone()).increment(1);
+            tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
+        }
+        Ok((&row).into())
+    }
+
+    /// Cancels a request under the cancellation policy (docs/cancellation-policy.md):
+    /// free while no worker is committed; a late fee once assigned; not once started;
+    /// a completed job may be disputed while its cancellation window is open.
+    async fn cancel_service_request(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        reason: Option<String>,
+    ) -> async_graphql::Result<ServiceRequestNode> {
+        let row = load_readable(ctx, &id).await?;
+        let by = match caller(ctx) {
+            Caller::Ops(_) => CancelledBy::Ops,
+            _ => CancelledBy::Customer,
+        };
+        if let Some(r) = &reason {
+            check_text("reason", r, 500)?;
+        }
+        let state = state(ctx);
+        let cancelled = if row.status == Status::Completed {
+            let change = crate::store::Change::Cancelled {
+                by,
+                reason,
+                fee: crate::domain::Cents::ZERO,
+            };
+            state
+                .store
+                .transition(&row, change)
+                .await
+                .map_err(ApiError::from)?
+        } else {
+            state
+                .dispatcher
+                .cancel(row.id, by, reason)
+                .await
+                .map_err(ApiError::from)?
+        };
+        Ok((&cancelled).into())
+    }
+}
