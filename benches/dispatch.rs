@@ -24,6 +24,11 @@
 //!
 //! Results and how to read them: docs/bench-results/dispatch.md.
 
+#[allow(dead_code)] // each benchmark uses some of the shared helpers
+mod common;
+
+use common::{cores, database_url_for, env_usize, loadavg, median};
+
 use std::{
     collections::HashSet,
     hint::black_box,
@@ -910,11 +915,11 @@ impl BenchDb {
     async fn create() -> anyhow::Result<BenchDb> {
         let server = std::env::var("DATABASE_URL")?;
         let name = format!("bench_dispatch_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&with_database(&server, "postgres")).await?;
+        let mut admin = PgConnection::connect(&database_url_for(&server, "postgres")).await?;
         sqlx::query(&format!(r#"create database "{name}""#))
             .execute(&mut admin)
             .await?;
-        let url = with_database(&server, &name);
+        let url = database_url_for(&server, &name);
         let store = Store::connect(&url, 2).await?;
         store.migrate().await?;
         store.seed().await?;
@@ -923,22 +928,12 @@ impl BenchDb {
     }
 
     async fn drop(self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&with_database(&self.server, "postgres")).await?;
+        let mut admin = PgConnection::connect(&database_url_for(&self.server, "postgres")).await?;
         sqlx::query(&format!(r#"drop database "{}" with (force)"#, self.name))
             .execute(&mut admin)
             .await?;
         Ok(())
     }
-}
-
-/// The server's URL with another database name.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, rest) = url.rsplit_once('/').expect("DATABASE_URL names a database");
-    let query = rest
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    format!("{base}/{db}{query}")
 }
 
 /// Dispatch on a database, with an in-process gateway whose receiver is dropped: offers
@@ -1344,8 +1339,8 @@ impl Lat {
     /// Medians over runs, percentile by percentile.
     fn median(runs: &[Lat]) -> Lat {
         Lat {
-            p50: median(&runs.iter().map(|l| l.p50).collect::<Vec<_>>()),
-            p99: median(&runs.iter().map(|l| l.p99).collect::<Vec<_>>()),
+            p50: median(runs.iter().map(|l| l.p50).collect::<Vec<_>>()),
+            p99: median(runs.iter().map(|l| l.p99).collect::<Vec<_>>()),
         }
     }
 
@@ -1392,16 +1387,6 @@ fn returned_size<A, B, C, D, Fut>(_f: impl Fn(A, B, C, D) -> Fut) -> usize {
     std::mem::size_of::<Fut>()
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn vm_rss_kib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -1413,25 +1398,8 @@ fn vm_rss_kib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn skip_db() -> bool {
     std::env::var("BENCH_SKIP_DB").is_ok_and(|v| v == "1") || std::env::var("DATABASE_URL").is_err()
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 // ---- the table ------------------------------------------------------------------------------

@@ -400,7 +400,9 @@ async fn request(
 type Row = (usize, Vec<RunResult>, Vec<RunResult>);
 
 fn print_table(runs: usize, rows: &[Row]) {
-    let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+    let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
+        median(runs.iter().map(f).collect::<Vec<f64>>())
+    };
     println!();
     println!(
         "| K clients | engine req/s | bare req/s | engine / bare | engine p50 ms | bare p50 ms | engine p99 ms | bare p99 ms |"

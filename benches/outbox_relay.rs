@@ -421,7 +421,9 @@ fn seconds(d: chrono::TimeDelta) -> f64 {
 }
 
 fn print_table(relay: &[RunResult], baseline: &[RunResult]) {
-    let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+    let m = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
+        median(runs.iter().map(f).collect::<Vec<f64>>())
+    };
     let columns: [Column; 6] = [
         ("drain (events/s)", |r| r.drain_per_s),
         ("offered (events/s)", |r| r.offered_per_s),

@@ -560,7 +560,7 @@ fn is_executable(path: &Path) -> bool {
 type Row = (usize, Vec<Phase>, Vec<Phase>);
 
 fn print_table(runs: usize, rows: &[Row]) {
-    let m = |runs: &[Phase], f: fn(&Phase) -> f64| median(runs.iter().map(f).collect());
+    let m = |runs: &[Phase], f: fn(&Phase) -> f64| median(runs.iter().map(f).collect::<Vec<f64>>());
     println!();
     println!(
         "| C clients | engine transitions/s | pgbench transitions/s | engine / pgbench | target ≥ 0.9 | engine client CPU µs/transition | pgbench client CPU µs/transition | engine NOTIFY/transition | pgbench NOTIFY/transition |"

@@ -26,6 +26,10 @@
 //! ulimit -n "$(ulimit -Hn)"; eval "$(scripts/dev-env.sh)"; cargo bench --bench ws_gateway
 //! ```
 
+#[allow(dead_code)] // each benchmark uses some of the shared helpers
+mod common;
+
+use common::{database_url_for, median};
 use std::{
     collections::HashMap,
     io::{BufRead, Write},
@@ -150,7 +154,7 @@ mod server {
         let admin_url =
             std::env::var("DATABASE_URL").expect("DATABASE_URL (eval \"$(scripts/dev-env.sh)\")");
         let db = format!("bench_ws_{}", Uuid::new_v4().simple());
-        let url = with_database(&admin_url, &db);
+        let url = database_url_for(&admin_url, &db);
         admin(&admin_url, &format!(r#"create database "{db}""#)).await;
         let store = Store::connect(&url, 2).await.expect("connect");
         store.migrate().await.expect("migrate");
@@ -233,21 +237,10 @@ mod server {
 
     async fn admin(url: &str, sql: &str) {
         use sqlx::Connection;
-        let mut conn = sqlx::PgConnection::connect(&with_database(url, "postgres"))
+        let mut conn = sqlx::PgConnection::connect(&database_url_for(url, "postgres"))
             .await
             .expect("connect to the postgres database");
         sqlx::query(sql).execute(&mut conn).await.expect(sql);
-    }
-
-    fn with_database(url: &str, db: &str) -> String {
-        let (base, _) = url
-            .rsplit_once('/')
-            .expect("DATABASE_URL has a database name");
-        let query = url
-            .split_once('?')
-            .map(|(_, q)| format!("?{q}"))
-            .unwrap_or_default();
-        format!("{base}/{db}{query}")
     }
 
     /// The baseline: a bare tokio-tungstenite server. One task per connection, echoes every
@@ -503,16 +496,6 @@ mod driver {
             all.push(figures);
         }
         table(&all, &settings);
-    }
-
-    fn median(values: &[f64]) -> f64 {
-        let mut v = values.to_vec();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
     }
 
     fn report(f: &Figures) {

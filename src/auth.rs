@@ -55,17 +55,6 @@ pub enum AuthError {
     Unverifiable,
 }
 
-impl From<crate::identity::IdentityError> for AuthError {
-    fn from(e: crate::identity::IdentityError) -> Self {
-        use crate::identity::IdentityError;
-        match e {
-            IdentityError::Unknown(what) => AuthError::UnknownSubject(what),
-            IdentityError::Deactivated(what) => AuthError::Deactivated(what),
-            IdentityError::Unavailable => AuthError::Unverifiable,
-        }
-    }
-}
-
 /// Signs and verifies tokens with one secret.
 #[derive(Clone)]
 pub struct TokenKeys {

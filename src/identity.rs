@@ -100,6 +100,17 @@ impl Identities {
     }
 }
 
+impl From<IdentityError> for crate::auth::AuthError {
+    fn from(e: IdentityError) -> Self {
+        use crate::auth::AuthError;
+        match e {
+            IdentityError::Unknown(what) => AuthError::UnknownSubject(what),
+            IdentityError::Deactivated(what) => AuthError::Deactivated(what),
+            IdentityError::Unavailable => AuthError::Unverifiable,
+        }
+    }
+}
+
 fn unavailable(e: StoreError) -> IdentityError {
     tracing::warn!(target: "Auth", error = %e, "identity check failed");
     IdentityError::Unavailable

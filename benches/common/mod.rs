@@ -1,4 +1,4 @@
-//! Helpers the database-backed benchmarks share: a fresh database per run, environment
+//! Helpers every benchmark shares: a fresh database per run, environment
 //! knobs, medians, and the machine's load for the record.
 
 use anyhow::Context as _;
@@ -6,7 +6,9 @@ use arreglame::store::Store;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-pub fn median(mut values: Vec<f64>) -> f64 {
+/// The median of `values` (NaN for none); takes a Vec, a slice or a reference to either.
+pub fn median(values: impl AsRef<[f64]>) -> f64 {
+    let mut values = values.as_ref().to_vec();
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,
@@ -57,6 +59,21 @@ pub fn env_num(name: &str, default: f64) -> f64 {
         .and_then(|v| v.parse().ok())
         .filter(|v: &f64| v.is_finite() && *v > 0.0)
         .unwrap_or(default)
+}
+
+/// A positive integer from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(default)
+}
+
+/// The server's URL with another database name (panics on a URL without one: a bench
+/// setup mistake).
+pub fn database_url_for(url: &str, db: &str) -> String {
+    with_database(url, db).expect("DATABASE_URL has a database name")
 }
 
 /// A comma-separated list of positive integers from the environment, or `default`.
