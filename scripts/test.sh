@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quick-start command 2: prepare PostgreSQL and NATS, run the whole test suite, then the
-# browser test of the ops dashboard (headless chromium; screenshot in target/artifacts/).
+# browser test of the ops dashboard (headless chromium; screenshot in target/artifacts/) and
+# the TypeScript worker client's tests against a live engine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/dev-env.sh)"
@@ -13,5 +14,8 @@ else
   cargo test --no-fail-fast "$@"
 fi
 if [ "${ARREGLAME_SKIP_E2E:-0}" != 1 ]; then
+  # The ops dashboard in headless chromium (and a real Prometheus scraping the engine),
+  # then the TypeScript worker client against a live engine (node's test runner).
   scripts/e2e-ops.sh
+  clients/worker-ts/run-tests.sh
 fi
