@@ -682,8 +682,13 @@ impl Reader<'_> {
             // the truthful answer is still "it is yours".
             Err(CommandError::OfferNotPending) => {
                 match self.accepted_by_me(offer_id, request_id).await {
-                    Some(row) => Ok(accepted_data(offer_id, &row)),
-                    None => Err(CommandError::OfferNotPending.into()),
+                    Ok(Some(row)) => Ok(accepted_data(offer_id, &row)),
+                    Ok(None) => Err(CommandError::OfferNotPending.into()),
+                    // Not known either way: a transient answer, never cached.
+                    Err(e) => {
+                        tracing::warn!(target: "Gateway", %offer_id, error = %e, "could not check an earlier accept");
+                        Err(CommandError::Unavailable.into())
+                    }
                 }
             }
             Err(e) => Err(WireError::from(e)),
@@ -700,15 +705,21 @@ impl Reader<'_> {
         self.answer(id, answer)
     }
 
-    async fn accepted_by_me(&self, offer_id: Uuid, request_id: Uuid) -> Option<ServiceRequest> {
+    /// The request, when this worker's offer for it was accepted (an earlier accept whose
+    /// answer was lost).
+    async fn accepted_by_me(
+        &self,
+        offer_id: Uuid,
+        request_id: Uuid,
+    ) -> Result<Option<ServiceRequest>, crate::store::StoreError> {
         let store = &self.shared.store;
-        match store
+        if !store
             .offer_accepted_by(offer_id, request_id, self.entry.id)
-            .await
+            .await?
         {
-            Ok(true) => store.get_request(request_id).await.ok(),
-            _ => None,
+            return Ok(None);
         }
+        store.get_request(request_id).await.map(Some)
     }
 
     // ---- answering --------------------------------------------------------------------
