@@ -818,7 +818,9 @@ impl Actor for BoxedHandle {
         myself: ActorRef<RequestMsg>,
         request_id: Uuid,
     ) -> Result<RequestState, ActorProcessingErr> {
-        self.0.pre_start(myself, request_id).await
+        self.0
+            .pre_start(myself, (request_id, Default::default()))
+            .await
     }
 
     async fn post_start(

@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/dev-env.sh)"
+# The guide's habits: `grep ERROR logs/app.log` and friends work after `make run`.
+export LOG_FILE="${LOG_FILE:-logs/app.log}"
 cargo build --release --bin arreglame
 bin=target/release/arreglame
 "$bin" migrate

@@ -1,4 +1,5 @@
-//! Command line: `serve` (default), `migrate [--revert]`, `seed`, `token`.
+//! Command line: `serve` (default), `migrate [--revert]`, `seed`, `simulate`, `schema`,
+//! `token`. Configuration comes from the environment (listed by `--help`).
 
 use std::process::ExitCode;
 
@@ -13,11 +14,28 @@ use crate::{
     telemetry,
 };
 
+/// The environment variables, for `--help` (.env.example has them all with comments).
+const ENVIRONMENT: &str = "\
+Environment (see .env.example):
+  DATABASE_URL                 PostgreSQL URL (required by serve, migrate, seed, simulate)
+  PORT, HOST                   HTTP listener (3000, 0.0.0.0)
+  LOG_LEVEL, LOG_FILE          log filter (info); a file that gets a copy of every line
+  APP_ENV (or NODE_ENV)        development | production
+  JWT_SECRET                   signs every token (required, >= 32 chars, in production)
+  API_KEY or GEMINI_API_KEY    Gemini pricing; without it the rules price every quote
+  GEMINI_BASE_URL, GEMINI_MODEL, GEMINI_MAX_CONCURRENT_CALLS
+  PRICING_RATE_PER_MINUTE, PRICING_RATE_BURST   quotes per caller
+  NATS_URL                     NATS JetStream for the outbox relay
+  DATABASE_MAX_CONNECTIONS     pool size (20)
+  METRICS_TOKEN, METRICS_ADDR  how /metrics is protected, or where it is served instead
+  OTEL_EXPORTER_OTLP_ENDPOINT  OpenTelemetry traces over OTLP/HTTP (off when unset)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "arreglame",
     version,
-    about = "Realtime dispatch engine of Arreglame Ya"
+    about = "Realtime dispatch engine of Arreglame Ya",
+    after_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -74,6 +92,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print!("{}", crate::api::graphql::sdl());
         return Ok(());
     }
+    // Signing a token needs the secret, not a database.
+    if let Some(Command::Token { role, sub, ttl }) = cli.command {
+        let secret = crate::config::jwt_secret_from_env()?;
+        println!("{}", TokenKeys::new(&secret).issue(role, sub, ttl));
+        return Ok(());
+    }
     let config = Config::from_env()?;
     let command = cli.command.unwrap_or(Command::Serve { demo_fleet: 0 });
     // Only the server logs to stdout; other commands print their results there.
@@ -98,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ));
             }
             app.run_until_stopped().await?;
+            // The last spans leave before the process does.
+            telemetry::shutdown();
         }
         Command::Migrate { revert } => {
             let store = Store::connect(&config.database_url, 2).await?;
@@ -120,12 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => {
             crate::sim::simulate(args, &config.database_url, &config.jwt_secret).await?
         }
-        Command::Token { role, sub, ttl } => {
-            println!(
-                "{}",
-                TokenKeys::new(&config.jwt_secret).issue(role, sub, ttl)
-            );
-        }
+        Command::Token { .. } => unreachable!("handled before reading the environment"),
     }
     Ok(())
 }

@@ -243,6 +243,16 @@ impl Config {
     }
 }
 
+/// JWT_SECRET alone, with the same rules as [`Config`] (a development default; at least 32
+/// characters in production), for commands that sign tokens without a database.
+pub fn jwt_secret_from_env() -> Result<String, ConfigError> {
+    let mut vars: HashMap<String, String> = std::env::vars().collect();
+    // Only the secret is wanted: any syntactically valid URL lets the rest parse.
+    vars.entry("DATABASE_URL".into())
+        .or_insert_with(|| "postgres://localhost/unused".into());
+    Ok(Config::from_vars(vars)?.jwt_secret)
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

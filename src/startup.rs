@@ -91,6 +91,8 @@ impl Application {
         let sessions = Arc::new(Sessions::new());
         let dispatcher =
             Dispatcher::start(store.clone(), settings.clone(), sessions.clone()).await?;
+        let city_ids: Vec<String> = dispatcher.cities().iter().map(|c| c.id.clone()).collect();
+        crate::ops::metrics::register_cities(&city_ids);
         let mut background = jobs::cron::spawn_sweeps(
             store.clone(),
             dispatcher.clone(),
@@ -178,6 +180,8 @@ impl Application {
             .merge(api::routes(api))
             .merge(gateway::routes(gateway))
             .merge(crate::ops::routes(ops.clone()))
+            // `Router::layer` wraps each route, so the route's pattern is known there.
+            .layer(axum::middleware::from_fn(crate::ops::metrics::track_http))
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),

@@ -100,7 +100,48 @@ pub struct DispatchStats {
     pub assignments: Counter,
 }
 
+/// What happened to an offer, for the per-city offer counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferEvent {
+    Sent,
+    Accepted,
+    Rejected,
+    Expired,
+}
+
+impl OfferEvent {
+    pub const ALL: [OfferEvent; 4] = [
+        OfferEvent::Sent,
+        OfferEvent::Accepted,
+        OfferEvent::Rejected,
+        OfferEvent::Expired,
+    ];
+
+    /// The Prometheus family counting these, labelled by `city`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            OfferEvent::Sent => "arreglame_offers_sent_total",
+            OfferEvent::Accepted => "arreglame_offers_accepted_total",
+            OfferEvent::Rejected => "arreglame_offers_rejected_total",
+            OfferEvent::Expired => "arreglame_offers_expired_total",
+        }
+    }
+}
+
 impl DispatchStats {
+    /// Counts an offer event, in the totals tests read and in the per-city metric.
+    pub fn offer(&self, event: OfferEvent, city: Option<&str>) {
+        let total = match event {
+            OfferEvent::Sent => &self.offers_sent,
+            OfferEvent::Accepted => &self.offers_accepted,
+            OfferEvent::Rejected => &self.offers_rejected,
+            OfferEvent::Expired => &self.offers_expired,
+        };
+        total.inc();
+        let city = city.unwrap_or("none").to_string();
+        metrics::counter!(event.metric(), "city" => city).increment(1);
+    }
+
     pub fn record_assignment(&self, created_at: DateTime<Utc>) {
         let ms = (Utc::now() - created_at).num_milliseconds().max(0) as u64;
         metrics::histogram!("arreglame_time_to_assignment_seconds").record(ms as f64 / 1000.0);
@@ -313,7 +354,13 @@ impl Dispatcher {
         if let Some(actor) = self.ctx.registry.get(&request_id) {
             return Ok(actor.clone());
         }
-        supervisor::spawn_request(&self.ctx, &self.supervisor, request_id).await
+        supervisor::spawn_request(
+            &self.ctx,
+            &self.supervisor,
+            request_id,
+            crate::telemetry::TraceLink::of(&tracing::Span::current()),
+        )
+        .await
     }
 
     /// The live actor of a request, starting one from the database when the request is

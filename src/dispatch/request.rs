@@ -11,6 +11,9 @@ use std::{collections::HashSet, sync::Arc};
 
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
+
+use crate::telemetry::TraceLink;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -18,7 +21,7 @@ use uuid::Uuid;
 use super::{
     city::{CityHandle, CityMsg, Search},
     gateway::{JobParts, OfferNotice, OfferParts, WorkerNotice},
-    CommandError, DispatchContext,
+    CommandError, DispatchContext, OfferEvent,
 };
 use crate::{
     domain::{
@@ -117,6 +120,8 @@ pub struct RequestState {
     tried: HashSet<Uuid>,
     pending: Option<PendingOffer>,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<RequestMsg>>>>,
+    /// Where in a trace the actor was started (see `Arguments`).
+    origin: TraceLink,
 }
 
 impl RequestState {
@@ -145,12 +150,15 @@ impl RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    type Arguments = Uuid;
+    /// The request, and the span of whatever started the actor (the GraphQL create, a
+    /// recovery): the actor's dispatch spans are its children, so one trace follows a
+    /// request from the create to the offer frame.
+    type Arguments = (Uuid, TraceLink);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        request_id: Uuid,
+        (request_id, origin): (Uuid, TraceLink),
     ) -> Result<RequestState, ActorProcessingErr> {
         // Register first, so a failure at any later point reaches the supervisor with the
         // request id, and so two spawns for one request cannot both run.
@@ -192,6 +200,7 @@ impl Actor for RequestActor {
             tried,
             pending: None,
             timer: None,
+            origin,
         })
     }
 
@@ -234,7 +243,11 @@ impl RequestActor {
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RequestMsg::Dispatch => self.dispatch(&myself, state).await?,
+            RequestMsg::Dispatch => {
+                let span = tracing::info_span!("dispatch", request_id = %state.row.id);
+                state.origin.adopt(&span);
+                self.dispatch(&myself, state).instrument(span).await?
+            }
             RequestMsg::OfferTimeout { offer_id } => {
                 if state.pending.map(|p| p.offer_id) == Some(offer_id) {
                     tolerate_settled(
@@ -555,7 +568,9 @@ impl RequestActor {
                         expires_at: offer.expires_at,
                     };
                     state.pending = Some(pending);
-                    self.ctx.stats.offers_sent.inc();
+                    self.ctx
+                        .stats
+                        .offer(OfferEvent::Sent, state.row.city_id.as_deref());
                     self.ctx
                         .gateway
                         .notify(WorkerNotice::Offer(self.notice(state, &offer)));
@@ -659,9 +674,14 @@ impl RequestActor {
         state.disarm();
         self.release(state, pending.worker_id);
         match outcome {
-            OfferOutcome::Rejected => self.ctx.stats.offers_rejected.inc(),
+            OfferOutcome::Rejected => self
+                .ctx
+                .stats
+                .offer(OfferEvent::Rejected, state.row.city_id.as_deref()),
             _ => {
-                self.ctx.stats.offers_expired.inc();
+                self.ctx
+                    .stats
+                    .offer(OfferEvent::Expired, state.row.city_id.as_deref());
                 self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
                     worker_id: pending.worker_id,
                     offer_id: pending.offer_id,
@@ -708,7 +728,9 @@ impl RequestActor {
                 request_id: state.row.id,
             });
         }
-        self.ctx.stats.offers_accepted.inc();
+        self.ctx
+            .stats
+            .offer(OfferEvent::Accepted, state.row.city_id.as_deref());
         self.ctx.stats.record_assignment(state.row.created_at);
         self.ctx.gateway.notify(WorkerNotice::AssignmentConfirmed {
             worker_id,

@@ -13,12 +13,14 @@ use std::{
 };
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
     request::{RequestActor, RequestMsg},
     CommandError, DispatchContext,
 };
+use crate::telemetry::TraceLink;
 
 /// Restarts allowed per request within the window before escalation.
 pub const MAX_RESTARTS: u32 = 3;
@@ -46,12 +48,18 @@ pub async fn spawn_request(
     ctx: &Arc<DispatchContext>,
     supervisor: &ActorRef<SupervisorMsg>,
     request_id: Uuid,
+    origin: TraceLink,
 ) -> Result<ActorRef<RequestMsg>, CommandError> {
     if let Some(existing) = ctx.registry.get(&request_id) {
         return Ok(existing.clone());
     }
     let actor = RequestActor { ctx: ctx.clone() };
-    match Actor::spawn_linked(None, actor, request_id, supervisor.get_cell()).await {
+    // Spawned under a root span of its own: ractor's per-actor span lives as long as the
+    // actor, and as a child it would keep the caller's span (a GraphQL create) open.
+    let spawned = Actor::spawn_linked(None, actor, (request_id, origin), supervisor.get_cell())
+        .instrument(tracing::info_span!(parent: None, "request_actor", request_id = %request_id))
+        .await;
+    match spawned {
         Ok((actor_ref, _)) => Ok(actor_ref),
         Err(e) => {
             if let Some(existing) = ctx.registry.get(&request_id) {
@@ -88,7 +96,7 @@ impl Actor for RequestSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart { request_id } => {
-                match spawn_request(&self.ctx, &myself, request_id).await {
+                match spawn_request(&self.ctx, &myself, request_id, TraceLink::default()).await {
                     Ok(_) => {
                         tracing::info!(target: "RequestSupervisor", %request_id, "request actor restarted from the database")
                     }

@@ -269,6 +269,24 @@ pub enum ClientMsg {
     Ping,
 }
 
+impl ClientMsg {
+    /// The message's `type`, as the metrics count it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Auth(_) => "auth",
+            ClientMsg::GoOnline(_) => "go_online",
+            ClientMsg::GoOffline => "go_offline",
+            ClientMsg::Location(_) => "location",
+            ClientMsg::AckOffer(_) => "ack_offer",
+            ClientMsg::AcceptOffer(_) => "accept_offer",
+            ClientMsg::RejectOffer(_) => "reject_offer",
+            ClientMsg::StartJob(_) => "start_job",
+            ClientMsg::CompleteJob(_) => "complete_job",
+            ClientMsg::Ping => "ping",
+        }
+    }
+}
+
 /// A parsed message and the id to answer it with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inbound {
@@ -578,8 +596,10 @@ struct Envelope<'a, T: Serialize> {
     data: T,
 }
 
-/// One engine-to-worker frame as JSON text.
+/// One engine-to-worker frame as JSON text (counted by type).
 pub fn frame<T: Serialize>(kind: &str, reply_to: Option<&str>, data: &T) -> String {
+    metrics::counter!("arreglame_ws_messages_total", "direction" => "out", "type" => kind.to_string())
+        .increment(1);
     serde_json::to_string(&Envelope {
         v: PROTOCOL_VERSION,
         kind,

@@ -444,8 +444,12 @@ impl Reader<'_> {
         }
         let Inbound { id, msg } = match protocol::parse(text) {
             Ok(inbound) => inbound,
-            Err(rejected) => return self.error(rejected.id.as_deref(), rejected.error),
+            Err(rejected) => {
+                count_inbound("invalid");
+                return self.error(rejected.id.as_deref(), rejected.error);
+            }
         };
+        count_inbound(msg.kind());
         let id = id.as_deref();
         let shared = self.shared;
         let worker = self.entry.id;
@@ -853,6 +857,11 @@ async fn finish(
     }
 }
 
+fn count_inbound(kind: &'static str) {
+    metrics::counter!("arreglame_ws_messages_total", "direction" => "in", "type" => kind)
+        .increment(1);
+}
+
 /// Sends the close frame for `end` (if it has one) and waits briefly for the worker's
 /// answer, so the frame is not lost to a reset of a socket closed with unread data.
 async fn close_with<Si, St>(sink: &mut Si, stream: &mut St, end: End)
@@ -863,6 +872,7 @@ where
     let Some((code, reason)) = end.close_frame() else {
         return;
     };
+    metrics::counter!("arreglame_ws_closes_total", "code" => code.to_string()).increment(1);
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: reason.into(),

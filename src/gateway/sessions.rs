@@ -559,6 +559,9 @@ impl WorkerGateway for Sessions {
         let mut st = entry.lock();
         let frame = match &notice {
             WorkerNotice::Offer(offer) => {
+                let _frame = tracing::info_span!("offer_frame", request_id = %offer.request_id,
+                    worker_id = %offer.worker_id, offer_id = %offer.offer_id)
+                .entered();
                 let t = st.track(offer);
                 if t.acked {
                     // Dispatch re-pushes offers after a restart; the app already has it.

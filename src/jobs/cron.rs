@@ -12,7 +12,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::domain::schedule;
 use crate::{
-    dispatch::Dispatcher,
+    dispatch::{Dispatcher, OfferEvent},
     store::{Change, OfferOutcome, Settings, SettingsWatch, Store},
 };
 
@@ -62,7 +62,9 @@ pub async fn worker_assignment_sweep(
         match store.transition(row, change).await {
             Ok(_) => {
                 report.settled += 1;
-                dispatcher.stats().offers_expired.inc();
+                dispatcher
+                    .stats()
+                    .offer(OfferEvent::Expired, row.city_id.as_deref());
             }
             Err(e) if e.is_conflict() => continue, // an actor or another engine got there first
             Err(e) => return Err(e.into()),

@@ -237,6 +237,15 @@ impl Store {
         tx.commit().await
     }
 
+    /// The pool's connections now: (open, idle, most allowed).
+    pub fn pool_stats(&self) -> (u32, usize, u32) {
+        (
+            self.pool.size(),
+            self.pool.num_idle(),
+            self.pool.options().get_max_connections(),
+        )
+    }
+
     /// True while the database answers a trivial query within `within`.
     pub async fn ping(&self, within: Duration) -> bool {
         let query = sqlx::query_scalar::<_, i32>("select 1").fetch_one(&self.pool);

@@ -179,7 +179,11 @@ impl Store {
         to: crate::domain::Status,
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
+        let waiting = std::time::Instant::now();
         let mut tx = self.pool.begin().await?;
+        // A pooled connection and BEGIN: under load, the wait for a free connection.
+        metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")
+            .record(waiting.elapsed().as_secs_f64());
         let Some(updated) = update_request(&mut tx, current, to, &change).await? else {
             tx.rollback().await?;
             return Err(self.missing_or_conflict(current).await);

@@ -12,3 +12,4 @@ mod ops;
 mod outbox;
 mod pricing;
 mod sim;
+mod traces;

@@ -1,6 +1,7 @@
 //! Writes: price a job, post a request, cancel one.
 
 use async_graphql::{Context, Object, ID};
+use tracing::Instrument;
 
 use super::{
     caller,
@@ -56,83 +57,10 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateServiceRequestInput,
     ) -> async_graphql::Result<ServiceRequestNode> {
-        let customer = caller(ctx).require_customer()?;
-        let state = state(ctx);
-        check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
-        check_text("address", &input.address, MAX_ADDRESS_CHARS)?;
-        check_square_meters(state, input.square_meters)?;
-        if let Some(key) = &input.idempotency_key {
-            check_text("idempotencyKey", key, 100)?;
-        }
-        let Position { lon, lat } = Position::new(input.longitude, input.latitude)
-            .map_err(|e| ApiError::BadUserInput(format!("latitude/longitude: {e}")))?;
-        let city = state
-            .dispatcher
-            .city_at(lon, lat)
-            .ok_or_else(|| {
-                ApiError::BadUserInput("this location is outside every city we serve".into())
-            })?
-            .id
-            .clone();
-        let ai = pricing_gate(ctx)?;
-        let quote = state
-            .pricing
-            .quote_with(
-                &JobInput {
-                    image_base64: input.image,
-                    description: input.description.clone(),
-                    square_meters: input.square_meters,
-                    category: input.category,
-                    extras: input.extras.unwrap_or_default(),
-                    difficulty: input.difficulty,
-                },
-                ai,
-            )
-            .await
-            .map_err(ApiError::from)?;
-        let new = NewServiceRequest {
-            customer_id: customer,
-            city_id: city,
-            latitude: lat,
-            longitude: lon,
-            address: input.address,
-            description: input.description,
-            square_meters: input.square_meters,
-            image_ref: quote.image_ref.clone(),
-            service_category: quote.breakdown.category.clone(),
-            difficulty_level: quote.breakdown.difficulty_level.clone(),
-            extras: quote
-                .breakdown
-                .extras
-                .iter()
-                .map(|(c, _)| c.clone())
-                .collect(),
-            currency: quote.currency.clone(),
-            price_total: quote.total,
-            worker_net: quote.worker_net,
-            platform_fee: quote.platform_fee,
-            pricing_engine: quote.engine.as_str().to_string(),
-            idempotency_key: input.idempotency_key,
-        };
-        let (row, created) = state
-            .store
-            .create_request(&new)
-            .await
-            .map_err(ApiError::from)?;
-        if created || row.status.is_dispatching() {
-            // The request is committed: the customer gets it whatever happens to its actor
-            // now. One that cannot start (the database just went away, say) is brought back
-            // by the WorkerAssignmentCron backstop within a sweep.
-            if let Err(e) = state.dispatcher.ensure_actor(row.id).await {
-                tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
-                    "request committed but its actor did not start; the backstop will start it");
-            }
-        }
-        if created {
-            metrics::counter!("arreglame_service_requests_created_total", "city" => new.city_id.clone()).increment(1);
-            tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
-        }
-        Ok((&row).into())
+        // The root of the request's trace: the actor's dispatch and the offer frame are
+        // its children (docs/observability in the README).
+        let span = tracing::info_span!("createServiceRequest", request_id = tracing::field::Empty);
+        create(ctx, input, &span).instrument(span.clone()).await
     }
 
     /// Cancels a request under the cancellation policy (docs/cancellation-policy.md):
@@ -173,4 +101,89 @@ impl MutationRoot {
         };
         Ok((&cancelled).into())
     }
+}
+
+async fn create(
+    ctx: &Context<'_>,
+    input: CreateServiceRequestInput,
+    span: &tracing::Span,
+) -> async_graphql::Result<ServiceRequestNode> {
+    let customer = caller(ctx).require_customer()?;
+    let state = state(ctx);
+    check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
+    check_text("address", &input.address, MAX_ADDRESS_CHARS)?;
+    check_square_meters(state, input.square_meters)?;
+    if let Some(key) = &input.idempotency_key {
+        check_text("idempotencyKey", key, 100)?;
+    }
+    let Position { lon, lat } = Position::new(input.longitude, input.latitude)
+        .map_err(|e| ApiError::BadUserInput(format!("latitude/longitude: {e}")))?;
+    let city = state
+        .dispatcher
+        .city_at(lon, lat)
+        .ok_or_else(|| {
+            ApiError::BadUserInput("this location is outside every city we serve".into())
+        })?
+        .id
+        .clone();
+    let ai = pricing_gate(ctx)?;
+    let quote = state
+        .pricing
+        .quote_with(
+            &JobInput {
+                image_base64: input.image,
+                description: input.description.clone(),
+                square_meters: input.square_meters,
+                category: input.category,
+                extras: input.extras.unwrap_or_default(),
+                difficulty: input.difficulty,
+            },
+            ai,
+        )
+        .await
+        .map_err(ApiError::from)?;
+    let new = NewServiceRequest {
+        customer_id: customer,
+        city_id: city,
+        latitude: lat,
+        longitude: lon,
+        address: input.address,
+        description: input.description,
+        square_meters: input.square_meters,
+        image_ref: quote.image_ref.clone(),
+        service_category: quote.breakdown.category.clone(),
+        difficulty_level: quote.breakdown.difficulty_level.clone(),
+        extras: quote
+            .breakdown
+            .extras
+            .iter()
+            .map(|(c, _)| c.clone())
+            .collect(),
+        currency: quote.currency.clone(),
+        price_total: quote.total,
+        worker_net: quote.worker_net,
+        platform_fee: quote.platform_fee,
+        pricing_engine: quote.engine.as_str().to_string(),
+        idempotency_key: input.idempotency_key,
+    };
+    let (row, created) = state
+        .store
+        .create_request(&new)
+        .await
+        .map_err(ApiError::from)?;
+    span.record("request_id", tracing::field::display(row.id));
+    if created || row.status.is_dispatching() {
+        // The request is committed: the customer gets it whatever happens to its actor
+        // now. One that cannot start (the database just went away, say) is brought back
+        // by the WorkerAssignmentCron backstop within a sweep.
+        if let Err(e) = state.dispatcher.ensure_actor(row.id).await {
+            tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
+                    "request committed but its actor did not start; the backstop will start it");
+        }
+    }
+    if created {
+        metrics::counter!("arreglame_service_requests_created_total", "city" => new.city_id.clone()).increment(1);
+        tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
+    }
+    Ok((&row).into())
 }

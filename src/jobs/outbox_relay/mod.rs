@@ -282,7 +282,13 @@ struct Relay {
     broker_up: Arc<Notify>,
     /// Consecutive rounds that failed as a whole.
     failed_rounds: u32,
+    /// When the relay started: NATS connects in the background, so a round that finds no
+    /// broker yet in the first seconds is the normal start, not worth a WARN.
+    started: std::time::Instant,
 }
+
+/// How long after start a missing NATS connection is still "connecting", not an outage.
+const CONNECTING_GRACE: Duration = Duration::from_secs(15);
 
 /// A claimed batch, sent, whose transaction (holding the rows' locks) is still open.
 struct InFlight {
@@ -407,6 +413,7 @@ impl Relay {
             new_rows: parts.new_rows.clone(),
             broker_up,
             failed_rounds: 0,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -621,7 +628,11 @@ impl Relay {
     fn failed(&mut self, error: &RoundError) -> Duration {
         self.failed_rounds = self.failed_rounds.saturating_add(1);
         Counters::add(&self.counters.outages, 1);
-        if self.failed_rounds.is_power_of_two() {
+        let connecting =
+            matches!(error, RoundError::Broker(_)) && self.started.elapsed() < CONNECTING_GRACE;
+        if connecting {
+            tracing::debug!(target: "OutboxRelay", "[OutboxRelay] waiting for the NATS connection");
+        } else if self.failed_rounds.is_power_of_two() {
             tracing::warn!(target: "OutboxRelay", error = %error, failed_rounds = self.failed_rounds,
                 "[OutboxRelay] relay round failed; events wait in outbox_events and will be retried");
         } else {
