@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Browser test of the ops dashboard: the engine on a fresh database, Debian's chromium
-# driven by playwright-core. Keeps target/artifacts/ops-dashboard.png.
+# driven by playwright-core. Keeps target/artifacts/ops-dashboard.png (desktop) and
+# target/artifacts/ops-dashboard-phone.png (390x844).
+#
+#   E2E_DB    the database it drops and creates (default arreglame_e2e)
+#   E2E_PORT  the engine's port (default 3999)
+# Set both when another checkout may run this script on the same servers at the same time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 eval "$(scripts/dev-env.sh)"
@@ -22,7 +27,8 @@ fi
 
 cargo build --bin arreglame >&2
 bin=target/debug/arreglame
-db="arreglame_e2e"
+db="${E2E_DB:-arreglame_e2e}"
+[[ $db =~ ^[a-z_][a-z0-9_]*$ ]] || { log "E2E_DB must be a plain lower-case name: $db"; exit 2; }
 admin="${DATABASE_URL%/*}/postgres"
 psql "$admin" -qc "drop database if exists $db" >/dev/null
 psql "$admin" -qc "create database $db" >/dev/null
@@ -43,6 +49,7 @@ ARREGLAME_URL="http://127.0.0.1:$PORT" \
 OPS_TOKEN="$ops_token" \
 CUSTOMER_TOKEN="$("$bin" token --role customer --sub 00000000-0000-4000-8000-000000000c01)" \
 SCREENSHOT="$PWD/target/artifacts/ops-dashboard.png" \
+SCREENSHOT_PHONE="$PWD/target/artifacts/ops-dashboard-phone.png" \
 node "$work/ops_dashboard.mjs"
 # The same engine scraped by Debian's real Prometheus server, with the shipped alert rules.
 log "prometheus scrape check"

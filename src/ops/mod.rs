@@ -1,6 +1,8 @@
 //! Ops: Prometheus `/metrics`, a live view of the actors (`/ops/actors`, `/ops/live`), the
-//! dispatch decision trail of any request, and a dashboard page (`/ops`) served by the
-//! engine itself.
+//! dispatch decision trail of any request, the requests that need attention
+//! (`/ops/attention`), the last 15 minutes per minute (`/ops/history`), and a dashboard page
+//! (`/ops`) served by the engine itself, with nothing loaded from elsewhere (it works
+//! offline: styles, script and charts are inline).
 //!
 //! The page holds no data: it asks for an ops token, keeps it in `sessionStorage`, and
 //! calls the JSON endpoints below with it. Every data endpoint under `/ops` requires an
@@ -8,7 +10,9 @@
 //! `METRICS_TOKEN` (or an ops JWT) on the main port, or `METRICS_ADDR`, a separate
 //! listener (bind it to a private interface) without auth.
 
+mod attention;
 mod error;
+mod history;
 pub mod metrics;
 mod snapshot;
 mod trail;
@@ -93,6 +97,8 @@ pub fn routes(state: OpsContext) -> Router {
         .route("/ops/actors", get(actors))
         .route("/ops/live", get(live))
         .route("/ops/map", get(map))
+        .route("/ops/attention", get(attention))
+        .route("/ops/history", get(history))
         .route("/ops/requests/{id}/trail", get(trail));
     if !state.metrics_elsewhere {
         router = router.route("/metrics", get(protected_metrics));
@@ -205,6 +211,22 @@ async fn map(_op: Operator, State(state): State<OpsContext>) -> Json<Vec<MapCity
         });
     }
     Json(out)
+}
+
+/// Stuck and recently unassigned requests.
+async fn attention(
+    _op: Operator,
+    State(state): State<OpsContext>,
+) -> Result<Json<attention::Attention>, OpsError> {
+    Ok(Json(attention::Attention::load(&state).await?))
+}
+
+/// The last 15 minutes, per minute, from the database.
+async fn history(
+    _op: Operator,
+    State(state): State<OpsContext>,
+) -> Result<Json<history::History>, OpsError> {
+    Ok(Json(history::History::load(&state.store).await?))
 }
 
 /// The dispatch decisions of one request: "why was nothing assigned?"

@@ -3,6 +3,7 @@
 //! `outbox_events` row. SQL is written inline, next to the code that uses it.
 
 mod cities;
+mod dashboard;
 pub mod events;
 mod fleet;
 mod identities;
@@ -26,6 +27,7 @@ use sqlx::{migrate::Migrator, postgres::PgPoolOptions, PgPool};
 use uuid::Uuid;
 
 pub use cities::CityRow;
+pub use dashboard::{AttentionKind, AttentionRow, AttentionWindow, MinuteRow};
 pub use fleet::FleetCounts;
 pub use identities::{CandidateSkip, WorkerProfile};
 pub use outbox::{insert_outbox_event, OutboxEvent};

@@ -268,6 +268,6 @@ impl Store {
 }
 
 /// A duration as a PostgreSQL interval literal (milliseconds are enough here).
-fn pg_interval(d: std::time::Duration) -> String {
+pub(super) fn pg_interval(d: std::time::Duration) -> String {
     format!("{} milliseconds", d.as_millis())
 }

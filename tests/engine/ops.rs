@@ -1,6 +1,6 @@
 //! Issue 7: metrics, the live actor view, the decision trail, and ops auth.
 
-use arreglame::auth::Role;
+use arreglame::{auth::Role, domain::Status};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -42,6 +42,8 @@ async fn ops_endpoints_refuse_without_an_ops_token() {
         "/ops/actors",
         "/ops/live",
         "/ops/map",
+        "/ops/attention",
+        "/ops/history",
         "/ops/requests/00000000-0000-4000-8000-000000000001/trail",
         "/metrics",
     ] {
@@ -278,7 +280,13 @@ async fn every_ops_response_follows_one_json_convention() {
                     }
                     if matches!(
                         k.as_str(),
-                        "status" | "state" | "outcome" | "circuitState" | "code" | "cancelledBy"
+                        "status"
+                            | "state"
+                            | "outcome"
+                            | "circuitState"
+                            | "code"
+                            | "cancelledBy"
+                            | "kind"
                     ) {
                         if let Some(s) = child.as_str() {
                             if !screaming(s) {
@@ -302,23 +310,47 @@ async fn every_ops_response_follows_one_json_convention() {
 
     let app = TestApp::spawn().await;
     let (request, _worker) = offering_request(&app).await;
+    // A second request finds the only worker holding an offer: UNASSIGNED, so the attention
+    // list and the history have something to walk.
+    let (unassigned, _) = app
+        .store()
+        .create_request(&new_request(CUSTOMER, LON, LAT))
+        .await
+        .unwrap();
+    app.handle
+        .state
+        .dispatcher
+        .ensure_actor(unassigned.id)
+        .await
+        .unwrap();
+    wait_until(PATIENCE, || async {
+        app.store().get_request(unassigned.id).await.unwrap().status == Status::Unassigned
+    })
+    .await;
     let ops = app.token(Role::Ops, Uuid::new_v4());
     let customer = app.token(Role::Customer, CUSTOMER);
     let mut problems = Vec::new();
     for path in [
         "/ops/actors".to_string(),
         "/ops/map".to_string(),
+        "/ops/attention".to_string(),
+        "/ops/history".to_string(),
         format!("/ops/requests/{request}/trail"),
     ] {
         let response = get(&app, &path, Some(&ops)).await;
         assert_eq!(response.status(), 200, "{path}");
         let body: Value = response.json().await.unwrap();
+        if path == "/ops/attention" {
+            assert_eq!(body["items"][0]["kind"], "UNASSIGNED", "{body}");
+        }
         walk(&path, &body, &mut problems);
     }
     // Every refusal, in the one error shape.
     for (path, token, status) in [
         ("/ops/actors".to_string(), None, 401),
         ("/ops/actors".to_string(), Some(customer.as_str()), 403),
+        ("/ops/attention".to_string(), None, 401),
+        ("/ops/history".to_string(), Some(customer.as_str()), 403),
         (
             "/ops/requests/not-an-id/trail".to_string(),
             Some(ops.as_str()),
@@ -339,4 +371,237 @@ async fn every_ops_response_follows_one_json_convention() {
         walk(&path, &body, &mut problems);
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// The engine on a fresh database whose WorkerAssignmentCron never runs during the test, so
+/// requests without an actor stay as the test leaves them.
+async fn app_without_backstop() -> TestApp {
+    let url = fresh_database().await;
+    let store = arreglame::store::Store::connect(&url, 1).await.unwrap();
+    sqlx::query(
+        "update system_config set value = '0 0 1 1 *' where key = 'worker_assignment_cron'",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    TestApp::spawn_on(url, &[]).await
+}
+
+async fn wait_status(app: &TestApp, id: Uuid, status: Status) {
+    wait_until(PATIENCE, || async {
+        app.store().get_request(id).await.unwrap().status == status
+    })
+    .await;
+}
+
+async fn create(app: &TestApp, with_actor: bool) -> Uuid {
+    let (row, _) = app
+        .store()
+        .create_request(&new_request(CUSTOMER, LON, LAT))
+        .await
+        .unwrap();
+    if with_actor {
+        app.handle
+            .state
+            .dispatcher
+            .ensure_actor(row.id)
+            .await
+            .unwrap();
+    }
+    row.id
+}
+
+/// Issue 17: the charts' numbers, from a scripted flow: three requests, one accepted offer
+/// and one rejected one.
+#[tokio::test]
+async fn the_history_counts_a_scripted_flow() {
+    let app = app_without_backstop().await;
+    let d = &app.handle.state.dispatcher;
+    // r1: offered to the only worker, accepted.
+    let first_worker = app.worker_online(LON, LAT).await;
+    let r1 = create(&app, true).await;
+    let offer = wait_for(PATIENCE, || async {
+        app.store().pending_offer(r1).await.unwrap()
+    })
+    .await;
+    d.accept_offer(first_worker, r1, offer.id).await.unwrap();
+    wait_status(&app, r1, Status::Assigned).await;
+    // r2: the first worker is busy, so offered to a second one, who rejects: UNASSIGNED.
+    let second_worker = app.worker_online(LON, LAT).await;
+    let r2 = create(&app, true).await;
+    let offer = wait_for(PATIENCE, || async {
+        app.store().pending_offer(r2).await.unwrap()
+    })
+    .await;
+    assert_eq!(offer.worker_id, second_worker);
+    d.reject_offer(second_worker, r2, offer.id, None)
+        .await
+        .unwrap();
+    wait_status(&app, r2, Status::Unassigned).await;
+    // r3: created, never dispatched.
+    create(&app, false).await;
+
+    let history: Value = get(
+        &app,
+        "/ops/history",
+        Some(&app.token(Role::Ops, Uuid::new_v4())),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let totals = &history["totals"];
+    assert_eq!(totals["created"], 3, "{history}");
+    assert_eq!(totals["assigned"], 1, "{history}");
+    assert_eq!(totals["offersDecided"], 2, "{history}");
+    assert_eq!(totals["offersAccepted"], 1, "{history}");
+    assert_eq!(totals["acceptanceRate"], 0.5, "{history}");
+
+    let buckets = history["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 15);
+    assert_eq!(history["minutes"], 15);
+    let minute = |b: &Value| {
+        b["minute"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    for pair in buckets.windows(2) {
+        assert_eq!((minute(&pair[1]) - minute(&pair[0])).num_seconds(), 60);
+    }
+    let sum = |key: &str| {
+        buckets
+            .iter()
+            .map(|b| b[key].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(
+        (
+            sum("created"),
+            sum("assigned"),
+            sum("offersDecided"),
+            sum("offersAccepted")
+        ),
+        (3, 1, 2, 1)
+    );
+    for b in buckets {
+        let (decided, accepted) = (
+            b["offersDecided"].as_i64().unwrap(),
+            b["offersAccepted"].as_i64().unwrap(),
+        );
+        if decided == 0 {
+            assert!(b["acceptanceRate"].is_null(), "{b}");
+        } else {
+            assert_eq!(
+                b["acceptanceRate"].as_f64().unwrap(),
+                accepted as f64 / decided as f64
+            );
+        }
+        if b["assigned"] == 0 {
+            assert!(b["timeToAssignmentP50Seconds"].is_null(), "{b}");
+            assert!(b["timeToAssignmentP99Seconds"].is_null(), "{b}");
+        }
+    }
+    // The one assignment: its minute holds its time to assignment as both percentiles.
+    let row = app.store().get_request(r1).await.unwrap();
+    let assigned_at = row.assigned_at.unwrap();
+    let expected = (assigned_at - row.created_at).num_microseconds().unwrap() as f64 / 1e6;
+    let bucket = buckets
+        .iter()
+        .find(|b| b["assigned"] == 1)
+        .expect("a minute with the assignment");
+    assert!(
+        minute(bucket) <= assigned_at
+            && assigned_at - minute(bucket) < chrono::Duration::seconds(60)
+    );
+    for key in ["timeToAssignmentP50Seconds", "timeToAssignmentP99Seconds"] {
+        let got = bucket[key].as_f64().unwrap();
+        assert!((got - expected).abs() < 1e-6, "{key}: {got} vs {expected}");
+    }
+}
+
+/// Issue 17: stuck and recently unassigned requests, each with what the page needs to open
+/// its trail.
+#[tokio::test]
+async fn the_attention_list_shows_stuck_and_unassigned_requests() {
+    let app = app_without_backstop().await;
+    let pool = app.store().pool().clone();
+    let age = |id: Uuid, column: &'static str, interval: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&format!(
+                r#"update service_requests set "{column}" = now() - interval '{interval}' where id = $1"#
+            ))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // Nobody online: two requests end UNASSIGNED; one of them gave up two hours ago.
+    let unassigned = create(&app, true).await;
+    wait_status(&app, unassigned, Status::Unassigned).await;
+    let long_ago = create(&app, true).await;
+    wait_status(&app, long_ago, Status::Unassigned).await;
+    age(long_ago, "updatedAt", "2 hours").await;
+    // PENDING without an actor: one untouched for a minute (stuck), one just created.
+    let stuck = create(&app, false).await;
+    age(stuck, "updatedAt", "1 minute").await;
+    let fresh = create(&app, false).await;
+    // OFFERING, its deadline a minute gone (the actor's timer is still minutes away).
+    app.worker_online(LON, LAT).await;
+    let offering = create(&app, true).await;
+    wait_status(&app, offering, Status::Offering).await;
+    age(offering, "workerTimeoutAt", "1 minute").await;
+
+    let body: Value = get(
+        &app,
+        "/ops/attention",
+        Some(&app.token(Role::Ops, Uuid::new_v4())),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let items = body["items"].as_array().unwrap();
+    let listed: Vec<(String, &str, &str)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["requestId"].as_str().unwrap().to_string(),
+                i["kind"].as_str().unwrap(),
+                i["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (stuck.to_string(), "STALLED_PENDING", "PENDING"),
+            (offering.to_string(), "OFFER_OVERDUE", "OFFERING"),
+            (unassigned.to_string(), "UNASSIGNED", "UNASSIGNED"),
+        ],
+        "{body}"
+    );
+    assert!(!listed
+        .iter()
+        .any(|(id, ..)| *id == fresh.to_string() || *id == long_ago.to_string()));
+    assert_eq!(items[0]["hasActor"], false);
+    assert_eq!(items[1]["hasActor"], true);
+    assert!(items[0]["idleSeconds"].as_i64().unwrap() >= 60, "{body}");
+    assert_eq!(items[2]["cityId"], "buenos-aires");
+    assert!(items[2]["unassignedReason"].is_string(), "{body}");
+    assert_eq!(body["stalledPendingAfterSeconds"], 15);
+    assert_eq!(body["unassignedWithinSeconds"], 3600);
+    // Each one opens its trail.
+    for (id, ..) in &listed {
+        let trail = get(
+            &app,
+            &format!("/ops/requests/{id}/trail"),
+            Some(&app.token(Role::Ops, Uuid::new_v4())),
+        )
+        .await;
+        assert_eq!(trail.status(), 200, "{id}");
+    }
 }
