@@ -55,3 +55,6 @@ node "$work/ops_dashboard.mjs"
 log "prometheus scrape check"
 PROMETHEUS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')" \
   scripts/check-prometheus-scrape.sh "http://127.0.0.1:$PORT/metrics" "$ops_token"
+# Every family with HELP and TYPE, names and values as Prometheus' own linter wants them.
+log "promtool check metrics"
+curl -fsS -H "Authorization: Bearer $ops_token" "http://127.0.0.1:$PORT/metrics" | promtool check metrics
