@@ -113,7 +113,7 @@ pub struct Summary {
     pub cancelled: usize,
     /// Still open when the drain ended.
     pub open: usize,
-    pub time_to_assignment_ms: Percentiles,
+    pub time_to_assign_ms: Percentiles,
     /// From the create mutation being sent to the first offer frame at a worker.
     pub create_to_offer_ms: Percentiles,
     pub offer_to_accept_ms: Percentiles,
@@ -162,7 +162,7 @@ impl Summary {
             unassigned: count(&["UNASSIGNED"]),
             cancelled: count(&["CANCELLED"]),
             open: count(&["PENDING", "OFFERING"]),
-            time_to_assignment_ms: percentiles(since_sent(&assigned_at)),
+            time_to_assign_ms: percentiles(since_sent(&assigned_at)),
             create_to_offer_ms: percentiles(since_sent(&first_offer)),
             offer_to_accept_ms: percentiles(s.offer_to_accept_ms.lock().unwrap().clone()),
             acceptance_rate: if offers == 0 {
@@ -202,8 +202,8 @@ impl Summary {
             u = self.unassigned,
             ca = self.cancelled,
             o = self.open,
-            tp50 = self.time_to_assignment_ms.p50,
-            tp99 = self.time_to_assignment_ms.p99,
+            tp50 = self.time_to_assign_ms.p50,
+            tp99 = self.time_to_assign_ms.p99,
             op50 = self.create_to_offer_ms.p50,
             op99 = self.create_to_offer_ms.p99,
             ap50 = self.offer_to_accept_ms.p50,

@@ -116,11 +116,25 @@ pub struct Store {
 /// other engines hear a `NOTIFY outbox_events` sent *after* the commit, from outside the
 /// write transaction (a NOTIFY inside it would serialise every commit on Postgres's
 /// notification lock). Commits within 5 ms coalesce into one NOTIFY.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OutboxSignal {
     local: Notify,
     remote: Notify,
     sender_started: OnceLock<()>,
+    /// Sent as the NOTIFY payload, so this engine's relay can ignore its own announcements
+    /// (it was already woken directly): only other engines' commits wake it through LISTEN.
+    origin: String,
+}
+
+impl Default for OutboxSignal {
+    fn default() -> Self {
+        OutboxSignal {
+            local: Notify::new(),
+            remote: Notify::new(),
+            sender_started: OnceLock::new(),
+            origin: Uuid::new_v4().simple().to_string(),
+        }
+    }
 }
 
 /// How long a caller waits for a pooled connection (or for the database to come back)
@@ -170,6 +184,7 @@ impl Store {
         self.outbox.remote.notify_one();
         self.outbox.sender_started.get_or_init(|| {
             let (pool, signal) = (self.pool.clone(), self.outbox.clone());
+            let origin = signal.origin.clone();
             tokio::spawn(async move {
                 loop {
                     signal.remote.notified().await;
@@ -179,13 +194,19 @@ impl Store {
                     if pool.is_closed() {
                         return;
                     }
-                    let _ = sqlx::query("select pg_notify($1, '')")
+                    let _ = sqlx::query("select pg_notify($1, $2)")
                         .bind(OUTBOX_CHANNEL)
+                        .bind(&origin)
                         .execute(&pool)
                         .await;
                 }
             });
         });
+    }
+
+    /// The payload this store's NOTIFYs carry (see [`OutboxSignal`]).
+    pub fn outbox_origin(&self) -> &str {
+        &self.outbox.origin
     }
 
     /// Resolves when this process committed outbox rows since the last call (one waiter).

@@ -144,9 +144,10 @@ pub async fn charge_failures(
 pub struct OutboxListener(sqlx::postgres::PgListener);
 
 impl OutboxListener {
-    /// The next announcement; `Ok(None)` when the connection dropped and was re-made (what
-    /// was sent in between is lost), an error when it could not be.
-    pub async fn next(&mut self) -> Result<Option<()>, sqlx::Error> {
-        Ok(self.0.try_recv().await?.map(|_| ()))
+    /// The next announcement's payload (the announcing store's origin); `Ok(None)` when the
+    /// connection dropped and was re-made (what was sent in between is lost), an error when
+    /// it could not be.
+    pub async fn next(&mut self) -> Result<Option<String>, sqlx::Error> {
+        Ok(self.0.try_recv().await?.map(|n| n.payload().to_string()))
     }
 }

@@ -58,8 +58,11 @@ async fn listen(store: Store, new_rows: Arc<Notify>, mut shutdown: watch::Receiv
         loop {
             tokio::select! {
                 received = listener.next() => match received {
-                    // `None`: the connection dropped and was re-made; anything sent in
-                    // between is lost, so look at the table anyway.
+                    // Our own commit: the relay was woken directly, a claim now would find
+                    // the rows already taken (or find nothing).
+                    Ok(Some(from)) if from == store.outbox_origin() => {}
+                    // Another engine's commit, or `None`: the connection dropped and was
+                    // re-made; anything sent in between is lost, so look at the table anyway.
                     Ok(_) => new_rows.notify_one(),
                     Err(e) => {
                         tracing::warn!(target: "OutboxRelay", error = %e, "[OutboxRelay] LISTEN connection lost");
