@@ -194,7 +194,7 @@ async fn deeply_nested_graphql_is_refused_with_a_code_and_the_engine_stays_up() 
     health_is_ok(&app).await;
     // And a normal operation is still answered.
     let fine = gql(&app, None, "{ __typename }", json!({})).await;
-    assert_eq!(fine["data"]["__typename"], "QueryRoot");
+    assert_eq!(fine["data"]["__typename"], "Query");
 }
 
 // ---- 5. codes and suggestions --------------------------------------------------------
@@ -221,9 +221,9 @@ async fn every_refusal_carries_a_code() {
     // Too deep a selection through fragments, and too complex.
     let mut chain = String::from("query { ...F0 }\n");
     for i in 0..40 {
-        chain.push_str(&format!("fragment F{i} on QueryRoot {{ ...F{} }}\n", i + 1));
+        chain.push_str(&format!("fragment F{i} on Query {{ ...F{} }}\n", i + 1));
     }
-    chain.push_str("fragment F40 on QueryRoot { __typename }\n");
+    chain.push_str("fragment F40 on Query { __typename }\n");
     let aliases: String = (0..600)
         .map(|i| format!("a{i}: serviceRequest(id: \"x\") {{ id }} "))
         .collect();
