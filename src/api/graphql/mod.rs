@@ -57,12 +57,20 @@ pub fn build_schema(state: ApiContext) -> ArreglameSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
         .data(limiter)
-        .extension(guard::Guard(guard::Limits::default()));
+        .extension(guard(production));
     if production {
         // Neither the schema nor "did you mean ...?" hints leak in production.
         builder = builder.disable_introspection().disable_suggestions();
     }
     builder.finish()
+}
+
+/// The guard's limits; documents that only introspect get theirs outside production.
+pub(crate) fn guard(production: bool) -> guard::Guard {
+    guard::Guard {
+        limits: guard::Limits::default(),
+        introspection: (!production).then(guard::Limits::introspection),
+    }
 }
 
 /// The schema in SDL, as exported to docs/schema.graphql.
