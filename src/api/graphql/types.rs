@@ -141,12 +141,13 @@ impl TryFrom<PriceQuote> for JobEstimate {
 
     /// Fails only if the pricing tables hold a difficulty level outside [`Difficulty`].
     fn try_from(q: PriceQuote) -> Result<Self, ApiError> {
-        let difficulty_level = Difficulty::from_code(&q.breakdown.difficulty_level).ok_or_else(|| {
-            ApiError::Internal(format!(
-                "difficulty level {:?} of the pricing tables is not a GraphQL Difficulty",
-                q.breakdown.difficulty_level
-            ))
-        })?;
+        let difficulty_level =
+            Difficulty::from_code(&q.breakdown.difficulty_level).ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "difficulty level {:?} of the pricing tables is not a GraphQL Difficulty",
+                    q.breakdown.difficulty_level
+                ))
+            })?;
         Ok(JobEstimate {
             price: Price {
                 total: q.total.0,
