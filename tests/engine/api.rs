@@ -693,3 +693,119 @@ async fn production_serves_no_graphiql_and_no_assets() {
         assert!(status == 404 || status == 405, "{path}: {status}");
     }
 }
+
+/// A family's value in a scrape, summed over the label sets whose line has every `label`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn every_operation_is_timed_by_name_and_type_and_every_error_counted_by_code() {
+    let app = TestApp::spawn().await;
+    let ops = app.token(Role::Ops, Uuid::new_v4());
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let scrape = || async {
+        let response = reqwest::Client::new()
+            .get(format!("{}/metrics", app.address))
+            .bearer_auth(&ops)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let duration = "arreglame_graphql_operation_duration_seconds_count";
+    let errors = "arreglame_graphql_errors_total";
+    let before = scrape().await;
+
+    let named = "mutation MetricsEstimate { estimateJob(input: {description: \"pasto\", squareMeters: 10}) { price { total } } }";
+    for _ in 0..2 {
+        let answer = app.gql(None, named, Value::Null).await;
+        assert!(answer["errors"].is_null(), "{answer}");
+    }
+    let answer = app.gql(None, "{ __typename }", Value::Null).await;
+    assert_eq!(answer["data"]["__typename"], "Query");
+    // Refusals: two UNAUTHENTICATED, one GRAPHQL_VALIDATION_FAILED, one GRAPHQL_PARSE_FAILED.
+    for _ in 0..2 {
+        let answer = app
+            .gql(
+                None,
+                "query MetricsRead { myServiceRequests { edges { cursor } } }",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(error_code(&answer), "UNAUTHENTICATED");
+    }
+    assert_eq!(
+        error_code(&app.gql(None, "{ noSuchField }", Value::Null).await),
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    assert_eq!(
+        error_code(&app.gql(None, "{ __typename ", Value::Null).await),
+        "GRAPHQL_PARSE_FAILED"
+    );
+    // A subscription over graphql-ws: timed to its first message (the snapshot).
+    let id = create(&app, &customer).await;
+    let mut sub = Subscription::connect(
+        &app,
+        json!({"headers": {"Authorization": format!("Bearer {customer}")}}),
+    )
+    .await
+    .unwrap();
+    let query = "subscription MetricsWatch($id: ID!) { serviceRequestUpdated(id: $id) { event } }";
+    let msg = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"id": id}, "operationName": "MetricsWatch"}});
+    sub.ws.send(Message::text(msg.to_string())).await.unwrap();
+    let first = sub.next_message().await;
+    assert_eq!(
+        first["payload"]["data"]["serviceRequestUpdated"]["event"], "Snapshot",
+        "{first}"
+    );
+
+    let after = wait_for(PATIENCE, || async {
+        let text = scrape().await;
+        let delta =
+            |labels: &[&str]| metric(&text, duration, labels) - metric(&before, duration, labels);
+        (delta(&["operation=\"MetricsWatch\"", "type=\"subscription\""]) >= 1.0).then_some(text)
+    })
+    .await;
+    let delta =
+        |name: &str, labels: &[&str]| metric(&after, name, labels) - metric(&before, name, labels);
+    assert!(
+        after.contains("# TYPE arreglame_graphql_operation_duration_seconds histogram"),
+        "{after}"
+    );
+    assert!(
+        after.contains("# TYPE arreglame_graphql_errors_total counter"),
+        "{after}"
+    );
+    assert_eq!(
+        delta(
+            duration,
+            &["operation=\"MetricsEstimate\"", "type=\"mutation\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(duration, &["operation=\"MetricsRead\"", "type=\"query\""]),
+        2.0
+    );
+    assert!(delta(duration, &["operation=\"anonymous\"", "type=\"query\""]) >= 2.0);
+    assert_eq!(
+        delta(
+            duration,
+            &["operation=\"MetricsWatch\"", "type=\"subscription\""]
+        ),
+        1.0
+    );
+    assert_eq!(delta(errors, &["code=\"UNAUTHENTICATED\""]), 2.0);
+    assert_eq!(delta(errors, &["code=\"GRAPHQL_VALIDATION_FAILED\""]), 1.0);
+    assert_eq!(delta(errors, &["code=\"GRAPHQL_PARSE_FAILED\""]), 1.0);
+    // The histogram's sum moved too: real durations, in seconds.
+    let sum = "arreglame_graphql_operation_duration_seconds_sum";
+    let took = delta(sum, &["operation=\"MetricsEstimate\""]);
+    assert!(took > 0.0 && took < 60.0, "{took}");
+}

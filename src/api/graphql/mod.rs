@@ -10,12 +10,14 @@
 //! - `guard.rs`: what runs before anything recursive (nesting, depth, complexity, codes)
 //! - `validation.rs`: the checks of customer input
 //! - `queries.rs`, `mutations.rs`, `subscriptions.rs`: the resolvers
+//! - `metrics.rs`: per-operation latency and errors by code
 //! - `transport.rs`: HTTP and graphql-ws
 //! - `types.rs`, `error.rs`: GraphQL types and the error boundary
 
 mod caller;
 mod error;
 pub mod guard;
+pub mod metrics;
 mod mutations;
 mod queries;
 mod subscriptions;
@@ -57,6 +59,8 @@ pub fn build_schema(state: ApiContext) -> ArreglameSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
         .data(limiter)
+        // Outside the guard: sees its document and the codes it gives.
+        .extension(metrics::OperationMetrics)
         .extension(guard(production));
     if production {
         // Neither the schema nor "did you mean ...?" hints leak in production.
