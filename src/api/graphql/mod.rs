@@ -1,4 +1,5 @@
-//! The customer GraphQL API: `POST /graphql`, GraphiQL at `GET /graphql` outside production,
+//! The customer GraphQL API (docs/graphql.md): `POST /graphql`, GraphiQL at `GET /graphql`
+//! (its assets vendored under `graphiql/`, served at `/graphql/assets/`) outside production,
 //! subscriptions at `/graphql/ws` (graphql-transport-ws, the protocol of the reference
 //! `graphql-ws` client; the token goes in the `connection_init` payload).
 //!
