@@ -2,6 +2,11 @@
 # The customer GraphQL API through the standard tooling of its ecosystem (docs/graphql.md):
 #
 #   JWT_SECRET=... scripts/check-graphql-tooling.sh <engine URL>      e.g. http://127.0.0.1:8080
+#   DATABASE_URL=... JWT_SECRET=... scripts/check-graphql-tooling.sh --own-engine
+#
+# With --own-engine (CI) it starts the engine itself: a fresh database on DATABASE_URL's
+# server (psql), `arreglame migrate`, `seed`, `serve` on a free loopback port; it stops the
+# engine and drops the database afterwards. GRAPHQL_TOOLING_PORT fixes the port.
 #
 # 1. graphql-codegen (typescript + typescript-operations) generates TypeScript from
 #    docs/schema.graphql for the operations of scripts/graphql-tooling/operations.graphql;
@@ -33,6 +38,36 @@ command -v npm >/dev/null || fail "npm is required"
 [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] || fail "node >= 20 is required (found $(node --version))"
 : "${JWT_SECRET:?check-graphql-tooling: JWT_SECRET must be set, the same as the engine}"
 [ -x "$bin" ] || fail "engine binary $bin not found (cargo build, or set ARREGLAME_BIN)"
+
+if [ "$engine" = "--own-engine" ]; then
+  : "${DATABASE_URL:?check-graphql-tooling: --own-engine needs DATABASE_URL (eval \"\$(scripts/dev-env.sh)\")}"
+  command -v psql >/dev/null || fail "--own-engine needs psql"
+  server="${DATABASE_URL%/*}"
+  db="graphql_tooling_$$"
+  log="$root/target/graphql-tooling/engine.log"
+  mkdir -p "$dir"
+  pid=""
+  cleanup() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+    psql "$server/postgres" -qc "drop database if exists \"$db\"" >/dev/null 2>&1 || true
+  }
+  trap cleanup EXIT
+  psql "$server/postgres" -qc "create database \"$db\"" >/dev/null || fail "could not create database $db"
+  port="${GRAPHQL_TOOLING_PORT:-$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')}"
+  DATABASE_URL="$server/$db" "$bin" migrate >"$log" 2>&1 || fail "migrate failed (see $log)"
+  DATABASE_URL="$server/$db" "$bin" seed >>"$log" 2>&1 || fail "seed failed (see $log)"
+  DATABASE_URL="$server/$db" HOST=127.0.0.1 PORT="$port" APP_ENV=development "$bin" serve >>"$log" 2>&1 &
+  pid=$!
+  engine="http://127.0.0.1:$port"
+  for _ in $(seq 1 100); do
+    if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' "$engine/health"; then
+      break
+    fi
+    kill -0 "$pid" 2>/dev/null || fail "the engine exited (see $log)"
+    sleep 0.2
+  done
+  echo "check-graphql-tooling: engine $bin on $engine (database $db)" >&2
+fi
 
 # Install (again) only when the pinned lock file changed.
 mkdir -p "$dir"
