@@ -797,15 +797,23 @@ async fn graphql_ws_refusals_use_the_graphql_ws_close_codes_and_apollo_headers_w
         close_code(&init(&mut ws, json!({"token": ghost})).await),
         4401
     );
-    // Apollo's connectionParams shape.
+    // Every shape docs/graphql.md lists, Apollo's `headers` among them.
     let customer = app.token(Role::Customer, CUSTOMER);
-    let mut ws = open_graphql_ws(&app).await;
-    let ack = init(
-        &mut ws,
-        json!({"headers": {"Authorization": format!("Bearer {customer}")}}),
-    )
-    .await;
-    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let bearer = format!("Bearer {customer}");
+    for payload in [
+        json!({"headers": {"Authorization": bearer}}),
+        json!({"headers": {"authorization": bearer}}),
+        json!({"Authorization": bearer}),
+        json!({"authorization": bearer}),
+        json!({"token": customer}),
+    ] {
+        let mut ws = open_graphql_ws(&app).await;
+        let ack = init(&mut ws, payload.clone()).await;
+        assert!(
+            ack.to_text().unwrap().contains("connection_ack"),
+            "{payload}: {ack:?}"
+        );
+    }
 }
 
 // ---- 6. the outage -------------------------------------------------------------------
