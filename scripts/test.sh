@@ -18,4 +18,7 @@ if [ "${ARREGLAME_SKIP_E2E:-0}" != 1 ]; then
   # then the TypeScript worker client against a live engine (node's test runner).
   scripts/e2e-ops.sh
   clients/worker-ts/run-tests.sh
+  # Standard GraphQL tooling against an engine of its own: graphql-codegen + tsc over
+  # docs/schema.graphql, graphql-js's introspection query, the reference graphql-ws client.
+  scripts/check-graphql-tooling.sh --own-engine
 fi

@@ -473,20 +473,31 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing() {
         "BAD_USER_INPUT"
     );
 
-    // Query depth is limited.
-    let deep = format!(
-        "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
-        "ofType {".repeat(8),
-        "}".repeat(8)
-    );
-    let answer = app.gql(Some(&customer), &deep, Value::Null).await;
-    assert!(
-        answer["errors"][0]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("deep"),
-        "{answer}"
-    );
+    // Query depth is limited: 12 for any document with a field of ours, 20 for one that only
+    // introspects (the standard introspection query is 15 deep).
+    let deep = |with_field: &str, levels: usize| {
+        format!(
+            "{{ {with_field} __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+            "ofType {".repeat(levels),
+            "}".repeat(levels)
+        )
+    };
+    for query in [
+        deep("myServiceRequests { edges { cursor } }", 8),
+        deep("", 16),
+    ] {
+        let answer = app.gql(Some(&customer), &query, Value::Null).await;
+        assert!(
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("deep"),
+            "{answer}"
+        );
+        assert_eq!(error_code(&answer), "QUERY_TOO_COMPLEX");
+    }
+    let answer = app.gql(Some(&customer), &deep("", 8), Value::Null).await;
+    assert!(answer["errors"].is_null(), "{answer}");
 
     // An oversized body is refused before parsing.
     let huge = "a".repeat(arreglame::api::graphql::MAX_BODY_BYTES + 10);
@@ -566,17 +577,235 @@ async fn pages_follow_cursors_and_filter_by_status() {
     );
 }
 
+/// `getIntrospectionQuery()` of the `graphql` npm package 16.15.0 with its default options,
+/// byte for byte (17.1.0 returns the same text; scripts/check-graphql-tooling.sh checks the
+/// fixture against the installed package). GraphiQL, graphql-codegen, graphql-inspector and
+/// Python's `gql` send this document.
+const GRAPHQL_JS_INTROSPECTION: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/graphql-js-16.15.0-introspection-query.graphql"
+));
+
 #[tokio::test]
-async fn graphiql_is_served_in_development() {
+async fn the_standard_introspection_query_of_graphql_js_answers() {
+    let app = TestApp::spawn().await;
+    // As GraphiQL sends it: the operation named, no token.
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/graphql", app.address))
+        .json(&json!({"query": GRAPHQL_JS_INTROSPECTION, "operationName": "IntrospectionQuery"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["errors"].is_null(), "{answer}");
+    let schema = &answer["data"]["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query", "{answer}");
+    assert_eq!(schema["mutationType"]["name"], "Mutation");
+    assert_eq!(schema["subscriptionType"]["name"], "Subscription");
+    let types = schema["types"].as_array().unwrap();
+    let kind_of = |name: &str| {
+        types
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["kind"].clone())
+            .unwrap_or_else(|| panic!("no type {name}"))
+    };
+    for name in ["Difficulty", "OfferOutcome", "PricingEngine", "Status"] {
+        assert_eq!(kind_of(name), "ENUM", "{name}");
+    }
+    assert!(!schema["directives"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn graphiql_is_served_in_development_with_every_asset_from_the_engine() {
     let app = TestApp::spawn().await;
     let page = reqwest::get(format!("{}/graphql", app.address))
         .await
         .unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page
-        .text()
-        .await
+    assert!(page.headers()["content-type"]
+        .to_str()
         .unwrap()
-        .to_lowercase()
-        .contains("graphiql"));
+        .starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains("GraphiQL"), "{html}");
+    // No external host anywhere in the page: no URL with a host after its scheme (the page
+    // builds ws:// + its own location.host), no protocol-relative URL, no known CDN.
+    for (at, _) in html.match_indices("://") {
+        let next = html[at + 3..].chars().next().unwrap_or(' ');
+        assert!(
+            !(next.is_ascii_alphanumeric() || next == '['),
+            "the page names a host: {}",
+            &html[at.saturating_sub(10)..(at + 40).min(html.len())]
+        );
+    }
+    for external in ["\"//", "'//", "unpkg", "jsdelivr", "esm.sh", "cdnjs"] {
+        assert!(!html.contains(external), "the page names {external}");
+    }
+    // Every src= and href= is one of the engine's assets, and each is served.
+    let mut referenced = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        for (start, _) in html.match_indices(attribute) {
+            let rest = &html[start + attribute.len()..];
+            referenced.push(rest[..rest.find('"').unwrap()].to_string());
+        }
+    }
+    assert_eq!(referenced.len(), 4, "{referenced:?}");
+    for path in &referenced {
+        assert!(path.starts_with("/graphql/assets/"), "{path}");
+        let asset = reqwest::get(format!("{}{path}", app.address))
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), 200, "{path}");
+        let content_type = asset.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let expected = if path.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        assert!(content_type.starts_with(expected), "{path}: {content_type}");
+        let body = asset.bytes().await.unwrap();
+        assert!(body.len() > 5_000, "{path}: {} bytes", body.len());
+    }
+    let missing = reqwest::get(format!("{}/graphql/assets/nope.js", app.address))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn production_serves_no_graphiql_and_no_assets() {
+    let app = TestApp::spawn_with(&[
+        ("APP_ENV", "production"),
+        ("JWT_SECRET", "a-production-secret-of-32-characters!"),
+    ])
+    .await;
+    for path in ["/graphql", "/graphql/assets/graphiql-3.9.0.min.js"] {
+        let status = reqwest::get(format!("{}{path}", app.address))
+            .await
+            .unwrap()
+            .status();
+        assert!(status == 404 || status == 405, "{path}: {status}");
+    }
+}
+
+/// A family's value in a scrape, summed over the label sets whose line has every `label`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn every_operation_is_timed_by_name_and_type_and_every_error_counted_by_code() {
+    let app = TestApp::spawn().await;
+    let ops = app.token(Role::Ops, Uuid::new_v4());
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let scrape = || async {
+        let response = reqwest::Client::new()
+            .get(format!("{}/metrics", app.address))
+            .bearer_auth(&ops)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let duration = "arreglame_graphql_operation_duration_seconds_count";
+    let errors = "arreglame_graphql_errors_total";
+    let before = scrape().await;
+
+    let named = "mutation MetricsEstimate { estimateJob(input: {description: \"pasto\", squareMeters: 10}) { price { total } } }";
+    for _ in 0..2 {
+        let answer = app.gql(None, named, Value::Null).await;
+        assert!(answer["errors"].is_null(), "{answer}");
+    }
+    let answer = app.gql(None, "{ __typename }", Value::Null).await;
+    assert_eq!(answer["data"]["__typename"], "Query");
+    // Refusals: two UNAUTHENTICATED, one GRAPHQL_VALIDATION_FAILED, one GRAPHQL_PARSE_FAILED.
+    for _ in 0..2 {
+        let answer = app
+            .gql(
+                None,
+                "query MetricsRead { myServiceRequests { edges { cursor } } }",
+                Value::Null,
+            )
+            .await;
+        assert_eq!(error_code(&answer), "UNAUTHENTICATED");
+    }
+    assert_eq!(
+        error_code(&app.gql(None, "{ noSuchField }", Value::Null).await),
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    assert_eq!(
+        error_code(&app.gql(None, "{ __typename ", Value::Null).await),
+        "GRAPHQL_PARSE_FAILED"
+    );
+    // A subscription over graphql-ws: timed to its first message (the snapshot).
+    let id = create(&app, &customer).await;
+    let mut sub = Subscription::connect(
+        &app,
+        json!({"headers": {"Authorization": format!("Bearer {customer}")}}),
+    )
+    .await
+    .unwrap();
+    let query = "subscription MetricsWatch($id: ID!) { serviceRequestUpdated(id: $id) { event } }";
+    let msg = json!({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"id": id}, "operationName": "MetricsWatch"}});
+    sub.ws.send(Message::text(msg.to_string())).await.unwrap();
+    let first = sub.next_message().await;
+    assert_eq!(
+        first["payload"]["data"]["serviceRequestUpdated"]["event"], "Snapshot",
+        "{first}"
+    );
+
+    let after = wait_for(PATIENCE, || async {
+        let text = scrape().await;
+        let delta =
+            |labels: &[&str]| metric(&text, duration, labels) - metric(&before, duration, labels);
+        (delta(&["operation=\"MetricsWatch\"", "type=\"subscription\""]) >= 1.0).then_some(text)
+    })
+    .await;
+    let delta =
+        |name: &str, labels: &[&str]| metric(&after, name, labels) - metric(&before, name, labels);
+    assert!(
+        after.contains("# TYPE arreglame_graphql_operation_duration_seconds histogram"),
+        "{after}"
+    );
+    assert!(
+        after.contains("# TYPE arreglame_graphql_errors_total counter"),
+        "{after}"
+    );
+    assert_eq!(
+        delta(
+            duration,
+            &["operation=\"MetricsEstimate\"", "type=\"mutation\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        delta(duration, &["operation=\"MetricsRead\"", "type=\"query\""]),
+        2.0
+    );
+    assert!(delta(duration, &["operation=\"anonymous\"", "type=\"query\""]) >= 2.0);
+    assert_eq!(
+        delta(
+            duration,
+            &["operation=\"MetricsWatch\"", "type=\"subscription\""]
+        ),
+        1.0
+    );
+    assert_eq!(delta(errors, &["code=\"UNAUTHENTICATED\""]), 2.0);
+    assert_eq!(delta(errors, &["code=\"GRAPHQL_VALIDATION_FAILED\""]), 1.0);
+    assert_eq!(delta(errors, &["code=\"GRAPHQL_PARSE_FAILED\""]), 1.0);
+    // The histogram's sum moved too: real durations, in seconds.
+    let sum = "arreglame_graphql_operation_duration_seconds_sum";
+    let took = delta(sum, &["operation=\"MetricsEstimate\""]);
+    assert!(took > 0.0 && took < 60.0, "{took}");
 }

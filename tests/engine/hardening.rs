@@ -194,7 +194,7 @@ async fn deeply_nested_graphql_is_refused_with_a_code_and_the_engine_stays_up() 
     health_is_ok(&app).await;
     // And a normal operation is still answered.
     let fine = gql(&app, None, "{ __typename }", json!({})).await;
-    assert_eq!(fine["data"]["__typename"], "QueryRoot");
+    assert_eq!(fine["data"]["__typename"], "Query");
 }
 
 // ---- 5. codes and suggestions --------------------------------------------------------
@@ -221,9 +221,9 @@ async fn every_refusal_carries_a_code() {
     // Too deep a selection through fragments, and too complex.
     let mut chain = String::from("query { ...F0 }\n");
     for i in 0..40 {
-        chain.push_str(&format!("fragment F{i} on QueryRoot {{ ...F{} }}\n", i + 1));
+        chain.push_str(&format!("fragment F{i} on Query {{ ...F{} }}\n", i + 1));
     }
-    chain.push_str("fragment F40 on QueryRoot { __typename }\n");
+    chain.push_str("fragment F40 on Query { __typename }\n");
     let aliases: String = (0..600)
         .map(|i| format!("a{i}: serviceRequest(id: \"x\") {{ id }} "))
         .collect();
@@ -797,15 +797,23 @@ async fn graphql_ws_refusals_use_the_graphql_ws_close_codes_and_apollo_headers_w
         close_code(&init(&mut ws, json!({"token": ghost})).await),
         4401
     );
-    // Apollo's connectionParams shape.
+    // Every shape docs/graphql.md lists, Apollo's `headers` among them.
     let customer = app.token(Role::Customer, CUSTOMER);
-    let mut ws = open_graphql_ws(&app).await;
-    let ack = init(
-        &mut ws,
-        json!({"headers": {"Authorization": format!("Bearer {customer}")}}),
-    )
-    .await;
-    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let bearer = format!("Bearer {customer}");
+    for payload in [
+        json!({"headers": {"Authorization": bearer}}),
+        json!({"headers": {"authorization": bearer}}),
+        json!({"Authorization": bearer}),
+        json!({"authorization": bearer}),
+        json!({"token": customer}),
+    ] {
+        let mut ws = open_graphql_ws(&app).await;
+        let ack = init(&mut ws, payload.clone()).await;
+        assert!(
+            ack.to_text().unwrap().contains("connection_ack"),
+            "{payload}: {ack:?}"
+        );
+    }
 }
 
 // ---- 6. the outage -------------------------------------------------------------------

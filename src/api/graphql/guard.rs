@@ -13,6 +13,13 @@
 //!    fragment spreads (what `limit_recursive_depth` does, without recursion);
 //! 4. after validation, the engine's depth and complexity limits.
 //!
+//! A document that only introspects (every operation a query whose root fields are
+//! `__schema`, `__type` or `__typename`) is held to [`Limits::introspection`] instead, outside
+//! production: the standard introspection query of graphql-js (`getIntrospectionQuery()`,
+//! which GraphiQL, codegen, graphql-inspector and Python's `gql` send) is 15 levels deep by
+//! async-graphql's count. In production introspection is off and such a document gets the
+//! ordinary limits (and no schema). Everything else, on every entry point, keeps [`Limits::default`].
+//!
 //! Every refusal carries `extensions.code` ([`codes`]). Errors that async-graphql itself
 //! produces without a code get one by the stage that produced them: `GRAPHQL_PARSE_FAILED`
 //! for parsing, `GRAPHQL_VALIDATION_FAILED` for validation, `BAD_REQUEST` for the rest.
@@ -42,8 +49,8 @@ pub mod codes {
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
 }
 
-/// The limits, sized so the standard introspection query of graphql-js passes.
-#[derive(Debug, Clone, Copy)]
+/// The limits of one document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Brackets open at once anywhere in the document.
     pub max_nesting: usize,
@@ -73,6 +80,59 @@ impl Default for Limits {
             max_complexity: 500,
         }
     }
+}
+
+impl Limits {
+    /// For documents that only introspect: the standard introspection query of graphql-js
+    /// 16/17 is depth 15 by async-graphql's count (its `TypeRef` fragment nests `ofType`
+    /// nine times) and complexity 220 here; only the depth is raised, with room to spare.
+    /// Everything else is as for any document: the scan before parsing, the selection depth
+    /// through fragments, and the complexity (a hundred aliased `__schema`s is still refused).
+    pub fn introspection() -> Limits {
+        Limits {
+            max_depth: 20,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Whether every operation of the document is a query that only introspects: its root
+/// fields (through fragments) are `__schema`, `__type` and `__typename`. Iterative; a
+/// fragment is looked at once, so cycles end (validation names them afterwards).
+pub fn is_introspection_only(doc: &ExecutableDocument) -> bool {
+    use async_graphql::parser::types::OperationType;
+    let mut sets: Vec<&Positioned<SelectionSet>> = Vec::new();
+    for (_, operation) in doc.operations.iter() {
+        if operation.node.ty != OperationType::Query {
+            return false;
+        }
+        sets.push(&operation.node.selection_set);
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    while let Some(set) = sets.pop() {
+        for selection in &set.node.items {
+            match &selection.node {
+                Selection::Field(field) => {
+                    if !field.node.name.node.starts_with("__") {
+                        return false;
+                    }
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if seen.contains(&name) {
+                        continue;
+                    }
+                    seen.push(name);
+                    match doc.fragments.get(&spread.node.fragment_name.node as &Name) {
+                        Some(fragment) => sets.push(&fragment.node.selection_set),
+                        None => return false,
+                    }
+                }
+                Selection::InlineFragment(inline) => sets.push(&inline.node.selection_set),
+            }
+        }
+    }
+    true
 }
 
 /// Why a document was refused before parsing.
@@ -221,15 +281,46 @@ pub fn check_document(doc: &ExecutableDocument, limits: &Limits) -> Result<(), R
 }
 
 /// The extension that applies all of the above (see the module documentation).
-pub struct Guard(pub Limits);
+pub struct Guard {
+    /// For every document.
+    pub limits: Limits,
+    /// For documents that only introspect; `None` (production): the ordinary limits.
+    pub introspection: Option<Limits>,
+}
 
 impl ExtensionFactory for Guard {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(GuardExtension(self.0))
+        Arc::new(GuardExtension {
+            limits: self.limits,
+            introspection: self.introspection,
+            introspecting: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 }
 
-struct GuardExtension(Limits);
+/// One request's (or one graphql-ws operation's) guard: async-graphql creates the
+/// extensions anew for each, so the flag set by `parse_query` holds for this document only.
+struct GuardExtension {
+    limits: Limits,
+    introspection: Option<Limits>,
+    introspecting: std::sync::atomic::AtomicBool,
+}
+
+impl GuardExtension {
+    /// The limits for the document being processed (after parsing).
+    fn limits(&self) -> &Limits {
+        match &self.introspection {
+            Some(limits)
+                if self
+                    .introspecting
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                limits
+            }
+            _ => &self.limits,
+        }
+    }
+}
 
 fn with_code(mut error: ServerError, code: &'static str) -> ServerError {
     let has_code = error
@@ -278,8 +369,8 @@ impl Extension for GuardExtension {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        scan(&request.query, &self.0).map_err(Refusal::into_server_error)?;
-        check_variables(&request.variables, &self.0).map_err(Refusal::into_server_error)?;
+        scan(&request.query, &self.limits).map_err(Refusal::into_server_error)?;
+        check_variables(&request.variables, &self.limits).map_err(Refusal::into_server_error)?;
         next.run(ctx, request).await
     }
 
@@ -295,7 +386,11 @@ impl Extension for GuardExtension {
         // and every parse error gets its code.
         let doc = async_graphql::parser::parse_query(query)
             .map_err(|e| with_code(ServerError::from(e), codes::PARSE_FAILED))?;
-        check_document(&doc, &self.0).map_err(Refusal::into_server_error)?;
+        if self.introspection.is_some() && is_introspection_only(&doc) {
+            self.introspecting
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        check_document(&doc, self.limits()).map_err(Refusal::into_server_error)?;
         Ok(doc)
     }
 
@@ -308,7 +403,7 @@ impl Extension for GuardExtension {
             .run(ctx)
             .await
             .map_err(|errors| coded(errors, codes::VALIDATION_FAILED))?;
-        let limits = &self.0;
+        let limits = self.limits();
         if result.depth > limits.max_depth {
             return Err(vec![Refusal::DepthLimit {
                 depth: result.depth,
@@ -408,6 +503,108 @@ mod tests {
         );
         let shallow = async_graphql::parser::parse_query("{ a { b { c } } }").unwrap();
         assert_eq!(check_document(&shallow, &limits), Ok(()));
+    }
+
+    /// The query `getIntrospectionQuery()` of graphql-js 16.15.0 returns with its default
+    /// options, byte for byte (17.1.0 returns the same text).
+    const GRAPHQL_JS_INTROSPECTION: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/graphql-js-16.15.0-introspection-query.graphql"
+    ));
+
+    fn schema(production: bool) -> crate::api::graphql::ArreglameSchema {
+        use crate::api::graphql::{MutationRoot, QueryRoot, SubscriptionRoot};
+        let builder = async_graphql::Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+            .extension(crate::api::graphql::guard(production));
+        if production {
+            builder.disable_introspection().finish()
+        } else {
+            builder.finish()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_graphql_js_introspection_query_answers_outside_production_only() {
+        let doc = async_graphql::parser::parse_query(GRAPHQL_JS_INTROSPECTION).unwrap();
+        assert!(is_introspection_only(&doc));
+        // What it needs: more than the ordinary limits, well within the introspection ones.
+        let answer = schema(false).execute(GRAPHQL_JS_INTROSPECTION).await;
+        assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+        let data = answer.data.into_json().unwrap();
+        assert_eq!(data["__schema"]["queryType"]["name"], "Query");
+        assert_eq!(data["__schema"]["subscriptionType"]["name"], "Subscription");
+
+        // The same document under the ordinary limits is refused (that is why it is exempt)...
+        let strict = async_graphql::Schema::build(
+            crate::api::graphql::QueryRoot,
+            crate::api::graphql::MutationRoot,
+            crate::api::graphql::SubscriptionRoot,
+        )
+        .extension(Guard {
+            limits: Limits::default(),
+            introspection: None,
+        })
+        .finish();
+        let refused = strict.execute(GRAPHQL_JS_INTROSPECTION).await;
+        assert_eq!(refused.errors.len(), 1, "{:?}", refused.errors);
+        assert!(
+            refused.errors[0].message.contains("depth 15"),
+            "{:?}",
+            refused.errors
+        );
+        // ...and production answers no schema.
+        let production = schema(true).execute(GRAPHQL_JS_INTROSPECTION).await;
+        assert!(!production.errors.is_empty());
+        assert_eq!(
+            production.data.into_json().unwrap()["__schema"],
+            serde_json::Value::Null
+        );
+    }
+
+    #[tokio::test]
+    async fn only_pure_introspection_gets_the_introspection_limits() {
+        let deep = format!(
+            "{{ __schema {{ types {{ fields {{ type {{ {} name {} }} }} }} }} }}",
+            "ofType {".repeat(8),
+            "}".repeat(8)
+        );
+        assert!(schema(false).execute(deep.as_str()).await.errors.is_empty());
+        // Mixed with a real field: the ordinary limits.
+        let mixed = deep.replacen(
+            "{ __schema",
+            "{ myServiceRequests { edges { cursor } } __schema",
+            1,
+        );
+        let doc = async_graphql::parser::parse_query(&mixed).unwrap();
+        assert!(!is_introspection_only(&doc));
+        let answer = schema(false).execute(mixed.as_str()).await;
+        assert!(
+            answer.errors[0].message.contains("deep"),
+            "{:?}",
+            answer.errors
+        );
+        // A mutation never counts as introspection, nor does a spread of an unknown fragment.
+        for text in ["mutation { __typename }", "{ ...Missing }"] {
+            let doc = async_graphql::parser::parse_query(text).unwrap();
+            assert!(!is_introspection_only(&doc), "{text}");
+        }
+        // Aliased copies of the whole schema are still bounded.
+        let many: String = (0..100)
+            .map(|i| {
+                format!("s{i}: __schema {{ types {{ name fields {{ name type {{ name }} }} }} }} ")
+            })
+            .collect();
+        let answer = schema(false).execute(format!("{{ {many} }}")).await;
+        assert_eq!(
+            answer.errors[0]
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("code"))
+                .map(|v| v.to_string()),
+            Some("\"QUERY_TOO_COMPLEX\"".to_string()),
+            "{:?}",
+            answer.errors
+        );
     }
 
     /// Characters that matter to the scanner and the parser, in hostile proportions.

@@ -1,4 +1,5 @@
-//! The customer GraphQL API: `POST /graphql`, GraphiQL at `GET /graphql` outside production,
+//! The customer GraphQL API (docs/graphql.md): `POST /graphql`, GraphiQL at `GET /graphql`
+//! (its assets vendored under `graphiql/`, served at `/graphql/assets/`) outside production,
 //! subscriptions at `/graphql/ws` (graphql-transport-ws, the protocol of the reference
 //! `graphql-ws` client; the token goes in the `connection_init` payload).
 //!
@@ -10,12 +11,14 @@
 //! - `guard.rs`: what runs before anything recursive (nesting, depth, complexity, codes)
 //! - `validation.rs`: the checks of customer input
 //! - `queries.rs`, `mutations.rs`, `subscriptions.rs`: the resolvers
+//! - `metrics.rs`: per-operation latency and errors by code
 //! - `transport.rs`: HTTP and graphql-ws
 //! - `types.rs`, `error.rs`: GraphQL types and the error boundary
 
 mod caller;
 mod error;
 pub mod guard;
+pub mod metrics;
 mod mutations;
 mod queries;
 mod subscriptions;
@@ -57,12 +60,22 @@ pub fn build_schema(state: ApiContext) -> ArreglameSchema {
     let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
         .data(state)
         .data(limiter)
-        .extension(guard::Guard(guard::Limits::default()));
+        // Outside the guard: sees its document and the codes it gives.
+        .extension(metrics::OperationMetrics)
+        .extension(guard(production));
     if production {
         // Neither the schema nor "did you mean ...?" hints leak in production.
         builder = builder.disable_introspection().disable_suggestions();
     }
     builder.finish()
+}
+
+/// The guard's limits; documents that only introspect get theirs outside production.
+pub(crate) fn guard(production: bool) -> guard::Guard {
+    guard::Guard {
+        limits: guard::Limits::default(),
+        introspection: (!production).then(guard::Limits::introspection),
+    }
 }
 
 /// The schema in SDL, as exported to docs/schema.graphql.

@@ -20,7 +20,8 @@ use crate::{
 
 pub struct MutationRoot;
 
-#[Object]
+/// The root of writes.
+#[Object(name = "Mutation")]
 impl MutationRoot {
     /// Prices a job from a photo, a description and its size. Open to anyone.
     async fn estimate_job(
@@ -41,13 +42,13 @@ impl MutationRoot {
                     square_meters: input.square_meters,
                     category: input.category,
                     extras: input.extras.unwrap_or_default(),
-                    difficulty: input.difficulty,
+                    difficulty: input.difficulty.map(|d| d.code().to_string()),
                 },
                 ai,
             )
             .await
             .map_err(ApiError::from)?;
-        Ok(quote.into())
+        Ok(JobEstimate::try_from(quote)?)
     }
 
     /// Posts a request: priced now (the price is locked), then dispatched to the nearest
@@ -136,7 +137,7 @@ async fn create(
                 square_meters: input.square_meters,
                 category: input.category,
                 extras: input.extras.unwrap_or_default(),
-                difficulty: input.difficulty,
+                difficulty: input.difficulty.map(|d| d.code().to_string()),
             },
             ai,
         )

@@ -24,7 +24,8 @@ pub(super) async fn load_readable(ctx: &Context<'_>, id: &ID) -> Result<ServiceR
 
 pub struct QueryRoot;
 
-#[Object]
+/// The root of reads.
+#[Object(name = "Query")]
 impl QueryRoot {
     /// One service request: your own (customers) or any (ops).
     async fn service_request(

@@ -14,7 +14,8 @@ use crate::{
 
 pub struct SubscriptionRoot;
 
-#[Subscription]
+/// The root of live updates (graphql-transport-ws at `/graphql/ws`).
+#[Subscription(name = "Subscription")]
 impl SubscriptionRoot {
     /// The request's state now, then every committed change (fed from the outbox: a
     /// subscriber never sees a change that did not commit).

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use async_graphql::{http::GraphiQLSource, Data};
+use async_graphql::Data;
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::{
-    extract::{State, WebSocketUpgrade},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, State, WebSocketUpgrade},
+    http::{header, HeaderMap, StatusCode},
     response::{Html, IntoResponse, Response},
     routing::get,
     Router,
@@ -33,7 +33,9 @@ pub fn routes(state: ApiContext) -> Router {
     let gql = GraphqlState { app: state, schema };
     let mut router = Router::new().route("/graphql/ws", get(subscriptions));
     router = if graphiql {
-        router.route("/graphql", get(graphiql_page).post(graphql))
+        router
+            .route("/graphql", get(graphiql_page).post(graphql))
+            .route("/graphql/assets/{file}", get(graphiql_asset))
     } else {
         router.route("/graphql", axum::routing::post(graphql))
     };
@@ -53,7 +55,7 @@ async fn graphql(
         Err(rejection) => return bad_request(rejection),
     };
     let token = headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let caller = Caller::identify(&gql.app.keys, &gql.app.identities, token).await;
@@ -80,13 +82,52 @@ fn bad_request(rejection: async_graphql_axum::rejection::GraphQLRejection) -> Re
     (status, axum::Json(body)).into_response()
 }
 
+/// GraphiQL's page: it loads only the files of [`ASSETS`], from this engine.
+const GRAPHIQL_PAGE: &str = include_str!("graphiql/index.html");
+
+/// GraphiQL and React, vendored (versions and checksums in `graphiql/README.md`): name
+/// under `/graphql/assets/`, content type, bytes.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "graphiql-3.9.0.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("graphiql/graphiql-3.9.0.min.js"),
+    ),
+    (
+        "graphiql-3.9.0.min.css",
+        "text/css; charset=utf-8",
+        include_bytes!("graphiql/graphiql-3.9.0.min.css"),
+    ),
+    (
+        "react-18.3.1.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("graphiql/react-18.3.1.production.min.js"),
+    ),
+    (
+        "react-dom-18.3.1.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("graphiql/react-dom-18.3.1.production.min.js"),
+    ),
+];
+
 async fn graphiql_page() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .finish(),
-    )
+    Html(GRAPHIQL_PAGE)
+}
+
+/// One vendored file. The names carry their versions, so a browser may keep them.
+async fn graphiql_asset(Path(file): Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, bytes)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            *bytes,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    }
 }
 
 async fn subscriptions(
@@ -95,7 +136,7 @@ async fn subscriptions(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let protocol = headers
-        .get(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|value| value.to_str().ok())
         .and_then(|offered| {
             offered.split(',').find_map(|p| {

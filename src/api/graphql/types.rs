@@ -23,12 +23,78 @@ pub struct Price {
     pub platform_fee: i64,
 }
 
+/// Which engine priced a job.
 #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
 pub enum PricingEngine {
     /// Gemini chose difficulty and extras; the rules computed the money.
     Gemini,
     /// The rule-based engine alone.
     Rules,
+}
+
+impl PricingEngine {
+    /// From the value stored in `service_requests."pricingEngine"` (`gemini`, `rules`).
+    pub fn from_stored(value: &str) -> Option<PricingEngine> {
+        match value {
+            "gemini" => Some(PricingEngine::Gemini),
+            "rules" => Some(PricingEngine::Rules),
+            _ => None,
+        }
+    }
+}
+
+/// How hard a job is; each level has a price multiplier (`difficulty_multipliers`).
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Difficulty {
+    Easy,
+    Medium,
+    Hard,
+    Extreme,
+}
+
+impl Difficulty {
+    /// The level's code in `difficulty_multipliers.level`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Difficulty::Easy => "EASY",
+            Difficulty::Medium => "MEDIUM",
+            Difficulty::Hard => "HARD",
+            Difficulty::Extreme => "EXTREME",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Difficulty> {
+        [
+            Difficulty::Easy,
+            Difficulty::Medium,
+            Difficulty::Hard,
+            Difficulty::Extreme,
+        ]
+        .into_iter()
+        .find(|d| d.code() == code)
+    }
+}
+
+/// What became of an offer (`offers.outcome`, a closed set checked by the database).
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum OfferOutcome {
+    Accepted,
+    Rejected,
+    Expired,
+    /// Taken back: the request was cancelled while the offer was pending.
+    Withdrawn,
+}
+
+impl OfferOutcome {
+    pub fn from_stored(value: &str) -> Option<OfferOutcome> {
+        match value {
+            "ACCEPTED" => Some(OfferOutcome::Accepted),
+            "REJECTED" => Some(OfferOutcome::Rejected),
+            "EXPIRED" => Some(OfferOutcome::Expired),
+            "WITHDRAWN" => Some(OfferOutcome::Withdrawn),
+            _ => None,
+        }
+    }
 }
 
 impl From<EngineKind> for PricingEngine {
@@ -50,10 +116,12 @@ pub struct AppliedExtra {
 /// How the price was built: base × difficulty × extras, then the commission split.
 #[derive(SimpleObject, Clone, Debug)]
 pub struct PriceBreakdown {
+    /// The service category code, e.g. `lawn_mowing`. A string, not an enum: categories are
+    /// rows of the `service_categories` table, which ops extend without a schema change.
     pub category: String,
     /// max(rate per m² × m², category minimum), centavos.
     pub base: i64,
-    pub difficulty_level: String,
+    pub difficulty_level: Difficulty,
     pub difficulty_multiplier: String,
     pub extras: Vec<AppliedExtra>,
     /// Platform commission as a fraction, e.g. "0.15".
@@ -68,9 +136,19 @@ pub struct JobEstimate {
     pub engine: PricingEngine,
 }
 
-impl From<PriceQuote> for JobEstimate {
-    fn from(q: PriceQuote) -> Self {
-        JobEstimate {
+impl TryFrom<PriceQuote> for JobEstimate {
+    type Error = ApiError;
+
+    /// Fails only if the pricing tables hold a difficulty level outside [`Difficulty`].
+    fn try_from(q: PriceQuote) -> Result<Self, ApiError> {
+        let difficulty_level =
+            Difficulty::from_code(&q.breakdown.difficulty_level).ok_or_else(|| {
+                ApiError::Internal(format!(
+                    "difficulty level {:?} of the pricing tables is not a GraphQL Difficulty",
+                    q.breakdown.difficulty_level
+                ))
+            })?;
+        Ok(JobEstimate {
             price: Price {
                 total: q.total.0,
                 worker_net: q.worker_net.0,
@@ -80,7 +158,7 @@ impl From<PriceQuote> for JobEstimate {
             breakdown: PriceBreakdown {
                 category: q.breakdown.category,
                 base: q.breakdown.base.0,
-                difficulty_level: q.breakdown.difficulty_level,
+                difficulty_level,
                 difficulty_multiplier: q.breakdown.difficulty_multiplier.to_string(),
                 extras: q
                     .breakdown
@@ -94,7 +172,7 @@ impl From<PriceQuote> for JobEstimate {
                 commission_rate: q.breakdown.commission_rate.to_string(),
             },
             engine: q.engine.into(),
-        }
+        })
     }
 }
 
@@ -104,12 +182,13 @@ pub struct EstimateJobInput {
     pub image: Option<String>,
     pub description: String,
     pub square_meters: f64,
-    /// Service category code (default `lawn_mowing`).
+    /// Service category code (default `lawn_mowing`). A string, not an enum: categories are
+    /// rows of the `service_categories` table, which ops extend without a schema change.
     pub category: Option<String>,
     /// Extra codes, e.g. `tall_grass`.
     pub extras: Option<Vec<String>>,
-    /// EASY, MEDIUM, HARD or EXTREME; chosen by the pricing engine when absent.
-    pub difficulty: Option<String>,
+    /// Chosen by the pricing engine when absent.
+    pub difficulty: Option<Difficulty>,
 }
 
 #[derive(InputObject, Clone, Debug)]
@@ -120,9 +199,11 @@ pub struct CreateServiceRequestInput {
     pub description: String,
     pub square_meters: f64,
     pub image: Option<String>,
+    /// Service category code (default `lawn_mowing`); a string, like `EstimateJobInput.category`.
     pub category: Option<String>,
     pub extras: Option<Vec<String>>,
-    pub difficulty: Option<String>,
+    /// Chosen by the pricing engine when absent.
+    pub difficulty: Option<Difficulty>,
     /// Retrying with the same key returns the request the first call created.
     pub idempotency_key: Option<String>,
 }
@@ -170,7 +251,8 @@ pub struct ServiceRequestNode {
     pub location: Option<Location>,
     pub price: Option<Price>,
     pub currency: String,
-    pub pricing_engine: Option<String>,
+    /// Which engine priced the request.
+    pub pricing_engine: Option<PricingEngine>,
     /// While OFFERING: when the current offer expires.
     pub worker_timeout_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
@@ -218,7 +300,7 @@ impl ServiceRequestNode {
                 candidates_considered: o.candidates_considered,
                 sent_at: o.sent_at,
                 expires_at: o.expires_at,
-                outcome: o.outcome,
+                outcome: o.outcome.as_deref().and_then(OfferOutcome::from_stored),
                 responded_at: o.responded_at,
                 reject_reason: o.reject_reason,
             })
@@ -236,8 +318,8 @@ pub struct OfferTrail {
     pub candidates_considered: Option<i32>,
     pub sent_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    /// ACCEPTED, REJECTED, EXPIRED, WITHDRAWN, or null while pending.
-    pub outcome: Option<String>,
+    /// Null while the offer is pending.
+    pub outcome: Option<OfferOutcome>,
     pub responded_at: Option<DateTime<Utc>>,
     pub reject_reason: Option<String>,
 }
@@ -270,7 +352,10 @@ impl From<&ServiceRequest> for ServiceRequestNode {
                 _ => None,
             },
             currency: r.currency.clone(),
-            pricing_engine: r.pricing_engine.clone(),
+            pricing_engine: r
+                .pricing_engine
+                .as_deref()
+                .and_then(PricingEngine::from_stored),
             worker_timeout_at: r.worker_timeout_at,
             cancelled_at: r.cancelled_at,
             cancellation_fee: r.cancellation_fee_cents,
