@@ -870,6 +870,11 @@ where
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let Some((code, reason)) = end.close_frame() else {
+        if end == End::ClientClosed {
+            // The transport queued its answer to the worker's close frame; flush it, or the
+            // app sees the connection drop (1006) instead of a clean 1000 close.
+            let _ = timeout(CLOSE_LINGER, sink.flush()).await;
+        }
         return;
     };
     metrics::counter!("arreglame_ws_closes_total", "code" => code.to_string()).increment(1);

@@ -939,3 +939,31 @@ async fn logs_of_commands_go_to_stderr_not_stdout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ERROR"), "{stderr}");
 }
+
+/// A worker app that closes first gets the engine's answering close frame (RFC 6455: the
+/// same code back), not a dropped connection.
+#[tokio::test]
+async fn a_close_from_the_worker_is_answered_with_a_close_frame() {
+    let app = TestApp::spawn().await;
+    let worker = insert_worker(app.store(), "buenos-aires").await;
+    let mut ws = worker_connect(&app, &app.token(Role::Worker, worker)).await;
+    worker_frame(&mut ws, "auth_ok").await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the engine answers the close");
+    assert_eq!(answer.map(|f| u16::from(f.code)), Some(1000));
+}

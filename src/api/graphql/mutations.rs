@@ -59,7 +59,7 @@ impl MutationRoot {
         input: CreateServiceRequestInput,
     ) -> async_graphql::Result<ServiceRequestNode> {
         // The root of the request's trace: the actor's dispatch and the offer frame are
-        // its children (docs/observability in the README).
+        // its children (OTEL_EXPORTER_OTLP_ENDPOINT, tests/engine/traces.rs).
         let span = tracing::info_span!("createServiceRequest", request_id = tracing::field::Empty);
         create(ctx, input, &span).instrument(span.clone()).await
     }
