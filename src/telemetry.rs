@@ -218,3 +218,12 @@ impl Counter {
         self.0.load(Ordering::Relaxed)
     }
 }
+
+/// Cases of each fuzzing property: `ARREGLAME_FUZZ_CASES` (CI runs 60,000), else 512.
+#[cfg(test)]
+pub(crate) fn fuzz_cases() -> u32 {
+    std::env::var("ARREGLAME_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(512)
+}

@@ -388,8 +388,8 @@ impl Actor for CityActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::index::test_search as search;
     use ractor::call;
-    use std::collections::HashSet;
 
     fn buenos_aires() -> CityInfo {
         CityInfo::from_geojson(
@@ -398,17 +398,6 @@ mod tests {
             &serde_json::json!({"type":"Polygon","coordinates":[[[-58.531,-34.705],[-58.335,-34.705],[-58.335,-34.527],[-58.531,-34.527],[-58.531,-34.705]]]}),
         )
         .unwrap()
-    }
-
-    fn search(lon: f64, lat: f64, k: usize) -> Search {
-        Search {
-            lon,
-            lat,
-            skill: None,
-            k,
-            exclude: HashSet::new(),
-            radius_steps_m: vec![2_000, 5_000, 10_000],
-        }
     }
 
     #[tokio::test]

@@ -346,20 +346,24 @@ fn nearest_in_first_step(mut found: Vec<(f64, Uuid)>, search: &Search) -> Vec<Ca
         .collect()
 }
 
+/// A search around (lon, lat) for `k` workers through 2, 5 and 10 km (tests of the index and
+/// of the city actor).
+#[cfg(test)]
+pub(crate) fn test_search(lon: f64, lat: f64, k: usize) -> Search {
+    Search {
+        lon,
+        lat,
+        skill: None,
+        k,
+        exclude: HashSet::new(),
+        radius_steps_m: vec![2_000, 5_000, 10_000],
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_search as search;
     use super::*;
-
-    fn search(lon: f64, lat: f64, k: usize) -> Search {
-        Search {
-            lon,
-            lat,
-            skill: None,
-            k,
-            exclude: HashSet::new(),
-            radius_steps_m: vec![2_000, 5_000, 10_000],
-        }
-    }
 
     fn skills(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

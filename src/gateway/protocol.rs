@@ -977,15 +977,8 @@ mod tests {
         prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
     }
 
-    fn cases() -> u32 {
-        std::env::var("ARREGLAME_FUZZ_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(512)
-    }
-
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::telemetry::fuzz_cases(), ..ProptestConfig::default() })]
 
         /// No frame makes the decoder panic, and every refusal is a typed error whose
         /// message fits an error frame; nothing accepted carries a NUL to the database.

@@ -199,18 +199,7 @@ fn uuid_of(v: &Value) -> Uuid {
 }
 
 async fn create_request(app: &TestApp, lon: f64, lat: f64) -> Uuid {
-    let (row, _) = app
-        .store()
-        .create_request(&new_request(CUSTOMER, lon, lat))
-        .await
-        .unwrap();
-    app.handle
-        .state
-        .dispatcher
-        .ensure_actor(row.id)
-        .await
-        .unwrap();
-    row.id
+    app.open_request(lon, lat).await
 }
 
 async fn offer_outcome(app: &TestApp, offer: Uuid) -> Option<String> {

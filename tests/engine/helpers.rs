@@ -155,6 +155,22 @@ impl TestApp {
         worker
     }
 
+    /// A customer's request at (lon, lat), created in the database with its actor started.
+    pub async fn open_request(&self, lon: f64, lat: f64) -> Uuid {
+        let (row, _) = self
+            .store()
+            .create_request(&new_request(CUSTOMER, lon, lat))
+            .await
+            .unwrap();
+        self.handle
+            .state
+            .dispatcher
+            .ensure_actor(row.id)
+            .await
+            .unwrap();
+        row.id
+    }
+
     /// A token for `sub` in `role`, valid for an hour: the one way tests mint tokens.
     pub fn token(&self, role: arreglame::auth::Role, sub: Uuid) -> String {
         self.token_for(role, sub, std::time::Duration::from_secs(3600))

@@ -312,19 +312,9 @@ async fn every_ops_response_follows_one_json_convention() {
     let (request, _worker) = offering_request(&app).await;
     // A second request finds the only worker holding an offer: UNASSIGNED, so the attention
     // list and the history have something to walk.
-    let (unassigned, _) = app
-        .store()
-        .create_request(&new_request(CUSTOMER, LON, LAT))
-        .await
-        .unwrap();
-    app.handle
-        .state
-        .dispatcher
-        .ensure_actor(unassigned.id)
-        .await
-        .unwrap();
+    let unassigned = app.open_request(LON, LAT).await;
     wait_until(PATIENCE, || async {
-        app.store().get_request(unassigned.id).await.unwrap().status == Status::Unassigned
+        app.store().get_request(unassigned).await.unwrap().status == Status::Unassigned
     })
     .await;
     let ops = app.token(Role::Ops, Uuid::new_v4());

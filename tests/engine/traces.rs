@@ -123,6 +123,20 @@ async fn one_trace_follows_a_request_from_the_create_to_the_offer_frame() {
     ws.send(send("go_online", "o", json!({"lat": LAT, "lon": LON})))
         .await
         .unwrap();
+    // Online before the create, or the request may find nobody and end UNASSIGNED.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = ws.next().await {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["replyTo"] == "o" {
+                    assert_eq!(v["type"], "ok", "{v}");
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("go_online answered");
     let customer = keys.issue(Role::Customer, CUSTOMER, Duration::from_secs(600));
     let created: Value = reqwest::Client::new()
         .post(format!("{base}/graphql"))

@@ -632,15 +632,8 @@ mod tests {
         prop::collection::vec(piece, 0..400).prop_map(|p| p.concat())
     }
 
-    fn cases() -> u32 {
-        std::env::var("ARREGLAME_FUZZ_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(512)
-    }
-
     proptest! {
-        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: crate::telemetry::fuzz_cases(), ..ProptestConfig::default() })]
 
         /// The pre-check never panics, and whatever passes it the parser handles without
         /// overflowing (the test thread's stack is smaller than a tokio worker's).

@@ -32,22 +32,15 @@ impl MutationRoot {
         let state = state(ctx);
         check_text("description", &input.description, MAX_DESCRIPTION_CHARS)?;
         check_square_meters(state, input.square_meters)?;
-        let ai = pricing_gate(ctx)?;
-        let quote = state
-            .pricing
-            .quote_with(
-                &JobInput {
-                    image_base64: input.image,
-                    description: input.description,
-                    square_meters: input.square_meters,
-                    category: input.category,
-                    extras: input.extras.unwrap_or_default(),
-                    difficulty: input.difficulty.map(|d| d.code().to_string()),
-                },
-                ai,
-            )
-            .await
-            .map_err(ApiError::from)?;
+        let job = job_input(
+            input.image,
+            input.description,
+            input.square_meters,
+            input.category,
+            input.extras,
+            input.difficulty,
+        );
+        let quote = price(ctx, &job).await?;
         Ok(JobEstimate::try_from(quote)?)
     }
 
@@ -127,22 +120,15 @@ async fn create(
         })?
         .id
         .clone();
-    let ai = pricing_gate(ctx)?;
-    let quote = state
-        .pricing
-        .quote_with(
-            &JobInput {
-                image_base64: input.image,
-                description: input.description.clone(),
-                square_meters: input.square_meters,
-                category: input.category,
-                extras: input.extras.unwrap_or_default(),
-                difficulty: input.difficulty.map(|d| d.code().to_string()),
-            },
-            ai,
-        )
-        .await
-        .map_err(ApiError::from)?;
+    let job = job_input(
+        input.image,
+        input.description.clone(),
+        input.square_meters,
+        input.category,
+        input.extras,
+        input.difficulty,
+    );
+    let quote = price(ctx, &job).await?;
     let new = NewServiceRequest {
         customer_id: customer,
         city_id: city,
@@ -187,4 +173,36 @@ async fn create(
         tracing::info!(target: "GraphQL", request_id = %row.id, customer = %customer, "service request created");
     }
     Ok((&row).into())
+}
+
+/// What the customer describes, as the pricing engine takes it.
+fn job_input(
+    image: Option<String>,
+    description: String,
+    square_meters: f64,
+    category: Option<String>,
+    extras: Option<Vec<String>>,
+    difficulty: Option<Difficulty>,
+) -> JobInput {
+    JobInput {
+        image_base64: image,
+        description,
+        square_meters,
+        category,
+        extras: extras.unwrap_or_default(),
+        difficulty: difficulty.map(|d| d.code().to_string()),
+    }
+}
+
+/// One quote from the caller's quota, with the AI only if this operation's budget allows.
+async fn price(
+    ctx: &Context<'_>,
+    job: &JobInput,
+) -> async_graphql::Result<crate::pricing::PriceQuote> {
+    let ai = pricing_gate(ctx)?;
+    Ok(state(ctx)
+        .pricing
+        .quote_with(job, ai)
+        .await
+        .map_err(ApiError::from)?)
 }
