@@ -872,11 +872,17 @@ async fn a_request_committed_during_a_database_outage_is_dispatched_after_one_sw
         .expect("the actor's start does not outlive the outage")
         .unwrap();
     if started.is_err() {
-        // It gave up while the database was away: the backstop brings it back.
-        let report = worker_assignment_sweep(app.store(), &app.handle.state.dispatcher)
+        // It gave up while the database was away: one backstop sweep brings it back (this
+        // one, or the engine's own if a minute turned meanwhile).
+        worker_assignment_sweep(app.store(), &app.handle.state.dispatcher)
             .await
             .unwrap();
-        assert_eq!(report.respawned, 1, "{report:?}");
+        assert!(
+            app.handle.state.dispatcher.has_actor(row.id) || {
+                let status = db.get_request(row.id).await.unwrap().status;
+                status.as_str() != "PENDING"
+            }
+        );
     }
     wait_until(PATIENCE, || async {
         db.get_request(row.id).await.unwrap().status.as_str() == "OFFERING"
