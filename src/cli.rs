@@ -123,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             app.run_until_stopped().await?;
             // The last spans leave before the process does.
-            telemetry::shutdown();
+            telemetry::shutdown().await;
         }
         Command::Migrate { revert } => {
             let store = Store::connect(&config.database_url, 2).await?;

@@ -107,8 +107,10 @@ impl TraceLink {
 }
 
 /// Flushes and stops the OTLP exporter (at the end of `serve`), so the last spans leave.
-pub fn shutdown() {
-    otel::shutdown();
+/// The flush blocks until the exporter, which runs on the runtime, is done: so it runs on
+/// a blocking thread, never on one the runtime needs.
+pub async fn shutdown() {
+    let _ = tokio::task::spawn_blocking(otel::shutdown).await;
 }
 
 /// OpenTelemetry traces over OTLP/HTTP (protobuf), off unless

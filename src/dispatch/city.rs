@@ -206,6 +206,11 @@ pub enum CityMsg {
         worker_id: Uuid,
         request_id: Uuid,
     },
+    /// The request's actor was replaced without cleaning up: whoever holds an offer for it
+    /// is available again (its new actor reserves the worker anew if the offer is still out).
+    ReleaseOffersOf {
+        request_id: Uuid,
+    },
     Stats(RpcReplyPort<CityStats>),
     Workers(RpcReplyPort<Vec<OnlineWorker>>),
 }
@@ -365,6 +370,20 @@ impl Actor for CityActor {
                     Some(Availability::HoldingOffer { request_id: r } | Availability::Busy { request_id: r }) if r == request_id
                 );
                 if holds {
+                    state
+                        .index
+                        .set_availability(worker_id, Availability::Available);
+                }
+            }
+            CityMsg::ReleaseOffersOf { request_id } => {
+                let holders: Vec<Uuid> = state
+                    .index
+                    .online()
+                    .into_iter()
+                    .filter(|w| w.availability == Availability::HoldingOffer { request_id })
+                    .map(|w| w.id)
+                    .collect();
+                for worker_id in holders {
                     state
                         .index
                         .set_availability(worker_id, Availability::Available);

@@ -179,6 +179,15 @@ impl DispatchContext {
     }
 }
 
+/// What one heartbeat of the backstop found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    NoActor,
+    Alive,
+    Nudged,
+    Replaced,
+}
+
 /// Entry point to dispatch for the API, the gateway and the sweeps.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -300,47 +309,75 @@ impl Dispatcher {
         stalled: Vec<ServiceRequest>,
         answer_within: std::time::Duration,
     ) -> (usize, usize) {
-        let (mut revived, mut nudged) = (0, 0);
-        for row in stalled {
-            let Some(actor) = self.ctx.registry.get(&row.id).map(|a| a.clone()) else {
-                continue;
-            };
-            let heartbeat = actor.call(RequestMsg::Snapshot, Some(answer_within)).await;
-            match heartbeat {
-                Ok(ractor::rpc::CallResult::Success(snapshot)) => {
-                    let nudge = match (snapshot.status, snapshot.pending) {
-                        (Status::Pending, None) => Some(RequestMsg::Dispatch),
-                        (Status::Offering, Some(p)) if p.expires_at < Utc::now() => {
-                            Some(RequestMsg::OfferTimeout {
-                                offer_id: p.offer_id,
-                            })
-                        }
-                        _ => None,
-                    };
-                    if snapshot.version != row.version {
-                        // The actor's view and the row disagree: rebuild it from the row.
-                        self.replace_actor(row.id, &actor, "stale view").await;
-                        revived += 1;
-                    } else if let Some(msg) = nudge {
-                        let _ = actor.send_message(msg);
-                        self.ctx.stats.actors_nudged.inc();
-                        nudged += 1;
-                    }
-                }
-                _ => {
-                    self.replace_actor(row.id, &actor, "no heartbeat").await;
-                    revived += 1;
-                }
-            }
-        }
+        use futures::StreamExt;
+        // Concurrently, so a sweep over many rows takes one heartbeat's time, not the sum.
+        let outcomes: Vec<Heartbeat> = futures::stream::iter(stalled)
+            .map(|row| self.heartbeat(row, answer_within))
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let revived = outcomes
+            .iter()
+            .filter(|o| **o == Heartbeat::Replaced)
+            .count();
+        let nudged = outcomes.iter().filter(|o| **o == Heartbeat::Nudged).count();
         (revived, nudged)
     }
 
-    async fn replace_actor(&self, request_id: Uuid, actor: &ActorRef<RequestMsg>, why: &str) {
+    async fn heartbeat(
+        &self,
+        row: ServiceRequest,
+        answer_within: std::time::Duration,
+    ) -> Heartbeat {
+        let Some(actor) = self.ctx.registry.get(&row.id).map(|a| a.clone()) else {
+            return Heartbeat::NoActor;
+        };
+        let heartbeat = actor.call(RequestMsg::Snapshot, Some(answer_within)).await;
+        let Ok(ractor::rpc::CallResult::Success(snapshot)) = heartbeat else {
+            self.replace_actor(&row, &actor, "no heartbeat").await;
+            return Heartbeat::Replaced;
+        };
+        if snapshot.version != row.version {
+            // The row was read before the heartbeat: only an actor behind the row as it is
+            // now holds a stale view (one that moved on meanwhile is fine).
+            match self.ctx.store.get_request(row.id).await {
+                Ok(now) if snapshot.version < now.version => {
+                    self.replace_actor(&now, &actor, "stale view").await;
+                    return Heartbeat::Replaced;
+                }
+                _ => return Heartbeat::Alive,
+            }
+        }
+        let nudge = match (snapshot.status, snapshot.pending) {
+            (Status::Pending, None) => Some(RequestMsg::Dispatch),
+            (Status::Offering, Some(p)) if p.expires_at < Utc::now() => {
+                Some(RequestMsg::OfferTimeout {
+                    offer_id: p.offer_id,
+                })
+            }
+            _ => None,
+        };
+        match nudge {
+            Some(msg) => {
+                let _ = actor.send_message(msg);
+                self.ctx.stats.actors_nudged.inc();
+                Heartbeat::Nudged
+            }
+            None => Heartbeat::Alive,
+        }
+    }
+
+    async fn replace_actor(&self, row: &ServiceRequest, actor: &ActorRef<RequestMsg>, why: &str) {
+        let request_id = row.id;
         tracing::error!(target: "Dispatch", %request_id, why, "request actor made no progress; replacing it");
         actor.kill();
         self.ctx.forget(request_id, actor.get_id());
         self.ctx.stats.actors_revived.inc();
+        // A killed actor cleans nothing up: free a worker it held an offer for (the new
+        // actor reserves it again if that offer is still out).
+        if let Some(city) = row.city_id.as_deref().and_then(|c| self.ctx.city(c)) {
+            city.cast(CityMsg::ReleaseOffersOf { request_id });
+        }
         if let Err(e) = self.ensure_actor(request_id).await {
             tracing::warn!(target: "Dispatch", %request_id, error = %e, "replacement actor did not start; the next sweep retries");
         }

@@ -586,13 +586,18 @@ impl RequestActor {
                     let request_id = state.row.id;
                     tracing::warn!(target: "RequestActor", %request_id, %worker_id, constraint,
                         "candidate passed over: the offer was refused");
-                    if let Err(e) = self
-                        .ctx
-                        .store
-                        .record_candidate_skip(request_id, worker_id, &constraint)
-                        .await
-                    {
-                        tracing::warn!(target: "RequestActor", %request_id, error = %e, "could not record the skipped candidate");
+                    // Only a lasting reason is recorded (and so never retried after a
+                    // restart): a worker busy with another offer may be free later.
+                    let lasting = constraint != "offers_one_pending_per_worker_idx";
+                    if lasting {
+                        if let Err(e) = self
+                            .ctx
+                            .store
+                            .record_candidate_skip(request_id, worker_id, &constraint)
+                            .await
+                        {
+                            tracing::warn!(target: "RequestActor", %request_id, error = %e, "could not record the skipped candidate");
+                        }
                     }
                     match constraint.as_str() {
                         WORKER_GONE => city.cast(CityMsg::Offline {

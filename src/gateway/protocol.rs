@@ -422,7 +422,7 @@ fn validate(msg: &ClientMsg) -> Result<(), WireError> {
     }
     match msg {
         ClientMsg::GoOnline(m) => {
-            check_coordinates(m.lat, m.lon)?;
+            check_position(m.lon, m.lat)?;
             if m.skills.len() > MAX_SKILLS {
                 return Err(invalid(format!("go_online: at most {MAX_SKILLS} skills")));
             }
@@ -436,7 +436,7 @@ fn validate(msg: &ClientMsg) -> Result<(), WireError> {
             }
         }
         ClientMsg::Location(m) => {
-            check_coordinates(m.lat, m.lon)?;
+            check_position(m.lon, m.lat)?;
             if m.accuracy.is_some_and(|a| !(a.is_finite() && a >= 0.0)) {
                 return Err(WireError::new(
                     ErrorCode::InvalidCoordinates,
@@ -466,10 +466,10 @@ fn validate(msg: &ClientMsg) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Latitude in [-90, 90] and longitude in [-180, 180] (`domain::Position`'s rule).
-pub fn check_coordinates(lat: f64, lon: f64) -> Result<(), WireError> {
+/// Longitude in [-180, 180] and latitude in [-90, 90] (`domain::Position`'s rule; longitude
+/// first, as everywhere in the engine).
+pub fn check_position(lon: f64, lat: f64) -> Result<crate::domain::Position, WireError> {
     crate::domain::Position::new(lon, lat)
-        .map(|_| ())
         .map_err(|e| WireError::new(ErrorCode::InvalidCoordinates, e.to_string()))
 }
 

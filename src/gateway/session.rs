@@ -240,7 +240,9 @@ where
             }
             _ => return Err(End::AuthRejected(NOT_AUTH)),
         };
-        let claims = verify_worker(shared, &auth.token).await?;
+        let claims = verify_worker(shared, &auth.token)
+            .await
+            .map_err(refused_at_the_door)?;
         return Ok(Authed {
             worker_id: claims.sub,
             token_expires_at: utc_of(claims.exp),
@@ -251,17 +253,35 @@ where
 }
 
 /// A worker token whose subject exists and is active. A refusal is the session's end.
-async fn verify_worker(shared: &Shared, token: &str) -> Result<crate::auth::Claims, End> {
+/// Why a worker token does not admit its bearer.
+enum Refused {
+    /// The token itself (invalid, expired, not yet valid, wrong role).
+    Token(AuthError),
+    /// Its worker does not exist or is deactivated.
+    Gone(AuthError),
+    /// The database did not answer the identity check.
+    Unavailable,
+}
+
+async fn verify_worker(shared: &Shared, token: &str) -> Result<crate::auth::Claims, Refused> {
     let claims = shared
         .keys
         .verify_role(token, Role::Worker)
-        .map_err(|e| End::AuthRejected(protocol::auth_failure_reason(&e)))?;
+        .map_err(Refused::Token)?;
     match shared.identities.worker(claims.sub).await {
         Ok(_) => Ok(claims),
-        Err(crate::identity::IdentityError::Unavailable) => Err(End::AuthUnavailable),
-        Err(e) => Err(End::AuthRejected(protocol::auth_failure_reason(
-            &AuthError::from(e),
-        ))),
+        Err(crate::identity::IdentityError::Unavailable) => Err(Refused::Unavailable),
+        Err(e) => Err(Refused::Gone(AuthError::from(e))),
+    }
+}
+
+/// How a refusal ends the first `auth`: 1008 with the reason, or 1013 to retry.
+fn refused_at_the_door(refused: Refused) -> End {
+    match refused {
+        Refused::Token(e) | Refused::Gone(e) => {
+            End::AuthRejected(protocol::auth_failure_reason(&e))
+        }
+        Refused::Unavailable => End::AuthUnavailable,
     }
 }
 
@@ -511,7 +531,25 @@ impl Reader<'_> {
 
     /// A fresh token extends the session; a token for someone else, or a bad one, ends it.
     async fn refresh_token(&mut self, id: Option<&str>, token: &str) -> Result<(), End> {
-        let claims = verify_worker(self.shared, token).await?;
+        let claims = match verify_worker(self.shared, token).await {
+            Ok(claims) => claims,
+            Err(Refused::Token(e)) => {
+                return Err(End::AuthRejected(protocol::auth_failure_reason(&e)))
+            }
+            // A worker gone or deactivated mid-session ends as the watcher would end it:
+            // 4005, offline at once.
+            Err(Refused::Gone(_)) => return Err(End::Deactivated),
+            // The session is fine; only the check could not be made: say so, stay up.
+            Err(Refused::Unavailable) => {
+                return self.error(
+                    id,
+                    WireError::new(
+                        ErrorCode::Unavailable,
+                        "identity check unavailable; refresh again shortly",
+                    ),
+                )
+            }
+        };
         if claims.sub != self.entry.id {
             return Err(End::AuthRejected("auth: token for another worker"));
         }

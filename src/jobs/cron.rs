@@ -37,8 +37,10 @@ pub struct SweepReport {
 pub const STALLED_PENDING_AFTER: Duration = Duration::from_secs(15);
 /// An OFFERING row this far past its offer deadline: the actor's timer did not fire.
 pub const STALLED_OFFER_OVERDUE_BY: Duration = Duration::from_secs(10);
-/// How long a registered actor has to answer the heartbeat.
-pub const HEARTBEAT_WITHIN: Duration = Duration::from_secs(2);
+/// How long a registered actor has to answer the heartbeat: longer than a healthy handler
+/// can wait for a pooled connection (the pool's acquire timeout), so only a stuck one misses.
+pub const HEARTBEAT_WITHIN: Duration =
+    Duration::from_secs(crate::store::ACQUIRE_TIMEOUT.as_secs() + 5);
 
 /// The backstop for offers no live actor watches: settles every OFFERING request whose
 /// `"workerTimeoutAt"` has passed and that has no actor, then gives every open request

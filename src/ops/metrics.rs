@@ -284,7 +284,13 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().as_str().to_string();
+    // A fixed set: any token is a valid HTTP method, and a label made of what a client
+    // sends would be a series per request.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_string();
     let upgrade = request.headers().contains_key(axum::http::header::UPGRADE);
     let started = std::time::Instant::now();
     let response = next.run(request).await;

@@ -89,7 +89,13 @@ impl From<sqlx::Error> for StoreError {
                     constraint: constraint.to_string(),
                 };
             }
-            if db.code().is_some_and(|c| c.starts_with("22")) {
+            // Only the values a client can send that PostgreSQL refuses: NUL or an
+            // unencodable character, a string too long for its column. Other data
+            // exceptions (numeric overflow, bad casts) are the engine's faults.
+            if db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "22021" | "22P05" | "22001"))
+            {
                 return StoreError::InvalidValue(db.message().to_string());
             }
         }

@@ -155,6 +155,24 @@ async fn deeply_nested_graphql_is_refused_with_a_code_and_the_engine_stays_up() 
         assert_eq!(codes(&answer), ["QUERY_TOO_COMPLEX"], "{answer}");
         health_is_ok(&app).await;
     }
+    // The review's bypass: an unclosed block string hid the nesting after it from the scan.
+    let hidden = format!(
+        "query {{ __typename @skip(if: [\"\"\" \", {}]) }}",
+        nested(2_000)
+    );
+    let answer = gql(&app, None, &hidden, json!({})).await;
+    assert_eq!(codes(&answer), ["GRAPHQL_PARSE_FAILED"], "{answer}");
+    health_is_ok(&app).await;
+    // Fragments fanning out ten times over, 22 deep: a few KB, 10^22 selections expanded.
+    let mut fan = String::from("query { ...F0 }\n");
+    for i in 0..22 {
+        let spreads: String = (0..10).map(|_| format!("...F{} ", i + 1)).collect();
+        fan.push_str(&format!("fragment F{i} on Query {{ {spreads} }}\n"));
+    }
+    fan.push_str("fragment F22 on Query { __typename }\n");
+    let answer = gql(&app, None, &fan, json!({})).await;
+    assert_eq!(codes(&answer), ["QUERY_TOO_COMPLEX"], "{answer}");
+    health_is_ok(&app).await;
     // Deep variables: refused with a code too (serde_json stops at 128 levels; ours at 16).
     let mut deep = json!(1);
     for _ in 0..100 {
@@ -972,4 +990,79 @@ async fn a_close_from_the_worker_is_answered_with_a_close_frame() {
     .await
     .expect("the engine answers the close");
     assert_eq!(answer.map(|f| u16::from(f.code)), Some(1000));
+}
+
+/// A customer deactivated while a graphql-ws connection is open loses it within seconds
+/// (4403), rather than keeping its subscriptions and mutations.
+#[tokio::test]
+async fn a_graphql_ws_connection_of_a_deactivated_customer_is_closed() {
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, OTHER_CUSTOMER);
+    let mut ws = open_graphql_ws(&app).await;
+    let ack = init(
+        &mut ws,
+        json!({"Authorization": format!("Bearer {customer}")}),
+    )
+    .await;
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    sqlx::query(r#"update customers set "isActive" = false where id = $1"#)
+        .bind(OTHER_CUSTOMER)
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(close_code(&next_frame(&mut ws).await), 4403);
+}
+
+/// A token refresh by a worker deactivated mid-session ends it like the watcher does (4005).
+#[tokio::test]
+async fn a_refresh_by_a_deactivated_worker_closes_with_4005() {
+    let app = TestApp::spawn().await;
+    let worker = insert_worker(app.store(), "buenos-aires").await;
+    let token = app.token(Role::Worker, worker);
+    let mut ws = worker_connect(&app, &token).await;
+    worker_frame(&mut ws, "auth_ok").await;
+    sqlx::query(r#"update worker_profiles set "isActive" = false where id = $1"#)
+        .bind(worker)
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    // Past the identity cache, so the refresh asks the database.
+    tokio::time::sleep(arreglame::identity::CACHE_TTL).await;
+    ws.send(Message::text(
+        json!({"v":1,"type":"auth","id":"r","data":{"token": token}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(worker_closed(&mut ws).await.0, 4005);
+}
+
+/// Any token is a valid HTTP method: the metrics label only a fixed set, so made-up
+/// methods cannot mint a series each.
+#[tokio::test]
+async fn made_up_http_methods_share_one_metric_label() {
+    let app = TestApp::spawn().await;
+    let client = reqwest::Client::new();
+    for method in ["FOO", "BAR1", "QUUX"] {
+        let _ = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}/health", app.address),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = client
+        .get(format!("{}/metrics", app.address))
+        .bearer_auth(app.token(Role::Ops, Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"method="OTHER""#), "{text}");
+    for method in ["FOO", "BAR1", "QUUX"] {
+        assert!(!text.contains(&format!(r#"method="{method}""#)), "{method}");
+    }
 }

@@ -109,6 +109,12 @@ impl QuotaKey {
     pub fn of(caller: &Caller, peer: Option<IpAddr>) -> QuotaKey {
         match (caller, peer) {
             (Caller::Customer(id), _) => QuotaKey::Customer(*id),
+            // IPv6 by /64: one subscriber gets a whole /64, and rotating through it must
+            // not mint fresh quotas.
+            (_, Some(IpAddr::V6(v6))) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                QuotaKey::Address(IpAddr::V6(prefix.into()))
+            }
             (_, Some(ip)) => QuotaKey::Address(ip),
             _ => QuotaKey::Unknown,
         }

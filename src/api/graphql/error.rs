@@ -15,6 +15,8 @@ pub enum ApiError {
     Forbidden(String),
     NotFound(String),
     Conflict(String),
+    /// Something the engine depends on (the database) did not answer: retry shortly.
+    Unavailable(String),
     /// Logged with its detail; the client only sees "internal error".
     Internal(String),
 }
@@ -27,7 +29,8 @@ impl ApiError {
             | ApiError::Unauthenticated(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
-            | ApiError::Conflict(m) => m,
+            | ApiError::Conflict(m)
+            | ApiError::Unavailable(m) => m,
             ApiError::Internal(_) => "internal error",
         }
     }
@@ -39,6 +42,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "FORBIDDEN",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::Internal(_) => "INTERNAL",
         }
     }
@@ -58,6 +62,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
             AuthError::WrongRole(_) => ApiError::Forbidden(e.to_string()),
+            AuthError::Unverifiable => ApiError::Unavailable(e.to_string()),
             _ => ApiError::Unauthenticated(e.to_string()),
         }
     }

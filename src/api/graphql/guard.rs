@@ -66,6 +66,10 @@ pub struct Limits {
     pub max_depth: usize,
     /// async-graphql's complexity (one per field, by default).
     pub max_complexity: usize,
+    /// Selections visited with every fragment spread expanded: a few kilobytes of
+    /// fragments spreading each other ten times over expand to 10^20 selections, which
+    /// would pin a thread (here, and in async-graphql's own validation) forever.
+    pub max_expanded_selections: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +82,7 @@ impl Default for Limits {
             max_directives: 16,
             max_depth: 12,
             max_complexity: 500,
+            max_expanded_selections: 5_000,
         }
     }
 }
@@ -152,14 +157,22 @@ pub enum Refusal {
     DepthLimit { depth: usize, max: usize },
     #[error("the query is too complex: complexity {complexity}, at most {max}")]
     ComplexityLimit { complexity: usize, max: usize },
+    #[error("fragments expand to more than {0} selections")]
+    TooManySelections(usize),
+    /// A string that does not end where GraphQL says it does (an unclosed `\"\"\"`, a
+    /// line break inside a `\"...\"` string): the parser could read the rest differently
+    /// from the scan, so it never sees it.
+    #[error("unterminated string")]
+    UnterminatedString,
 }
 
 impl Refusal {
     fn into_server_error(self) -> ServerError {
-        with_code(
-            ServerError::new(self.to_string(), None),
-            codes::QUERY_TOO_COMPLEX,
-        )
+        let code = match self {
+            Refusal::UnterminatedString => codes::PARSE_FAILED,
+            _ => codes::QUERY_TOO_COMPLEX,
+        };
+        with_code(ServerError::new(self.to_string(), None), code)
     }
 }
 
@@ -183,7 +196,9 @@ pub fn scan(query: &str, limits: &Limits) -> Result<(), Refusal> {
                 i += 3;
                 loop {
                     if i >= bytes.len() {
-                        return Ok(()); // unterminated: the parser will say so
+                        // Unclosed: the parser would back off and read `""` then a new
+                        // `"...` string over text this scan never counted.
+                        return Err(Refusal::UnterminatedString);
                     }
                     if bytes[i..].starts_with(b"\\\"\"\"") {
                         i += 4;
@@ -196,12 +211,23 @@ pub fn scan(query: &str, limits: &Limits) -> Result<(), Refusal> {
                 }
             }
             b'"' => {
+                // A plain string ends at its `"` and never spans a line; anything else is
+                // not GraphQL, and refused before the parser could read it another way.
                 i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None | Some(b'\n') | Some(b'\r') => {
+                            return Err(Refusal::UnterminatedString)
+                        }
+                        Some(b'"') => break,
+                        Some(b'\\') => match bytes.get(i + 1) {
+                            None | Some(b'\n') | Some(b'\r') => {
+                                return Err(Refusal::UnterminatedString)
+                            }
+                            Some(_) => i += 2,
+                        },
+                        Some(_) => i += 1,
                     }
-                    i += 1;
                 }
             }
             b'{' | b'[' | b'(' => {
@@ -250,9 +276,14 @@ pub fn check_document(doc: &ExecutableDocument, limits: &Limits) -> Result<(), R
             return Err(Refusal::TooManyDirectives(limits.max_directives));
         }
     }
+    let mut visited = 0usize;
     while let Some((set, depth)) = stack.pop() {
         if depth > limits.max_selection_depth {
             return Err(Refusal::SelectionTooDeep(limits.max_selection_depth));
+        }
+        visited += set.node.items.len();
+        if visited > limits.max_expanded_selections {
+            return Err(Refusal::TooManySelections(limits.max_expanded_selections));
         }
         for selection in &set.node.items {
             if too_many(selection.node.directives().len()) {
@@ -371,6 +402,9 @@ impl Extension for GuardExtension {
     ) -> ServerResult<Request> {
         scan(&request.query, &self.limits).map_err(Refusal::into_server_error)?;
         check_variables(&request.variables, &self.limits).map_err(Refusal::into_server_error)?;
+        // One AI budget per operation, whatever the transport (a graphql-ws connection
+        // carries many operations).
+        let request = request.data(super::caller::OperationBudget::default());
         next.run(ctx, request).await
     }
 
@@ -454,6 +488,48 @@ mod tests {
         assert_eq!(scan(&nested_object(10), &limits), Ok(()));
         let lists = format!("{{ f(a: {}1{}) }}", "[".repeat(100), "]".repeat(100));
         assert!(scan(&lists, &limits).is_err());
+    }
+
+    /// The review's bypass: an unclosed block string ended the scan early, and the parser
+    /// read `""` then a plain string, then the deep object the scan never counted.
+    #[test]
+    fn a_string_the_parser_could_read_otherwise_is_refused() {
+        let limits = Limits::default();
+        let bypass = format!(
+            "query {{ __typename @skip(if: [\"\"\" \", {}]) }}",
+            nested_object_value(2000)
+        );
+        assert_eq!(scan(&bypass, &limits), Err(Refusal::UnterminatedString));
+        let newline = format!("{{ f(a: \"x\n{}\") }}", "{".repeat(100));
+        assert_eq!(scan(&newline, &limits), Err(Refusal::UnterminatedString));
+        let escaped_newline = "{ f(a: \"x\\\n\") }";
+        assert_eq!(
+            scan(escaped_newline, &limits),
+            Err(Refusal::UnterminatedString)
+        );
+        assert_eq!(scan("{ f(a: \"ok\") }", &limits), Ok(()));
+    }
+
+    /// Fragments spreading each other ten times over, 22 deep: small, acyclic, and 10^22
+    /// selections once expanded.
+    #[test]
+    fn fragment_fan_out_is_bounded() {
+        let limits = Limits::default();
+        let mut doc = String::from("query { ...F0 }\n");
+        for i in 0..22 {
+            let spreads: String = (0..10).map(|_| format!("...F{} ", i + 1)).collect();
+            doc.push_str(&format!("fragment F{i} on Query {{ {spreads} }}\n"));
+        }
+        doc.push_str("fragment F22 on Query { __typename }\n");
+        let parsed = async_graphql::parser::parse_query(&doc).unwrap();
+        assert_eq!(
+            check_document(&parsed, &limits),
+            Err(Refusal::TooManySelections(limits.max_expanded_selections))
+        );
+    }
+
+    fn nested_object_value(levels: usize) -> String {
+        format!("{}1{}", "{a:".repeat(levels), "}".repeat(levels))
     }
 
     #[test]
@@ -644,6 +720,21 @@ mod tests {
                 if let Ok(doc) = async_graphql::parser::parse_query(&text) {
                     let _ = check_document(&doc, &limits);
                 }
+            }
+        }
+
+        /// Whatever quotes, escapes and line breaks come first, deep nesting after them is
+        /// refused by the scan or parses without a crash: the scan and the parser agree on
+        /// where strings end.
+        #[test]
+        fn quotes_before_deep_nesting_never_hide_it(
+            prefix in prop::collection::vec(prop_oneof![
+                Just("\"\"\""), Just("\""), Just("\\"), Just("\n"), Just(" "), Just("a"), Just("["), Just(","),
+            ], 0..12)
+        ) {
+            let text = format!("query {{ __typename @skip(if: [{} {}]) }}", prefix.concat(), nested_object_value(3000));
+            if scan(&text, &Limits::default()).is_ok() {
+                let _ = async_graphql::parser::parse_query(&text);
             }
         }
 

@@ -14,12 +14,11 @@ use axum::{
 };
 use tower_http::limit::RequestBodyLimitLayer;
 
-use super::{
-    build_schema,
-    caller::{OperationBudget, PeerAddress},
-    guard, ArreglameSchema, Caller, MAX_BODY_BYTES,
+use super::{build_schema, caller::PeerAddress, guard, ArreglameSchema, Caller, MAX_BODY_BYTES};
+use crate::{
+    api::ApiContext,
+    auth::{bearer_token, AuthError},
 };
-use crate::{api::ApiContext, auth::bearer_token};
 
 #[derive(Clone)]
 struct GraphqlState {
@@ -59,7 +58,7 @@ async fn graphql(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     let caller = Caller::identify(&gql.app.keys, &gql.app.identities, token).await;
-    let mut request = request.data(caller).data(OperationBudget::default());
+    let mut request = request.data(caller);
     if let Some(axum::Extension(axum::extract::ConnectInfo(addr))) = peer {
         request = request.data(PeerAddress(addr.ip()));
     }
@@ -160,6 +159,8 @@ async fn subscriptions(
 /// The graphql-ws close codes for a refused `connection_init`.
 const CLOSE_UNAUTHORIZED: u16 = 4401;
 const CLOSE_FORBIDDEN: u16 = 4403;
+/// The identity could not be checked (database unavailable): retry later (RFC 6455 1013).
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// One graphql-ws connection: async-graphql runs the protocol; this loop carries frames
 /// and gives a refused `connection_init` the close code graphql-ws defines (4401 without
@@ -185,22 +186,36 @@ async fn serve_subscriptions(
         });
     // Set by the init callback when it refuses, read when async-graphql closes.
     let refusal = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+    // Who the connection speaks for and until when, set when init succeeds: re-checked
+    // every few seconds, so a token that expires or a customer deactivated mid-connection
+    // does not keep a socket (and its mutations) open.
+    let session = std::sync::Arc::new(std::sync::OnceLock::<(Caller, u64)>::new());
     let app = gql.app.clone();
-    let refused = refusal.clone();
+    let (refused, admitted) = (refusal.clone(), session.clone());
     let on_init = move |payload: serde_json::Value| async move {
         let token = connection_token(&payload);
         let caller = Caller::identify(&app.keys, &app.identities, token.as_deref()).await;
         match caller {
             Caller::Customer(_) | Caller::Ops(_) => {
+                let expires = token
+                    .as_deref()
+                    .and_then(|t| app.keys.verify(t).ok())
+                    .map_or(0, |c| c.exp);
+                let _ = admitted.set((caller.clone(), expires));
                 let mut data = Data::default();
                 data.insert(caller);
-                data.insert(OperationBudget::default());
                 Ok(data)
             }
             Caller::Worker(_) => {
                 let _ = refused.set(CLOSE_FORBIDDEN);
                 Err(async_graphql::Error::new(
                     "Forbidden: subscriptions need a customer or ops token",
+                ))
+            }
+            Caller::Invalid(AuthError::Unverifiable) => {
+                let _ = refused.set(CLOSE_TRY_AGAIN_LATER);
+                Err(async_graphql::Error::new(
+                    "identity check unavailable; retry shortly",
                 ))
             }
             Caller::Anonymous | Caller::Invalid(_) => {
@@ -215,20 +230,52 @@ async fn serve_subscriptions(
         .on_connection_init(on_init)
         .keepalive_timeout(Duration::from_secs(30));
     futures::pin_mut!(frames);
-    while let Some(frame) = frames.next().await {
-        let message = match frame {
-            async_graphql::http::WsMessage::Text(text) => Message::Text(text.into()),
-            async_graphql::http::WsMessage::Close(code, reason) => {
-                let code = refusal.get().copied().unwrap_or(code);
-                Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.chars().take(100).collect::<String>().into(),
-                }))
-            }
+    let mut recheck = tokio::time::interval(crate::identity::CACHE_TTL);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            frame = frames.next() => match frame {
+                None => break,
+                Some(async_graphql::http::WsMessage::Text(text)) => Message::Text(text.into()),
+                Some(async_graphql::http::WsMessage::Close(code, reason)) => {
+                    let code = refusal.get().copied().unwrap_or(code);
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.chars().take(100).collect::<String>().into(),
+                    }))
+                }
+            },
+            _ = recheck.tick() => match still_admitted(&gql.app, session.get()).await {
+                None => continue,
+                Some((code, reason)) => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    break;
+                }
+            },
         };
         if sink.send(message).await.is_err() {
             break;
         }
+    }
+    // A close from the client was answered by the transport; make sure that answer leaves.
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.flush()).await;
+}
+
+/// `None` while the connection's caller may go on; else the close code and reason.
+async fn still_admitted(
+    app: &ApiContext,
+    session: Option<&(Caller, u64)>,
+) -> Option<(u16, &'static str)> {
+    let (caller, expires) = session?;
+    if crate::auth::unix_now() >= *expires {
+        return Some((CLOSE_UNAUTHORIZED, "token expired"));
+    }
+    match caller {
+        Caller::Customer(id) => match app.identities.customer(*id).await {
+            Ok(()) | Err(crate::identity::IdentityError::Unavailable) => None,
+            Err(_) => Some((CLOSE_FORBIDDEN, "account deactivated")),
+        },
+        _ => None,
     }
 }
 
