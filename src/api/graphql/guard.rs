@@ -113,7 +113,7 @@ pub fn is_introspection_only(doc: &ExecutableDocument) -> bool {
         }
         sets.push(&operation.node.selection_set);
     }
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
     while let Some(set) = sets.pop() {
         for selection in &set.node.items {
             match &selection.node {
@@ -124,10 +124,9 @@ pub fn is_introspection_only(doc: &ExecutableDocument) -> bool {
                 }
                 Selection::FragmentSpread(spread) => {
                     let name = spread.node.fragment_name.node.as_str();
-                    if seen.contains(&name) {
+                    if !seen.insert(name) {
                         continue;
                     }
-                    seen.push(name);
                     match doc.fragments.get(&spread.node.fragment_name.node as &Name) {
                         Some(fragment) => sets.push(&fragment.node.selection_set),
                         None => return false,
