@@ -23,7 +23,7 @@ Environment (see .env.example):
   APP_ENV (or NODE_ENV)        development | production
   JWT_SECRET                   signs every token (required, >= 32 chars, in production)
   API_KEY or GEMINI_API_KEY    Gemini pricing; without it the rules price every quote
-  GEMINI_BASE_URL, GEMINI_MODEL, GEMINI_MAX_CONCURRENT_CALLS
+  GEMINI_BASE_URL, GEMINI_MODEL, GEMINI_MAX_CONCURRENT_CALLS, GEMINI_MAX_CALLS_PER_MINUTE
   PRICING_RATE_PER_MINUTE, PRICING_RATE_BURST   quotes per caller
   NATS_URL                     NATS JetStream for the outbox relay
   DATABASE_MAX_CONNECTIONS     pool size (20)

@@ -47,6 +47,8 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Gemini calls in flight at once, engine-wide; past it the rules price (counted).
     pub gemini_max_concurrent_calls: usize,
+    /// Gemini calls per minute, engine-wide (the spend over time); past it the rules price.
+    pub gemini_max_calls_per_minute: u32,
     /// Quotes (estimateJob and createServiceRequest) one caller may ask for per minute
     /// sustained, and in a burst; the caller is the customer, or the client address when
     /// anonymous.
@@ -204,6 +206,7 @@ impl Config {
             }
         };
         let gemini_max_concurrent_calls = positive("GEMINI_MAX_CONCURRENT_CALLS", 16)? as usize;
+        let gemini_max_calls_per_minute = positive("GEMINI_MAX_CALLS_PER_MINUTE", 600)?;
         let pricing_rate_per_minute = positive("PRICING_RATE_PER_MINUTE", 120)?;
         let pricing_rate_burst = positive("PRICING_RATE_BURST", 30)?;
 
@@ -233,6 +236,7 @@ impl Config {
             app_env,
             database_max_connections,
             gemini_max_concurrent_calls,
+            gemini_max_calls_per_minute,
             pricing_rate_per_minute,
             pricing_rate_burst,
         })

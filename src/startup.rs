@@ -119,7 +119,8 @@ impl Application {
         let pricing = Arc::new(
             Pricing::new(store.clone(), settings.clone(), gemini)
                 .await?
-                .limit_ai_calls(config.gemini_max_concurrent_calls),
+                .limit_ai_calls(config.gemini_max_concurrent_calls)
+                .limit_ai_rate(config.gemini_max_calls_per_minute),
         );
         // Multipliers and categories change rarely; a minute's staleness is fine.
         background.push(tokio::spawn({

@@ -71,7 +71,7 @@ fn register_zeros() {
         metrics::counter!("arreglame_cron_runs_total", "job" => job).absolute(0);
         metrics::counter!("arreglame_cron_failures_total", "job" => job).absolute(0);
     }
-    for reason in ["operation_budget", "concurrency_cap"] {
+    for reason in ["operation_budget", "concurrency_cap", "rate_cap"] {
         metrics::counter!("arreglame_ai_pricing_shed_total", "reason" => reason).absolute(0);
     }
 }
@@ -155,7 +155,7 @@ fn describe_all() {
         ),
         (
             "arreglame_ai_pricing_shed_total",
-            "Quotes that did not ask Gemini at all, by reason (operation_budget, concurrency_cap).",
+            "Quotes that did not ask Gemini at all, by reason (operation_budget, concurrency_cap, rate_cap).",
         ),
         (
             "arreglame_outbox_published_total",

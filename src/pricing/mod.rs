@@ -30,7 +30,10 @@ pub use rules::{
 };
 
 use crate::{
-    domain::{Cents, Ratio},
+    domain::{
+        rate::{Rate, TokenBucket},
+        Cents, Ratio,
+    },
     store::{Settings, SettingsWatch, Store},
 };
 
@@ -168,6 +171,18 @@ pub enum AiUse {
 
 /// Gemini calls in flight at once when nothing else is configured.
 pub const DEFAULT_MAX_CONCURRENT_AI_CALLS: usize = 16;
+/// Gemini calls per minute when nothing else is configured.
+pub const DEFAULT_MAX_AI_CALLS_PER_MINUTE: u32 = 600;
+
+/// A per-minute rate, full at first, with a tenth of a minute's calls as the burst.
+fn per_minute(calls: u32) -> (Rate, TokenBucket) {
+    let calls = calls.max(1);
+    let rate = Rate {
+        per_second: calls as f64 / 60.0,
+        burst: (calls / 10).max(1),
+    };
+    (rate, TokenBucket::full(rate, tokio::time::Instant::now()))
+}
 
 /// The pricing service shared by the API: rules always, Gemini when configured.
 pub struct Pricing {
@@ -177,6 +192,9 @@ pub struct Pricing {
     /// Caps Gemini calls in flight engine-wide: past it the rules price at once, so a
     /// burst of quotes cannot turn into a burst of upstream calls (or of their cost).
     ai_slots: tokio::sync::Semaphore,
+    /// Caps Gemini calls per minute engine-wide: the concurrency cap bounds calls at once,
+    /// this bounds what they cost over time. A std Mutex: one short update, no `.await`.
+    ai_rate: std::sync::Mutex<(Rate, TokenBucket)>,
     counters: QuoteCounters,
 }
 
@@ -221,6 +239,7 @@ impl Pricing {
             rules,
             gemini,
             ai_slots: tokio::sync::Semaphore::new(DEFAULT_MAX_CONCURRENT_AI_CALLS),
+            ai_rate: std::sync::Mutex::new(per_minute(DEFAULT_MAX_AI_CALLS_PER_MINUTE)),
             counters: QuoteCounters::default(),
         })
     }
@@ -229,6 +248,19 @@ impl Pricing {
     pub fn limit_ai_calls(mut self, in_flight: usize) -> Pricing {
         self.ai_slots = tokio::sync::Semaphore::new(in_flight.max(1));
         self
+    }
+
+    /// Caps the Gemini calls per minute (at least one).
+    pub fn limit_ai_rate(mut self, calls_per_minute: u32) -> Pricing {
+        self.ai_rate = std::sync::Mutex::new(per_minute(calls_per_minute));
+        self
+    }
+
+    /// One call from the per-minute budget, if there is one.
+    fn take_ai_call(&self) -> bool {
+        let mut guard = self.ai_rate.lock().unwrap_or_else(|e| e.into_inner());
+        let (rate, bucket) = &mut *guard;
+        bucket.try_take(*rate, tokio::time::Instant::now())
     }
 
     /// Prices a job. Fails only on the customer's input (or unusable pricing tables), never
@@ -265,7 +297,11 @@ impl Pricing {
                 };
                 let slot = match ai {
                     AiUse::Denied(reason) => Err(reason),
-                    AiUse::Allowed => self.ai_slots.try_acquire().map_err(|_| "concurrency_cap"),
+                    AiUse::Allowed => match self.ai_slots.try_acquire() {
+                        Err(_) => Err("concurrency_cap"),
+                        Ok(_) if !self.take_ai_call() => Err("rate_cap"),
+                        Ok(slot) => Ok(slot),
+                    },
                 };
                 match slot {
                     Err(reason) => self.shed(&tables, &choice, area, &settings, reason)?,

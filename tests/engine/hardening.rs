@@ -1066,3 +1066,28 @@ async fn made_up_http_methods_share_one_metric_label() {
         assert!(!text.contains(&format!(r#"method="{method}""#)), "{method}");
     }
 }
+
+/// Past the per-minute budget of Gemini calls, the rules price at once: the spend over
+/// time is bounded, not only the calls at once.
+#[tokio::test]
+async fn past_the_per_minute_ai_budget_the_rules_price() {
+    let (gemini, base_url) = fake::FakeGemini::start(fake::good_answer()).await;
+    let url = fresh_database().await;
+    let store = arreglame::store::Store::connect(&url, 4).await.unwrap();
+    let (_tx, settings) = watch::channel(std::sync::Arc::new(Settings::default()));
+    let pricing = Pricing::with_tuning(
+        store,
+        settings,
+        Some(fake::gemini_at(&base_url, Duration::from_secs(30))),
+        fake::test_tuning(),
+    )
+    .await
+    .unwrap()
+    .limit_ai_rate(1);
+    let first = pricing.quote(&fake::guide_job()).await.unwrap();
+    assert_eq!(first.engine, EngineKind::Gemini);
+    let second = pricing.quote(&fake::guide_job()).await.unwrap();
+    assert_eq!(second.engine, EngineKind::Rules);
+    assert_eq!(second.fallback_reason.as_deref(), Some("rate_cap"));
+    assert_eq!(gemini.hits(), 1);
+}
