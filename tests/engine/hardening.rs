@@ -8,12 +8,11 @@ use arreglame::{
     auth::{Claims, Role},
     dispatch::gateway::WorkerNotice,
     jobs::cron::worker_assignment_sweep,
-    pricing::{EngineKind, Pricing},
+    pricing::EngineKind,
     store::Settings,
 };
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{
     client::IntoClientRequest,
     protocol::{
@@ -568,18 +567,13 @@ async fn one_operation_asks_the_ai_once_and_callers_are_rate_limited() {
 #[tokio::test]
 async fn past_the_concurrency_cap_the_rules_price_at_once() {
     let (gemini, base_url) = fake::FakeGemini::start(fake::Reply::Hang).await;
-    let url = fresh_database().await;
-    let store = arreglame::store::Store::connect(&url, 4).await.unwrap();
-    let (_tx, settings) = watch::channel(std::sync::Arc::new(Settings::default()));
     let pricing = std::sync::Arc::new(
-        Pricing::with_tuning(
-            store,
-            settings,
+        fake::pricing_with(
+            Settings::default(),
             Some(fake::gemini_at(&base_url, Duration::from_secs(60))),
-            fake::test_tuning(),
         )
         .await
-        .unwrap()
+        .0
         .limit_ai_calls(1),
     );
     let in_flight = tokio::spawn({
@@ -917,17 +911,11 @@ async fn hostile_gemini_answers_fall_back_to_the_rules() {
     let huge: &'static str = Box::leak(format!("\"{}\"", "x".repeat(300 * 1024)).into_boxed_str());
     for text in [deep, huge] {
         let (_gemini, base_url) = fake::FakeGemini::start(fake::Reply::Text(text)).await;
-        let url = fresh_database().await;
-        let store = arreglame::store::Store::connect(&url, 2).await.unwrap();
-        let (_tx, settings) = watch::channel(std::sync::Arc::new(Settings::default()));
-        let pricing = Pricing::with_tuning(
-            store,
-            settings,
+        let (pricing, _) = fake::pricing_with(
+            Settings::default(),
             Some(fake::gemini_at(&base_url, Duration::from_secs(30))),
-            fake::test_tuning(),
         )
-        .await
-        .unwrap();
+        .await;
         let quote = pricing.quote(&fake::guide_job()).await.unwrap();
         assert_eq!(quote.engine, EngineKind::Rules);
         assert_eq!(quote.fallback_reason.as_deref(), Some("malformed_answer"));
@@ -1072,17 +1060,12 @@ async fn made_up_http_methods_share_one_metric_label() {
 #[tokio::test]
 async fn past_the_per_minute_ai_budget_the_rules_price() {
     let (gemini, base_url) = fake::FakeGemini::start(fake::good_answer()).await;
-    let url = fresh_database().await;
-    let store = arreglame::store::Store::connect(&url, 4).await.unwrap();
-    let (_tx, settings) = watch::channel(std::sync::Arc::new(Settings::default()));
-    let pricing = Pricing::with_tuning(
-        store,
-        settings,
+    let pricing = fake::pricing_with(
+        Settings::default(),
         Some(fake::gemini_at(&base_url, Duration::from_secs(30))),
-        fake::test_tuning(),
     )
     .await
-    .unwrap()
+    .0
     .limit_ai_rate(1);
     let first = pricing.quote(&fake::guide_job()).await.unwrap();
     assert_eq!(first.engine, EngineKind::Gemini);

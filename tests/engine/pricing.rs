@@ -159,7 +159,7 @@ pub fn gemini_at(base_url: &str, timeout: Duration) -> GeminiConfig {
 }
 
 /// Pricing on a fresh seeded database, with the given settings and (optional) Gemini.
-async fn pricing_with(settings: Settings, gemini: Option<GeminiConfig>) -> (Pricing, Store) {
+pub async fn pricing_with(settings: Settings, gemini: Option<GeminiConfig>) -> (Pricing, Store) {
     init_test_logging();
     let store = Store::connect(&fresh_database().await, 2).await.unwrap();
     // The receiver keeps the last value even after the sender is dropped.
