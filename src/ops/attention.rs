@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use uuid::Uuid;
 
 use super::{OpsContext, OpsError};
 use crate::jobs::cron::{STALLED_OFFER_OVERDUE_BY, STALLED_PENDING_AFTER};
-use crate::store::{AttentionKind, AttentionWindow};
+use crate::store::{AttentionRow, AttentionWindow};
 
 /// How far back UNASSIGNED requests are listed.
 pub const UNASSIGNED_WITHIN: Duration = Duration::from_secs(3600);
@@ -35,15 +34,9 @@ pub struct Attention {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttentionItem {
-    pub request_id: Uuid,
-    pub kind: AttentionKind,
-    pub status: &'static str,
-    pub city_id: Option<String>,
-    pub assignment_attempts: i32,
-    pub worker_timeout_at: Option<DateTime<Utc>>,
-    pub unassigned_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    /// The request as the database has it.
+    #[serde(flatten)]
+    pub row: AttentionRow,
     /// Seconds since the row last changed.
     pub idle_seconds: i64,
     /// Whether this engine has a live actor for it.
@@ -68,18 +61,10 @@ impl Attention {
             limit: window.limit,
             items: rows
                 .into_iter()
-                .map(|r| AttentionItem {
-                    has_actor: state.dispatcher.has_actor(r.id),
-                    request_id: r.id,
-                    kind: r.kind,
-                    status: r.status.as_str(),
-                    city_id: r.city_id,
-                    assignment_attempts: r.assignment_attempts,
-                    worker_timeout_at: r.worker_timeout_at,
-                    unassigned_reason: r.unassigned_reason,
-                    created_at: r.created_at,
-                    updated_at: r.updated_at,
-                    idle_seconds: (now - r.updated_at).num_seconds().max(0),
+                .map(|row| AttentionItem {
+                    has_actor: state.dispatcher.has_actor(row.id),
+                    idle_seconds: (now - row.updated_at).num_seconds().max(0),
+                    row,
                 })
                 .collect(),
         })

@@ -38,10 +38,12 @@ impl TryFrom<String> for AttentionKind {
     }
 }
 
-/// One request on the attention list.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One request on the attention list (serialized as `/ops/attention` shows it).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 #[sqlx(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct AttentionRow {
+    #[serde(rename = "requestId")]
     pub id: Uuid,
     #[sqlx(try_from = "String")]
     pub kind: AttentionKind,

@@ -24,17 +24,27 @@ pub struct NewOffer {
     pub candidates_considered: i32,
 }
 
-/// How an offer ended without an assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+// The same type is the GraphQL enum `OfferOutcome` (its doc is the schema's description).
+/// What became of an offer (`offers.outcome`, a closed set checked by the database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, async_graphql::Enum)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
 pub enum OfferOutcome {
     Accepted,
     Rejected,
     Expired,
+    /// Taken back: the request was cancelled while the offer was pending.
     Withdrawn,
 }
 
 impl OfferOutcome {
+    const ALL: [OfferOutcome; 4] = [
+        OfferOutcome::Accepted,
+        OfferOutcome::Rejected,
+        OfferOutcome::Expired,
+        OfferOutcome::Withdrawn,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             OfferOutcome::Accepted => "ACCEPTED",
@@ -42,6 +52,11 @@ impl OfferOutcome {
             OfferOutcome::Expired => "EXPIRED",
             OfferOutcome::Withdrawn => "WITHDRAWN",
         }
+    }
+
+    /// The outcome a stored `offers.outcome` names.
+    pub fn parse(stored: &str) -> Option<OfferOutcome> {
+        OfferOutcome::ALL.into_iter().find(|o| o.as_str() == stored)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{
     api::ApiContext,
     domain::Status,
     pricing::{EngineKind, PriceQuote},
-    store::ServiceRequest,
+    store::{OfferOutcome, ServiceRequest},
 };
 
 /// A price split into what the worker gets and what the platform keeps (centavos).
@@ -72,28 +72,6 @@ impl Difficulty {
         ]
         .into_iter()
         .find(|d| d.code() == code)
-    }
-}
-
-/// What became of an offer (`offers.outcome`, a closed set checked by the database).
-#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
-pub enum OfferOutcome {
-    Accepted,
-    Rejected,
-    Expired,
-    /// Taken back: the request was cancelled while the offer was pending.
-    Withdrawn,
-}
-
-impl OfferOutcome {
-    pub fn from_stored(value: &str) -> Option<OfferOutcome> {
-        match value {
-            "ACCEPTED" => Some(OfferOutcome::Accepted),
-            "REJECTED" => Some(OfferOutcome::Rejected),
-            "EXPIRED" => Some(OfferOutcome::Expired),
-            "WITHDRAWN" => Some(OfferOutcome::Withdrawn),
-            _ => None,
-        }
     }
 }
 
@@ -300,7 +278,7 @@ impl ServiceRequestNode {
                 candidates_considered: o.candidates_considered,
                 sent_at: o.sent_at,
                 expires_at: o.expires_at,
-                outcome: o.outcome.as_deref().and_then(OfferOutcome::from_stored),
+                outcome: o.outcome.as_deref().and_then(OfferOutcome::parse),
                 responded_at: o.responded_at,
                 reject_reason: o.reject_reason,
             })
