@@ -171,23 +171,18 @@ impl Actor for RequestActor {
         self.ctx.actor_requests.insert(myself.get_id(), request_id);
         let loaded = async {
             let row = self.ctx.store.get_request(request_id).await?;
-            let offers = self.ctx.store.offers_for_request(request_id).await?;
-            let skipped = self.ctx.store.candidate_skips(request_id).await?;
-            Ok::<_, StoreError>((row, offers, skipped))
+            let tried = self.ctx.store.tried_workers(request_id).await?;
+            Ok::<_, StoreError>((row, tried))
         }
         .await;
-        let (row, offers, skipped) = match loaded {
+        let (row, tried) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 self.ctx.forget(request_id, myself.get_id());
                 return Err(e.into());
             }
         };
-        let tried = offers
-            .into_iter()
-            .map(|o| o.worker_id)
-            .chain(skipped.into_iter().map(|s| s.worker_id))
-            .collect();
+        let tried = tried.into_iter().collect();
         let city = row.city_id.as_ref().and_then(|c| self.ctx.city(c));
         let skill = row
             .service_category

@@ -597,8 +597,8 @@ struct Envelope<'a, T: Serialize> {
 }
 
 /// One engine-to-worker frame as JSON text (counted by type).
-pub fn frame<T: Serialize>(kind: &str, reply_to: Option<&str>, data: &T) -> String {
-    metrics::counter!("arreglame_ws_messages_total", "direction" => "out", "type" => kind.to_string())
+pub fn frame<T: Serialize>(kind: &'static str, reply_to: Option<&str>, data: &T) -> String {
+    metrics::counter!("arreglame_ws_messages_total", "direction" => "out", "type" => kind)
         .increment(1);
     serde_json::to_string(&Envelope {
         v: PROTOCOL_VERSION,

@@ -774,7 +774,12 @@ impl Reader<'_> {
         })
     }
 
-    fn reply<T: Serialize>(&self, id: Option<&str>, kind: &str, data: &T) -> Result<(), End> {
+    fn reply<T: Serialize>(
+        &self,
+        id: Option<&str>,
+        kind: &'static str,
+        data: &T,
+    ) -> Result<(), End> {
         self.send(protocol::frame(kind, id, data))
     }
 

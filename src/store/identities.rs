@@ -74,6 +74,19 @@ impl Store {
         Ok(())
     }
 
+    /// Every worker already tried for a request: offered it (any outcome) or passed over
+    /// for a lasting reason. One round trip when a request actor starts.
+    pub async fn tried_workers(&self, request_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            r#"select "workerId" from offers where "requestId" = $1
+               union
+               select "workerId" from dispatch_skips where "requestId" = $1"#,
+        )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The candidates passed over for a request, oldest first.
     pub async fn candidate_skips(
         &self,
