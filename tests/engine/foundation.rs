@@ -165,7 +165,19 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap()
     };
-    // One migration at a time, newest first: the identity migration, then the dispute edge.
+    let strikes_table = |store: Store| async move {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_tables where tablename = 'worker_strikes'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // One migration at a time, newest first: booked slots, the identity migration, then
+    // the dispute edge.
+    assert_eq!(strikes_table(store.clone()).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(strikes_table(store.clone()).await, 0);
     assert_eq!(skips_table(store.clone()).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
     assert_eq!(skips_table(store.clone()).await, 0);
