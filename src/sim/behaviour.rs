@@ -74,16 +74,14 @@ pub fn mix(seed: u64, a: u64, b: u64) -> u64 {
 }
 
 impl Behaviour {
-    /// Worker `index`'s traits. Unreliable workers keep 30–60 % of their jobs, the others
-    /// 97–100 %.
+    /// Worker `index`'s traits. Unreliable workers keep 30–60 % of their jobs (each its
+    /// own share); the others keep every job, so a run without unreliable workers sends no
+    /// cancellation at all (benchmarks of throughput stay what they were).
     pub fn traits(&self, seed: u64, index: u64) -> Traits {
         let mut rng = Rng::new(mix(seed, 0x7A17, index));
         let unreliable = rng.next_f64() < self.unreliable_share;
-        let reliability = if unreliable {
-            0.3 + 0.3 * rng.next_f64()
-        } else {
-            0.97 + 0.03 * rng.next_f64()
-        };
+        let share = rng.next_f64();
+        let reliability = if unreliable { 0.3 + 0.3 * share } else { 1.0 };
         Traits {
             reliability,
             eagerness: 0.85 + 0.15 * rng.next_f64(),
@@ -179,7 +177,8 @@ mod tests {
         let unreliable = fleet.iter().filter(|t| t.unreliable).count();
         assert!((400..600).contains(&unreliable), "{unreliable} of 2000");
         for t in &fleet {
-            assert_eq!(t.unreliable, t.reliability < 0.9, "{t:?}");
+            assert_eq!(t.unreliable, t.reliability < 1.0, "{t:?}");
+            assert!(t.reliability >= 0.3, "{t:?}");
         }
     }
 
