@@ -1035,8 +1035,12 @@ struct StandInState {
     city: Option<ActorRef<CityMsg>>,
     skill: Option<String>,
     tried: HashSet<Uuid>,
-    pending: Option<PendingOffer>,
+    pending: Vec<PendingOffer>,
+    batches: u32,
     timer: Option<JoinHandle<Result<(), MessagingErr<StandInMsg>>>>,
+    slot_timer: Option<JoinHandle<Result<(), MessagingErr<StandInMsg>>>>,
+    reminded: bool,
+    priority: bool,
 }
 
 /// What `pre_start` would have read from the database.
@@ -1056,6 +1060,7 @@ impl StandInArgs {
                 worker_id: Uuid::new_v4(),
                 attempt: 1,
                 expires_at: Utc::now() + chrono::Duration::hours(1),
+                batch: 1,
             },
         }
     }
@@ -1066,8 +1071,12 @@ impl StandInArgs {
             row: self.row,
             city: None,
             tried: HashSet::from([self.pending.worker_id]),
-            pending: Some(self.pending),
+            pending: vec![self.pending],
+            batches: 1,
             timer: None,
+            slot_timer: None,
+            reminded: false,
+            priority: false,
         }
     }
 }
@@ -1090,7 +1099,7 @@ impl<const N: usize> Actor for StandIn<N> {
         myself: ActorRef<StandInMsg>,
         state: &mut StandInState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(p) = state.pending {
+        if let Some(p) = state.pending.first() {
             let offer_id = p.offer_id;
             state.timer = Some(
                 myself.send_after(OFFER_TIMEOUT, move || StandInMsg::OfferTimeout { offer_id }),
@@ -1121,8 +1130,8 @@ impl<const N: usize> Actor for StandIn<N> {
                 let scratch = [0u8; N];
                 tokio::task::yield_now().await;
                 black_box(&scratch);
-                if state.pending.map(|p| p.offer_id) == Some(offer_id) {
-                    state.pending = None;
+                if state.pending.first().map(|p| p.offer_id) == Some(offer_id) {
+                    state.pending.clear();
                     state.timer = None;
                 }
             }
@@ -1169,12 +1178,12 @@ async fn bare_task(args: StandInArgs, mut rx: mpsc::UnboundedReceiver<BareMsg>) 
     loop {
         tokio::select! {
             () = &mut timer => {
-                state.pending = None;
+                state.pending.clear();
                 return;
             }
             msg = rx.recv() => match msg {
                 Some(BareMsg::Ping(reply)) => {
-                    let _ = reply.send(state.pending.is_some());
+                    let _ = reply.send(!state.pending.is_empty());
                 }
                 None => return,
             },
@@ -1219,6 +1228,8 @@ fn offering_row() -> ServiceRequest {
         completed_at: None,
         created_at: now,
         updated_at: now,
+        scheduled_start: None,
+        scheduled_end: None,
     }
 }
 
@@ -1258,6 +1269,7 @@ fn search((lon, lat): (f64, f64), k: usize) -> Search {
         k,
         exclude: HashSet::new(),
         radius_steps_m: Settings::default().search_radius_steps_m,
+        blocks: None,
     }
 }
 

@@ -329,6 +329,8 @@ fn new_request(key: &str) -> NewServiceRequest {
         platform_fee: Cents(225_000),
         pricing_engine: "rules".into(),
         idempotency_key: Some(key.to_string()),
+        slot: None,
+        status: arreglame::domain::Status::Pending,
     }
 }
 
@@ -396,6 +398,7 @@ async fn offer_and_settle(
         distance_meters: 850.0,
         radius_meters: 2000,
         candidates_considered: 3,
+        candidate_scores: vec![],
     };
     let offer_id = offer.id;
     let offering = store.transition(&current, Change::OfferSent(offer)).await?;
@@ -403,6 +406,7 @@ async fn offer_and_settle(
         offer_id,
         outcome: OfferOutcome::Rejected,
         reason: None,
+        others_pending: false,
     };
     Ok(store.transition(&offering, settled).await?)
 }

@@ -113,6 +113,8 @@ fn sample_offer(worker: Uuid) -> OfferNotice {
         area: "Buenos Aires".into(),
         latitude: -34.604,
         longitude: -58.382,
+        scheduled_start: None,
+        scheduled_end: None,
     }
 }
 

@@ -15,5 +15,22 @@ insert into system_config (key, value, description) values
     ('outbox_max_attempts', '10', 'Publish attempts before an outbox event is parked'),
     ('ai_multiplier_min', '0.5', 'Lowest combined multiplier the AI pricing may produce'),
     ('ai_multiplier_max', '3.0', 'Highest combined multiplier the AI pricing may produce'),
-    ('max_square_meters', '100000', 'Largest job size accepted, in square metres')
+    ('max_square_meters', '100000', 'Largest job size accepted, in square metres'),
+    ('offer_mode', 'sequential', 'sequential (one worker at a time), parallel (offer_batch_size at once, first accept wins) or adaptive'),
+    ('offer_batch_size', '3', 'Workers offered a job at once in parallel mode'),
+    ('adaptive_target_accept_probability', '0.9', 'Adaptive mode widens a batch until one accept is at least this likely'),
+    ('adaptive_max_batch_size', '6', 'Widest batch adaptive mode makes'),
+    ('candidate_ranking', 'nearest', 'nearest (closest first) or scored (ranking_weight_* over distance, acceptance, rating, reliability, fairness)'),
+    ('ranking_weight_distance', '0.4', 'Weight of closeness in the candidate score'),
+    ('ranking_weight_acceptance', '0.15', 'Weight of the worker''s recent acceptance rate'),
+    ('ranking_weight_rating', '0.1', 'Weight of the worker''s rating'),
+    ('ranking_weight_reliability', '0.25', 'Weight of few cancellations and no-shows (last 30 days)'),
+    ('ranking_weight_fairness', '0.1', 'Weight of time since the last job and little earned today'),
+    ('dispatch_lead_minutes', '900', 'A booked request is offered this many minutes before its slot starts'),
+    ('travel_buffer_minutes', '30', 'Minutes kept free around a worker''s booked jobs'),
+    ('no_show_grace_minutes', '15', 'A worker who has not started this long after the slot start is a no-show'),
+    ('job_reminder_minutes', '60', 'Minutes before the slot the assigned worker is reminded'),
+    ('immediate_job_minutes', '120', 'How long a job booked for now is assumed to take (overlap check)'),
+    ('max_slot_hours', '8', 'Longest bookable slot'),
+    ('booking_horizon_days', '30', 'How far ahead a slot may be booked')
 on conflict (key) do nothing;

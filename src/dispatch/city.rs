@@ -3,10 +3,15 @@
 //! known to the index), so nearest-k never walks past busy workers and nobody can be handed
 //! two offers at once. Its messages, state and tests are here.
 
-use std::sync::{
-    atomic::{AtomicI64, Ordering},
-    Arc,
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
 };
+
+use chrono::{DateTime, Timelike, Utc};
 
 use geo::{Contains, Intersects, Point, Polygon};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -14,7 +19,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 pub use super::index::{
-    Availability, Candidate, CityStats, OnlineWorker, Reservation, Search, WorkerIndex,
+    Availability, BookedSlot, Candidate, CityStats, OnlineWorker, Reservation, Search, WorkerIndex,
+};
+use crate::domain::offer_policy::{
+    adaptive_width, score, AcceptanceEstimate, CandidateScore, RankingWeights, WorkerRecord,
 };
 
 /// A city's identity and service area, read from `cities`.
@@ -184,11 +192,38 @@ pub enum CityMsg {
         search: Search,
         reply: RpcReplyPort<Vec<Candidate>>,
     },
-    /// Atomically finds the nearest suitable worker and reserves it for `request_id`.
-    ReserveNearest {
-        search: Search,
+    /// What the database says of a worker who just came online: booked jobs and record.
+    Profile {
+        worker_id: Uuid,
+        booked: Vec<BookedSlot>,
+        record: WorkerRecord,
+    },
+    /// Reserves the best candidates for a request's next batch of offers (queued: requests
+    /// marked `priority` are served first, see [`CityMsg::Drain`]).
+    ReserveBest(ReserveBest),
+    /// Serves one queued reservation, priority ones first (internal: one per `ReserveBest`).
+    Drain,
+    /// A worker answered an offer (accepted, or rejected / let it expire): feeds the live
+    /// acceptance estimate of the hour and the worker's record.
+    OfferAnswered {
+        worker_id: Uuid,
+        accepted: bool,
+    },
+    /// A worker accepted a booked job: free again until the slot, which now blocks their day.
+    Booked {
+        worker_id: Uuid,
         request_id: Uuid,
-        reply: RpcReplyPort<Option<Reservation>>,
+        slot: (DateTime<Utc>, DateTime<Utc>),
+    },
+    /// A worker cancelled an assignment or did not show up.
+    Struck {
+        worker_id: Uuid,
+    },
+    /// A worker completed a job: free again, with the earnings on their record.
+    JobDone {
+        worker_id: Uuid,
+        request_id: Uuid,
+        earned_cents: i64,
     },
     /// Reserves a given worker (recovery of an outstanding offer).
     Reserve {
@@ -215,6 +250,40 @@ pub enum CityMsg {
     Workers(RpcReplyPort<Vec<OnlineWorker>>),
 }
 
+/// How many workers the next batch of offers goes to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OfferWidth {
+    Fixed(usize),
+    /// As many as the city's acceptance estimate for this hour needs to reach `target`.
+    Adaptive {
+        target: f64,
+        max: usize,
+    },
+}
+
+/// A request for the best candidates of a search.
+pub struct ReserveBest {
+    pub search: Search,
+    pub request_id: Uuid,
+    pub width: OfferWidth,
+    /// Never more than this many (the request's remaining offer budget).
+    pub at_most: usize,
+    /// `Some` ranks the candidates of the first radius step by score; `None` is nearest first.
+    pub ranking: Option<RankingWeights>,
+    /// Served before requests without it (a request re-dispatched after a no-show or a
+    /// worker's cancellation).
+    pub priority: bool,
+    pub reply: RpcReplyPort<Reserved>,
+}
+
+/// The reserved candidates (best first) and, when ranked, every scored candidate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reserved {
+    pub picks: Vec<Reservation>,
+    pub scores: Vec<CandidateScore>,
+}
+
 /// The city actor (its configuration is the city itself).
 pub struct CityActor;
 
@@ -224,9 +293,102 @@ pub struct CityState {
     searches: u64,
     location_updates: u64,
     refused_positions: u64,
+    /// Reservations waiting for their `Drain`, priority ones apart.
+    queued: VecDeque<ReserveBest>,
+    queued_first: VecDeque<ReserveBest>,
+    /// The live acceptance estimate by hour of day (UTC; a city has one time zone, so the
+    /// buckets are the city's hours shifted).
+    acceptance: [AcceptanceEstimate; 24],
 }
 
 impl CityState {
+    fn acceptance_now(&mut self) -> &mut AcceptanceEstimate {
+        &mut self.acceptance[Utc::now().hour() as usize]
+    }
+
+    /// Finds, ranks and reserves the candidates of one reservation.
+    fn reserve(&mut self, r: &ReserveBest) -> Reserved {
+        self.searches += 1;
+        let width = match r.width {
+            OfferWidth::Fixed(n) => n,
+            OfferWidth::Adaptive { target, max } => {
+                adaptive_width(self.acceptance_now().probability(), target, max)
+            }
+        }
+        .clamp(1, r.at_most.max(1));
+        let search = Search {
+            k: r.search.k.max(width),
+            ..r.search.clone()
+        };
+        let (found, considered) = self.index.find(&search);
+        let (ordered, scores) = match &r.ranking {
+            None => (found, Vec::new()),
+            Some(weights) => self.rank(found, weights),
+        };
+        let picks = ordered
+            .into_iter()
+            .take(width)
+            .map(|candidate| {
+                self.index.set_availability(
+                    candidate.worker_id,
+                    Availability::HoldingOffer {
+                        request_id: r.request_id,
+                    },
+                );
+                Reservation {
+                    candidate,
+                    candidates_considered: considered,
+                }
+            })
+            .collect();
+        Reserved { picks, scores }
+    }
+
+    /// Orders candidates by score, best first (ties: the nearer one).
+    fn rank(
+        &self,
+        found: Vec<Candidate>,
+        weights: &RankingWeights,
+    ) -> (Vec<Candidate>, Vec<CandidateScore>) {
+        let now = Utc::now();
+        let record = |id: &Uuid| {
+            self.index
+                .get(id)
+                .map(|w| w.record.clone())
+                .unwrap_or_default()
+        };
+        let most_earned = found
+            .iter()
+            .map(|c| record(&c.worker_id).earnings_today_cents)
+            .max()
+            .unwrap_or(0);
+        let mut scored: Vec<(Candidate, CandidateScore)> = found
+            .into_iter()
+            .map(|c| {
+                let parts = score(
+                    &record(&c.worker_id),
+                    c.distance_m,
+                    c.radius_m as f64,
+                    most_earned,
+                    now,
+                );
+                let s = CandidateScore {
+                    worker_id: c.worker_id,
+                    distance_meters: c.distance_m,
+                    score: parts.total(weights),
+                    parts,
+                };
+                (c, s)
+            })
+            .collect();
+        scored.sort_by(|a, b| {
+            b.1.score
+                .total_cmp(&a.1.score)
+                .then(a.0.distance_m.total_cmp(&b.0.distance_m))
+        });
+        scored.into_iter().unzip()
+    }
+
     fn check_position(&mut self, lon: f64, lat: f64) -> Result<(), CityError> {
         if crate::domain::Position::new(lon, lat).is_err() {
             self.refused_positions += 1;
@@ -261,12 +423,15 @@ impl Actor for CityActor {
             searches: 0,
             location_updates: 0,
             refused_positions: 0,
+            queued: VecDeque::new(),
+            queued_first: VecDeque::new(),
+            acceptance: [AcceptanceEstimate::default(); 24],
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<CityMsg>,
+        myself: ActorRef<CityMsg>,
         msg: CityMsg,
         state: &mut CityState,
     ) -> Result<(), ActorProcessingErr> {
@@ -314,24 +479,79 @@ impl Actor for CityActor {
                 state.searches += 1;
                 let _ = reply.send(state.index.find(&search).0);
             }
-            CityMsg::ReserveNearest {
-                search,
-                request_id,
-                reply,
-            } => {
-                state.searches += 1;
-                let (found, considered) = state.index.find(&Search { k: 1, ..search });
-                let reservation = found.into_iter().next().map(|candidate| {
-                    state.index.set_availability(
-                        candidate.worker_id,
-                        Availability::HoldingOffer { request_id },
-                    );
-                    Reservation {
-                        candidate,
-                        candidates_considered: considered,
+            CityMsg::Profile {
+                worker_id,
+                booked,
+                record,
+            } => state.index.set_profile(worker_id, booked, record),
+            CityMsg::ReserveBest(r) => {
+                if r.priority {
+                    state.queued_first.push_back(r);
+                } else {
+                    state.queued.push_back(r);
+                }
+                // Served on the matching Drain: a priority reservation that arrives before
+                // it overtakes the ones already queued.
+                state.info.cast(&myself, CityMsg::Drain);
+            }
+            CityMsg::Drain => {
+                if let Some(r) = state
+                    .queued_first
+                    .pop_front()
+                    .or_else(|| state.queued.pop_front())
+                {
+                    let reserved = state.reserve(&r);
+                    if let Err(ractor::MessagingErr::SendErr(unsent)) = r.reply.send(reserved) {
+                        // The request actor is gone: free what was reserved for it.
+                        for pick in unsent.picks {
+                            state.index.set_availability(
+                                pick.candidate.worker_id,
+                                Availability::Available,
+                            );
+                        }
                     }
-                });
-                let _ = reply.send(reservation);
+                }
+            }
+            CityMsg::OfferAnswered {
+                worker_id,
+                accepted,
+            } => {
+                state.acceptance_now().record(accepted);
+                if let Some(w) = state.index.get_mut(&worker_id) {
+                    w.record.offers_answered += 1;
+                    w.record.offers_accepted += u32::from(accepted);
+                }
+            }
+            CityMsg::Booked {
+                worker_id,
+                request_id,
+                slot,
+            } => {
+                if let Some(w) = state.index.get_mut(&worker_id) {
+                    w.booked.retain(|b| b.request_id != request_id);
+                    w.booked.push(BookedSlot {
+                        request_id,
+                        start: slot.0,
+                        end: slot.1,
+                    });
+                }
+                release_if_held_for(&mut state.index, worker_id, request_id);
+            }
+            CityMsg::Struck { worker_id } => {
+                if let Some(w) = state.index.get_mut(&worker_id) {
+                    w.record.strikes += 1;
+                }
+            }
+            CityMsg::JobDone {
+                worker_id,
+                request_id,
+                earned_cents,
+            } => {
+                if let Some(w) = state.index.get_mut(&worker_id) {
+                    w.record.last_job_at = Some(Utc::now());
+                    w.record.earnings_today_cents += earned_cents;
+                }
+                release_if_held_for(&mut state.index, worker_id, request_id);
             }
             CityMsg::Reserve {
                 worker_id,
@@ -362,19 +582,7 @@ impl Actor for CityActor {
             CityMsg::Release {
                 worker_id,
                 request_id,
-            } => {
-                // Only the request that holds the worker may free it: a stale release from
-                // an older offer must not free a worker busy with another job.
-                let holds = matches!(
-                    state.index.get(&worker_id).map(|w| w.availability),
-                    Some(Availability::HoldingOffer { request_id: r } | Availability::Busy { request_id: r }) if r == request_id
-                );
-                if holds {
-                    state
-                        .index
-                        .set_availability(worker_id, Availability::Available);
-                }
-            }
+            } => release_if_held_for(&mut state.index, worker_id, request_id),
             CityMsg::ReleaseOffersOf { request_id } => {
                 let holders: Vec<Uuid> = state
                     .index
@@ -404,10 +612,71 @@ impl Actor for CityActor {
     }
 }
 
+/// Frees a worker who holds an offer of, or a job for, `request_id` (and nothing else: a
+/// stale release from an older offer must not free a worker busy with another job), and
+/// drops that request's booked slot from their day.
+fn release_if_held_for(index: &mut WorkerIndex, worker_id: Uuid, request_id: Uuid) {
+    let Some(w) = index.get_mut(&worker_id) else {
+        return;
+    };
+    w.booked.retain(|b| b.request_id != request_id);
+    let holds = matches!(
+        w.availability,
+        Availability::HoldingOffer { request_id: r } | Availability::Busy { request_id: r } if r == request_id
+    );
+    if holds {
+        index.set_availability(worker_id, Availability::Available);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dispatch::index::test_search as search;
+
+    /// Reserves the nearest worker for `request_id`, as a sequential request does.
+    async fn reserve_nearest(city: &ActorRef<CityMsg>, request_id: Uuid) -> Option<Reservation> {
+        call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
+            search: search(-58.40, -34.60, 1),
+            request_id,
+            width: OfferWidth::Fixed(1),
+            at_most: 1,
+            ranking: None,
+            priority: false,
+            reply,
+        }))
+        .unwrap()
+        .picks
+        .into_iter()
+        .next()
+    }
+
+    /// Reserves a batch of `width` for a new request.
+    async fn reserve_width(city: &ActorRef<CityMsg>, width: OfferWidth) -> Reserved {
+        call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
+            search: search(-58.40, -34.60, 10),
+            request_id: Uuid::new_v4(),
+            width,
+            at_most: 10,
+            ranking: None,
+            priority: false,
+            reply,
+        }))
+        .unwrap()
+    }
+
+    async fn online(city: &ActorRef<CityMsg>, worker_id: Uuid, lon: f64) {
+        call!(city, |reply| CityMsg::Online {
+            worker_id,
+            lon,
+            lat: -34.60,
+            skills: vec![],
+            busy_with: None,
+            reply
+        })
+        .unwrap()
+        .unwrap();
+    }
     use ractor::call;
 
     fn buenos_aires() -> CityInfo {
@@ -478,44 +747,22 @@ mod tests {
         .unwrap()
         .unwrap();
         let (r1, r2) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = call!(city, |reply| CityMsg::ReserveNearest {
-            search: search(-58.40, -34.60, 1),
-            request_id: r1,
-            reply
-        })
-        .unwrap();
+        let first = reserve_nearest(&city, r1).await;
         assert_eq!(first.unwrap().candidate.worker_id, w);
-        let second = call!(city, |reply| CityMsg::ReserveNearest {
-            search: search(-58.40, -34.60, 1),
-            request_id: r2,
-            reply
-        })
-        .unwrap();
-        assert!(second.is_none());
+        assert!(reserve_nearest(&city, r2).await.is_none());
         // A release from a request that does not hold the worker changes nothing.
         city.cast(CityMsg::Release {
             worker_id: w,
             request_id: r2,
         })
         .unwrap();
-        let still = call!(city, |reply| CityMsg::ReserveNearest {
-            search: search(-58.40, -34.60, 1),
-            request_id: r2,
-            reply
-        })
-        .unwrap();
-        assert!(still.is_none());
+        assert!(reserve_nearest(&city, r2).await.is_none());
         city.cast(CityMsg::Release {
             worker_id: w,
             request_id: r1,
         })
         .unwrap();
-        let after = call!(city, |reply| CityMsg::ReserveNearest {
-            search: search(-58.40, -34.60, 1),
-            request_id: r2,
-            reply
-        })
-        .unwrap();
+        let after = reserve_nearest(&city, r2).await;
         assert_eq!(after.unwrap().candidate.worker_id, w);
         let held = call!(city, |reply| CityMsg::Offline {
             worker_id: w,
@@ -523,5 +770,117 @@ mod tests {
         })
         .unwrap();
         assert_eq!(held, Some(Availability::HoldingOffer { request_id: r2 }));
+    }
+
+    /// Both reservations are in the mailbox before the city handles either: the priority
+    /// one (a request re-dispatched after a no-show) gets the only worker.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_priority_reservation_overtakes_one_queued_before_it() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let w = Uuid::new_v4();
+        online(&city, w, -58.40).await;
+        let reserve = |request_id, priority| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            city.cast(CityMsg::ReserveBest(ReserveBest {
+                search: search(-58.40, -34.60, 1),
+                request_id,
+                width: OfferWidth::Fixed(1),
+                at_most: 1,
+                ranking: None,
+                priority,
+                reply: tx.into(),
+            }))
+            .unwrap();
+            rx
+        };
+        let (new_request, redispatched) = (Uuid::new_v4(), Uuid::new_v4());
+        let first_in = reserve(new_request, false);
+        let second_in = reserve(redispatched, true);
+        assert!(first_in.await.unwrap().picks.is_empty());
+        assert_eq!(second_in.await.unwrap().picks[0].candidate.worker_id, w);
+    }
+
+    /// Parallel: one reservation takes the batch's width; adaptive widens only when the
+    /// hour's acceptance estimate is below the target.
+    #[tokio::test]
+    async fn a_batch_reserves_its_width_and_adaptive_widens_only_when_acceptance_is_low() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let workers: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+        for (i, w) in workers.iter().enumerate() {
+            online(&city, *w, -58.40 + 0.001 * i as f64).await;
+        }
+        let batch = reserve_width(&city, OfferWidth::Fixed(3)).await;
+        let ids: Vec<Uuid> = batch.picks.iter().map(|p| p.candidate.worker_id).collect();
+        assert_eq!(ids, workers[..3], "the three nearest");
+        let adaptive = OfferWidth::Adaptive {
+            target: 0.9,
+            max: 6,
+        };
+        // Workers of this city and hour accept almost always: one offer is enough.
+        for _ in 0..200 {
+            city.cast(CityMsg::OfferAnswered {
+                worker_id: Uuid::nil(),
+                accepted: true,
+            })
+            .unwrap();
+        }
+        assert_eq!(reserve_width(&city, adaptive).await.picks.len(), 1);
+        // Now they mostly say no: the batch widens (to the two workers still free).
+        for _ in 0..400 {
+            city.cast(CityMsg::OfferAnswered {
+                worker_id: Uuid::nil(),
+                accepted: false,
+            })
+            .unwrap();
+        }
+        assert_eq!(reserve_width(&city, adaptive).await.picks.len(), 2);
+    }
+
+    /// Scored ranking: a hand-built set of candidates comes back in score order, with each
+    /// candidate's parts.
+    #[tokio::test]
+    async fn scored_ranking_orders_a_hand_built_set_of_candidates() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let (near_flaky, mid_reliable, far_new) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        online(&city, near_flaky, -58.401).await;
+        online(&city, mid_reliable, -58.404).await;
+        online(&city, far_new, -58.410).await;
+        let record = |strikes, answered, accepted| WorkerRecord {
+            rating: 4.8,
+            offers_answered: answered,
+            offers_accepted: accepted,
+            strikes,
+            ..Default::default()
+        };
+        for (w, r) in [
+            (near_flaky, record(4, 20, 10)),
+            (mid_reliable, record(0, 20, 18)),
+            (far_new, record(0, 0, 0)),
+        ] {
+            city.cast(CityMsg::Profile {
+                worker_id: w,
+                booked: vec![],
+                record: r,
+            })
+            .unwrap();
+        }
+        let weights = RankingWeights::default();
+        let ranked = call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
+            search: search(-58.40, -34.60, 10),
+            request_id: Uuid::new_v4(),
+            width: OfferWidth::Fixed(1),
+            at_most: 1,
+            ranking: Some(weights),
+            priority: false,
+            reply,
+        }))
+        .unwrap();
+        let order: Vec<Uuid> = ranked.scores.iter().map(|s| s.worker_id).collect();
+        assert_eq!(order, vec![mid_reliable, far_new, near_flaky]);
+        assert_eq!(ranked.picks[0].candidate.worker_id, mid_reliable);
+        assert!(ranked.scores.windows(2).all(|w| w[0].score >= w[1].score));
+        let flaky = &ranked.scores[2];
+        assert!((flaky.score - flaky.parts.total(&weights)).abs() < 1e-12);
+        assert_eq!(flaky.parts.reliability, 0.2);
     }
 }

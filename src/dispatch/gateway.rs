@@ -31,6 +31,9 @@ pub struct OfferNotice {
     pub area: String,
     pub latitude: f64,
     pub longitude: f64,
+    /// The booked slot, for a booked job.
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
 }
 
 /// The offer side of an [`OfferNotice`].
@@ -54,6 +57,7 @@ pub struct JobParts<'a> {
     pub position: Option<Position>,
     /// The city's name (the notice says where, not the address).
     pub area: &'a str,
+    pub slot: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 impl OfferNotice {
@@ -79,6 +83,8 @@ impl OfferNotice {
             area: job.area.to_string(),
             latitude: place.lat,
             longitude: place.lon,
+            scheduled_start: job.slot.map(|(start, _)| start),
+            scheduled_end: job.slot.map(|(_, end)| end),
         }
     }
 }
@@ -92,7 +98,8 @@ pub enum WorkerNotice {
         worker_id: Uuid,
         offer_id: Uuid,
         request_id: Uuid,
-        /// `expired`, `cancelled`, `unassigned`.
+        /// `expired`, `cancelled`, `unassigned`, or `taken` (parallel offers: another
+        /// worker accepted first).
         reason: String,
     },
     AssignmentConfirmed {
@@ -105,6 +112,20 @@ pub enum WorkerNotice {
         request_id: Uuid,
         status: Status,
     },
+    /// A booked job the worker accepted starts soon (`job_reminder_minutes` before the slot).
+    JobReminder {
+        worker_id: Uuid,
+        request_id: Uuid,
+        scheduled_start: DateTime<Utc>,
+        scheduled_end: DateTime<Utc>,
+    },
+    /// The job was taken back from the worker (`no_show`: not started within
+    /// `no_show_grace_minutes` after the slot start).
+    AssignmentRevoked {
+        worker_id: Uuid,
+        request_id: Uuid,
+        reason: String,
+    },
 }
 
 impl WorkerNotice {
@@ -113,7 +134,9 @@ impl WorkerNotice {
             WorkerNotice::Offer(o) => o.worker_id,
             WorkerNotice::OfferWithdrawn { worker_id, .. }
             | WorkerNotice::AssignmentConfirmed { worker_id, .. }
-            | WorkerNotice::JobUpdate { worker_id, .. } => *worker_id,
+            | WorkerNotice::JobUpdate { worker_id, .. }
+            | WorkerNotice::JobReminder { worker_id, .. }
+            | WorkerNotice::AssignmentRevoked { worker_id, .. } => *worker_id,
         }
     }
 }

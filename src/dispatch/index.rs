@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use geo::{Distance, Haversine, Point};
 use rstar::{PointDistance, RTree, RTreeObject, AABB};
 use serde::Serialize;
@@ -47,6 +48,19 @@ pub struct OnlineWorker {
     pub lat: f64,
     pub skills: Vec<String>,
     pub availability: Availability,
+    /// Booked jobs the worker accepted and has not started: no offer may overlap them.
+    pub booked: Vec<BookedSlot>,
+    /// The worker's recent record, for ranking.
+    pub record: crate::domain::offer_policy::WorkerRecord,
+}
+
+/// An accepted booking in a worker's day.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BookedSlot {
+    pub request_id: Uuid,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
 }
 
 /// A worker found for a request.
@@ -71,6 +85,21 @@ pub struct Search {
     pub exclude: HashSet<Uuid>,
     /// Radii to try outward, ascending, in metres.
     pub radius_steps_m: Vec<u32>,
+    /// The time the job would block (its slot widened by the travel buffer): a worker
+    /// with a booked job overlapping it is not a candidate. `None` checks nothing.
+    pub blocks: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Search {
+    /// Whether `w` is free for the time this job blocks.
+    fn fits_schedule_of(&self, w: &OnlineWorker) -> bool {
+        let Some(blocks) = self.blocks else {
+            return true;
+        };
+        !w.booked
+            .iter()
+            .any(|b| crate::domain::booking::overlaps(blocks, (b.start, b.end)))
+    }
 }
 
 /// A reserved candidate and how many were considered in its radius step.
@@ -175,6 +204,12 @@ impl WorkerIndex {
             (Some(existing), None) => existing.availability,
             (None, None) => Availability::Available,
         };
+        // A known worker keeps its day and record through a re-announcement.
+        let (booked, record) = self
+            .workers
+            .get(&id)
+            .map(|w| (w.booked.clone(), w.record.clone()))
+            .unwrap_or_default();
         self.remove(id);
         if availability == Availability::Available {
             self.tree.insert(IndexedWorker {
@@ -190,8 +225,29 @@ impl WorkerIndex {
                 lat,
                 skills,
                 availability,
+                booked,
+                record,
             },
         );
+    }
+
+    /// Sets what the engine knows of a worker's day and record (read from the database when
+    /// they come online).
+    pub fn set_profile(
+        &mut self,
+        id: Uuid,
+        booked: Vec<BookedSlot>,
+        record: crate::domain::offer_policy::WorkerRecord,
+    ) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.booked = booked;
+            w.record = record;
+        }
+    }
+
+    /// The online worker, to update its record or its booked slots in place.
+    pub fn get_mut(&mut self, id: &Uuid) -> Option<&mut OnlineWorker> {
+        self.workers.get_mut(id)
     }
 
     /// Removes a worker; returns what it was holding.
@@ -281,6 +337,9 @@ impl WorkerIndex {
                     continue;
                 }
             }
+            if !search.fits_schedule_of(w) {
+                continue;
+            }
             let ground = Haversine.distance(origin, Point::new(w.lon, w.lat));
             if ground <= largest as f64 {
                 found.push((ground, w.id));
@@ -301,6 +360,7 @@ impl WorkerIndex {
                 w.availability == Availability::Available && !search.exclude.contains(&w.id)
             })
             .filter(|w| search.skill.as_ref().is_none_or(|s| w.skills.contains(s)))
+            .filter(|w| search.fits_schedule_of(w))
             .map(|w| (Haversine.distance(origin, Point::new(w.lon, w.lat)), w.id))
             .filter(|(d, _)| *d <= largest)
             .collect();
@@ -357,6 +417,7 @@ pub(crate) fn test_search(lon: f64, lat: f64, k: usize) -> Search {
         k,
         exclude: HashSet::new(),
         radius_steps_m: vec![2_000, 5_000, 10_000],
+        blocks: None,
     }
 }
 
@@ -452,5 +513,41 @@ mod tests {
         idx.set_availability(w, Availability::Available);
         assert_eq!(idx.find(&search(-58.40, -34.60, 1)).0[0].worker_id, w);
         assert_eq!(idx.tree.size(), 1);
+    }
+
+    #[test]
+    fn a_worker_booked_at_an_overlapping_time_is_skipped() {
+        let mut idx = WorkerIndex::new(-34.6);
+        let (booked, free) = (Uuid::new_v4(), Uuid::new_v4());
+        idx.upsert(booked, -58.400, -34.600, vec![], None);
+        idx.upsert(free, -58.401, -34.601, vec![], None);
+        let saturday_10 = Utc::now() + chrono::Duration::days(3);
+        let two_hours = chrono::Duration::hours(2);
+        idx.set_profile(
+            booked,
+            vec![BookedSlot {
+                request_id: Uuid::new_v4(),
+                start: saturday_10,
+                end: saturday_10 + two_hours,
+            }],
+            Default::default(),
+        );
+        let mut s = search(-58.40, -34.60, 2);
+        s.blocks = Some((
+            saturday_10 + chrono::Duration::hours(1),
+            saturday_10 + two_hours * 2,
+        ));
+        let ids = |v: Vec<Candidate>| v.into_iter().map(|c| c.worker_id).collect::<Vec<_>>();
+        assert_eq!(ids(idx.find(&s).0), vec![free]);
+        assert_eq!(ids(idx.find_linear(&s)), vec![free]);
+        // The next day: both are free; the booked one is nearer.
+        s.blocks = Some((
+            saturday_10 + chrono::Duration::days(1),
+            saturday_10 + chrono::Duration::days(1) + two_hours,
+        ));
+        assert_eq!(ids(idx.find(&s).0), vec![booked, free]);
+        // A move keeps the worker's day.
+        idx.upsert(booked, -58.400, -34.600, vec![], None);
+        assert_eq!(idx.get(&booked).unwrap().booked.len(), 1);
     }
 }

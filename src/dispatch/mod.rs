@@ -50,6 +50,8 @@ pub enum CommandError {
     },
     #[error("the cancellation window of this job has closed")]
     WindowClosed,
+    #[error("the booked slot has started: the assignment can no longer be cancelled")]
+    SlotStarted,
     #[error("the request changed concurrently; try again")]
     Conflict,
     #[error("the request's actor is restarting; try again")]
@@ -95,6 +97,10 @@ pub struct DispatchStats {
     pub actors_revived: Counter,
     /// Live actors whose request showed no progress and were nudged to act again.
     pub actors_nudged: Counter,
+    /// Assigned workers who cancelled before the job started (`cancel_assignment`).
+    pub worker_cancellations: Counter,
+    /// Assigned workers who did not start within the grace after the slot start.
+    pub no_shows: Counter,
     /// Sum and count of creation-to-assignment times, in milliseconds.
     pub assignment_ms_sum: Counter,
     pub assignments: Counter,
@@ -142,17 +148,44 @@ impl DispatchStats {
         metrics::counter!(event.metric(), "city" => city).increment(1);
     }
 
-    pub fn record_assignment(&self, created_at: DateTime<Utc>) {
-        let ms = (Utc::now() - created_at).num_milliseconds().max(0) as u64;
+    /// Counts an assignment made `since` dispatch began (creation, or a booking's
+    /// dispatch time).
+    pub fn record_assignment(&self, since: DateTime<Utc>) {
+        let ms = (Utc::now() - since).num_milliseconds().max(0) as u64;
         metrics::histogram!("arreglame_time_to_assignment_seconds").record(ms as f64 / 1000.0);
         self.assignment_ms_sum.add(ms);
         self.assignments.inc();
     }
 }
 
+/// Wall-clock time that advances with tokio's clock. Slot timers (a booking's dispatch
+/// time, its reminder, its no-show deadline) compare the time now with timestamps from the
+/// database; reading it this way lets a test on a paused clock move a booking through its
+/// day with `tokio::time::advance`. In production the two clocks agree to within the
+/// system clock's slew since start.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    wall: DateTime<Utc>,
+    mono: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn start() -> Clock {
+        Clock {
+            wall: Utc::now(),
+            mono: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.wall + chrono::Duration::from_std(self.mono.elapsed()).unwrap_or_default()
+    }
+}
+
 /// What every request actor shares.
 pub struct DispatchContext {
     pub store: Store,
+    pub clock: Clock,
     pub settings: SettingsWatch,
     /// City id → its actor and description.
     pub cities: HashMap<String, CityHandle>,
@@ -225,6 +258,7 @@ impl Dispatcher {
             store.category_skills().await?.into_iter().collect();
         let ctx = Arc::new(DispatchContext {
             store,
+            clock: Clock::start(),
             settings,
             cities,
             categories,
@@ -246,6 +280,11 @@ impl Dispatcher {
     #[doc(hidden)]
     pub fn context(&self) -> &Arc<DispatchContext> {
         &self.ctx
+    }
+
+    /// The settings in force now (a snapshot; `system_config` changes apply to the next call).
+    pub fn settings(&self) -> Arc<crate::store::Settings> {
+        self.ctx.settings.borrow().clone()
     }
 
     /// The dispatch loop's counters.
@@ -355,6 +394,9 @@ impl Dispatcher {
                     offer_id: p.offer_id,
                 })
             }
+            // A booking past its dispatch time or its no-show deadline (settings may have
+            // changed since its timer was armed): the actor re-reads the clock and acts.
+            (Status::Scheduled | Status::Assigned, _) => Some(RequestMsg::SlotTick),
             _ => None,
         };
         match nudge {
@@ -485,6 +527,21 @@ impl Dispatcher {
         .await
     }
 
+    /// The assigned worker gives the job back before it starts (`cancel_assignment`).
+    pub async fn cancel_assignment(
+        &self,
+        worker_id: Uuid,
+        request_id: Uuid,
+        reason: Option<String>,
+    ) -> Result<ServiceRequest, CommandError> {
+        self.command(request_id, |reply| RequestMsg::ReleaseAssignment {
+            worker_id,
+            reason: reason.clone(),
+            reply,
+        })
+        .await
+    }
+
     pub async fn complete_job(
         &self,
         worker_id: Uuid,
@@ -591,12 +648,25 @@ impl Dispatcher {
             tracing::warn!(target: "Dispatch", %worker_id, error = %e, "worker not put online: its jobs could not be read");
             CityError::Unavailable
         };
-        let busy_with = store
-            .jobs_in_hand(worker_id)
-            .await
-            .map_err(unavailable)?
-            .first()
+        let jobs = store.jobs_in_hand(worker_id).await.map_err(unavailable)?;
+        // A booked job not started yet leaves the worker free until its slot; any other
+        // job in hand keeps them busy.
+        let busy_with = jobs
+            .iter()
+            .find(|job| job.status == Status::InProgress || job.slot.is_none())
             .map(|job| job.request_id);
+        let booked: Vec<city::BookedSlot> = jobs
+            .iter()
+            .filter(|job| job.status == Status::Assigned)
+            .filter_map(|job| {
+                job.slot.map(|(start, end)| city::BookedSlot {
+                    request_id: job.request_id,
+                    start,
+                    end,
+                })
+            })
+            .collect();
+        let record = store.worker_record(worker_id).await.map_err(unavailable)?;
         let holding = store
             .pending_offer_request(worker_id)
             .await
@@ -613,6 +683,11 @@ impl Dispatcher {
             .await
             .unwrap_or(Err(CityError::NotOnline(worker_id)));
         if result.is_ok() {
+            city.cast(CityMsg::Profile {
+                worker_id,
+                booked,
+                record,
+            });
             // A pending offer from before a reconnect keeps the worker reserved for it.
             if let Some(request_id) = holding {
                 let _ = city

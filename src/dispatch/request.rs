@@ -1,7 +1,10 @@
 //! The request actor: one per open service request, the only writer of its row while it
-//! lives. It asks its city for the nearest suitable worker, persists the offer, pushes it
-//! through the gateway and arms its own offer timer; on reject or timeout it moves to the
-//! next worker; it follows the job to completion and stops at a terminal status.
+//! lives. A booked request (SCHEDULED) waits on its slot timer until its dispatch time. To
+//! dispatch, it asks its city for the best suitable workers (one, or a parallel batch),
+//! persists each offer, pushes it through the gateway and arms one offer timer for the
+//! batch; on reject or timeout it moves on; the first accept wins and the rest of the batch
+//! is withdrawn. It follows the job to completion (a booked job through its reminder and
+//! no-show deadline) and stops at a terminal status.
 //!
 //! State is always rebuilt from the database (`pre_start`), never carried over from a
 //! failed incarnation. Every write is a `Store::transition` with the version the actor last
@@ -9,7 +12,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
@@ -19,19 +22,24 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
-    city::{CityHandle, CityMsg, Search},
+    city::{CityHandle, CityMsg, OfferWidth, ReserveBest, Search},
     gateway::{JobParts, OfferNotice, OfferParts, WorkerNotice},
     CommandError, DispatchContext, OfferEvent,
 };
 use crate::{
     domain::{
+        booking,
         cancellation::{cancellation_fee, NotCancellable},
+        offer_policy::{CandidateRanking, OfferMode},
         Cents, Position, Status,
     },
-    store::{CancelledBy, Change, NewOffer, OfferOutcome, ServiceRequest, StoreError},
+    store::{
+        CancelledBy, Change, NewOffer, OfferOutcome, OfferRow, ServiceRequest, StoreError,
+        StrikeKind, TAKEN,
+    },
 };
 
-/// The offer a request is waiting on.
+/// An offer the request is waiting on.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PendingOffer {
@@ -39,6 +47,8 @@ pub struct PendingOffer {
     pub worker_id: Uuid,
     pub attempt: i32,
     pub expires_at: chrono::DateTime<Utc>,
+    /// Offers sent together share a batch number, a deadline and one timer.
+    pub batch: u32,
 }
 
 /// What the actor holds, for tests and the ops view.
@@ -50,9 +60,12 @@ pub struct RequestSnapshot {
     pub status: Status,
     pub version: i32,
     pub attempts: i32,
+    /// The earliest offer still out (with parallel offers, `offersOut` says how many).
     pub pending: Option<PendingOffer>,
+    pub offers_out: usize,
     pub tried: usize,
     pub created_at: chrono::DateTime<Utc>,
+    pub scheduled_start: Option<chrono::DateTime<Utc>>,
     pub latitude: Option<f64>,
     pub longitude: Option<f64>,
 }
@@ -64,12 +77,15 @@ type Reply<T> = RpcReplyPort<Result<T, CommandError>>;
 
 /// Messages of a request actor.
 pub enum RequestMsg {
-    /// Look for the next worker and offer the job (internal).
+    /// Look for the next workers and offer the job (internal).
     Dispatch,
-    /// The offer timer fired (internal).
+    /// The offer timer of the batch holding this offer fired (internal).
     OfferTimeout {
         offer_id: Uuid,
     },
+    /// The slot timer fired: a booking's dispatch time, its reminder or its no-show
+    /// deadline may have come (internal; the actor re-reads the clock).
+    SlotTick,
     Accept {
         worker_id: Uuid,
         offer_id: Uuid,
@@ -81,12 +97,18 @@ pub enum RequestMsg {
         reason: Option<String>,
         reply: Reply<()>,
     },
-    /// The worker holding the offer went away (disconnect, heartbeat missed): settled as a timeout.
+    /// A worker holding an offer went away (disconnect, heartbeat missed): settled as a timeout.
     WorkerLost {
         worker_id: Uuid,
     },
     Cancel {
         by: CancelledBy,
+        reason: Option<String>,
+        reply: Reply<ServiceRequest>,
+    },
+    /// The assigned worker gives the job back before it starts (`cancel_assignment`).
+    ReleaseAssignment {
+        worker_id: Uuid,
         reason: Option<String>,
         reply: Reply<ServiceRequest>,
     },
@@ -111,6 +133,8 @@ pub struct RequestActor {
     pub ctx: Arc<DispatchContext>,
 }
 
+type Timer = JoinHandle<Result<(), ractor::MessagingErr<RequestMsg>>>;
+
 pub struct RequestState {
     row: ServiceRequest,
     city: Option<CityHandle>,
@@ -118,8 +142,17 @@ pub struct RequestState {
     /// Workers already offered this request (loaded from `offers`, so a restart never
     /// offers the same job to the same worker twice).
     tried: HashSet<Uuid>,
-    pending: Option<PendingOffer>,
-    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<RequestMsg>>>>,
+    /// The offers out now, earliest first.
+    pending: Vec<PendingOffer>,
+    /// Batches sent by this incarnation (numbers the next one).
+    batches: u32,
+    timer: Option<Timer>,
+    /// Wakes the actor at a booking's dispatch time, reminder time or no-show deadline.
+    slot_timer: Option<Timer>,
+    /// The assigned worker got the `job_reminder` (this incarnation).
+    reminded: bool,
+    /// Re-dispatched after a no-show or a worker's cancellation: served first by the city.
+    priority: bool,
     /// Where in a trace the actor was started (see `Arguments`).
     origin: TraceLink,
 }
@@ -132,9 +165,11 @@ impl RequestState {
             status: self.row.status,
             version: self.row.version,
             attempts: self.row.assignment_attempts,
-            pending: self.pending,
+            pending: self.pending.first().copied(),
+            offers_out: self.pending.len(),
             tried: self.tried.len(),
             created_at: self.row.created_at,
+            scheduled_start: self.row.scheduled_start,
             latitude: self.row.latitude,
             longitude: self.row.longitude,
         }
@@ -144,6 +179,19 @@ impl RequestState {
         if let Some(t) = self.timer.take() {
             t.abort();
         }
+    }
+
+    fn disarm_slot(&mut self) {
+        if let Some(t) = self.slot_timer.take() {
+            t.abort();
+        }
+    }
+
+    fn offer(&self, offer_id: Uuid) -> Option<PendingOffer> {
+        self.pending
+            .iter()
+            .find(|p| p.offer_id == offer_id)
+            .copied()
     }
 }
 
@@ -193,8 +241,12 @@ impl Actor for RequestActor {
             city,
             skill,
             tried,
-            pending: None,
+            pending: Vec::new(),
+            batches: 0,
             timer: None,
+            slot_timer: None,
+            reminded: false,
+            priority: false,
             origin,
         })
     }
@@ -213,6 +265,7 @@ impl Actor for RequestActor {
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
         state.disarm();
+        state.disarm_slot();
         self.ctx.forget(state.row.id, myself.get_id());
         Ok(())
     }
@@ -244,18 +297,17 @@ impl RequestActor {
                 self.dispatch(&myself, state).instrument(span).await?
             }
             RequestMsg::OfferTimeout { offer_id } => {
-                if state.pending.map(|p| p.offer_id) == Some(offer_id) {
-                    tolerate_settled(
-                        self.settle(&myself, state, OfferOutcome::Expired, None)
-                            .await,
-                    )?;
+                if let Some(timed_out) = state.offer(offer_id) {
+                    self.expire_batch(&myself, state, timed_out.batch).await?;
                 }
             }
+            RequestMsg::SlotTick => self.slot_tick(&myself, state).await?,
             RequestMsg::WorkerLost { worker_id } => {
-                if state.pending.map(|p| p.worker_id) == Some(worker_id) {
-                    let lost = Some("worker disconnected".into());
+                if let Some(lost) = state.pending.iter().find(|p| p.worker_id == worker_id) {
+                    let lost = *lost;
+                    let why = Some("worker disconnected".into());
                     tolerate_settled(
-                        self.settle(&myself, state, OfferOutcome::Expired, lost)
+                        self.settle(&myself, state, lost, OfferOutcome::Expired, why)
                             .await,
                     )?;
                 }
@@ -265,7 +317,7 @@ impl RequestActor {
                 offer_id,
                 reply,
             } => {
-                let result = self.accept(state, worker_id, offer_id).await;
+                let result = self.accept(&myself, state, worker_id, offer_id).await;
                 finish(reply, result)?;
             }
             RequestMsg::Reject {
@@ -275,8 +327,8 @@ impl RequestActor {
                 reply,
             } => {
                 let result = match check_offer(state, worker_id, offer_id) {
-                    Ok(()) => {
-                        self.settle(&myself, state, OfferOutcome::Rejected, reason)
+                    Ok(offer) => {
+                        self.settle(&myself, state, offer, OfferOutcome::Rejected, reason)
                             .await
                     }
                     Err(e) => Err(e),
@@ -287,10 +339,26 @@ impl RequestActor {
                 let result = self.cancel(state, by, reason).await;
                 finish(reply, result)?;
             }
+            RequestMsg::ReleaseAssignment {
+                worker_id,
+                reason,
+                reply,
+            } => {
+                let result = self
+                    .release_assignment(&myself, state, worker_id, StrikeKind::Cancelled, reason)
+                    .await;
+                finish(reply, result)?;
+            }
             RequestMsg::StartJob { worker_id, reply } => {
                 let result = self
                     .job_step(state, worker_id, Change::JobStarted, "start")
                     .await;
+                if result.is_ok() {
+                    // A booked job started: no reminder or no-show check any more, and the
+                    // worker is busy with it now.
+                    state.disarm_slot();
+                    self.mark_busy(state, worker_id);
+                }
                 finish(reply, result)?;
             }
             RequestMsg::CompleteJob { worker_id, reply } => {
@@ -352,11 +420,33 @@ fn is_about_the_worker(constraint: &str) -> bool {
     )
 }
 
-fn check_offer(state: &RequestState, worker_id: Uuid, offer_id: Uuid) -> Result<(), CommandError> {
-    match state.pending {
-        Some(p) if p.offer_id == offer_id && p.worker_id == worker_id => Ok(()),
-        Some(p) if p.offer_id == offer_id => Err(CommandError::NotYourOffer),
-        _ => Err(CommandError::OfferNotPending),
+fn check_offer(
+    state: &RequestState,
+    worker_id: Uuid,
+    offer_id: Uuid,
+) -> Result<PendingOffer, CommandError> {
+    match state.offer(offer_id) {
+        Some(p) if p.worker_id == worker_id => Ok(p),
+        Some(_) => Err(CommandError::NotYourOffer),
+        None => Err(CommandError::OfferNotPending),
+    }
+}
+
+/// How wide an offer mode's batches are, and the widest it can make.
+fn offer_width(settings: &crate::store::Settings) -> (OfferWidth, usize) {
+    match settings.offer_mode {
+        OfferMode::Sequential => (OfferWidth::Fixed(1), 1),
+        OfferMode::Parallel => (
+            OfferWidth::Fixed(settings.offer_batch_size),
+            settings.offer_batch_size,
+        ),
+        OfferMode::Adaptive => (
+            OfferWidth::Adaptive {
+                target: settings.adaptive_target_accept_probability,
+                max: settings.adaptive_max_batch_size,
+            },
+            settings.adaptive_max_batch_size,
+        ),
     }
 }
 
@@ -368,70 +458,100 @@ impl RequestActor {
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
         state.disarm();
-        state.pending = None;
+        state.disarm_slot();
+        state.pending.clear();
         match state.row.status {
+            Status::Scheduled => self.arm_slot(myself, state),
             Status::Pending => myself.send_message(RequestMsg::Dispatch)?,
             Status::Offering => {
-                let Some(offer) = self.ctx.store.pending_offer(state.row.id).await? else {
+                let offers = self.ctx.store.pending_offers(state.row.id).await?;
+                if offers.is_empty() {
                     // Cannot happen through `transition` (offer and status move together);
                     // end the request visibly rather than leave it stuck.
                     tracing::error!(target: "RequestActor", request_id = %state.row.id, "OFFERING without a pending offer");
                     self.give_up(state, "inconsistent offer state").await?;
                     myself.stop(None);
                     return Ok(());
-                };
-                let pending = PendingOffer {
-                    offer_id: offer.id,
-                    worker_id: offer.worker_id,
-                    attempt: offer.attempt,
-                    expires_at: offer.expires_at,
-                };
-                state.pending = Some(pending);
-                state.tried.insert(offer.worker_id);
-                if let Some(city) = &state.city {
-                    // The worker may not have reconnected yet; the reservation is best effort.
-                    let (worker_id, request_id) = (offer.worker_id, state.row.id);
-                    let _ = city
-                        .call(|reply| CityMsg::Reserve {
-                            worker_id,
-                            request_id,
-                            reply,
-                        })
-                        .await;
                 }
-                let remaining = (offer.expires_at - Utc::now()).to_std().unwrap_or_default();
+                state.batches += 1;
+                let batch = state.batches;
+                for offer in &offers {
+                    self.resume_offer(state, offer, batch).await;
+                }
+                let first = offers[0].id;
+                let earliest = offers
+                    .iter()
+                    .map(|o| o.expires_at)
+                    .min()
+                    .unwrap_or_default();
+                let remaining = (earliest - Utc::now()).to_std().unwrap_or_default();
                 if remaining.is_zero() {
                     // Expired while nobody was watching (engine down): settle at once.
-                    myself.send_message(RequestMsg::OfferTimeout { offer_id: offer.id })?;
+                    myself.send_message(RequestMsg::OfferTimeout { offer_id: first })?;
                 } else {
-                    // Push it again: the gateway de-duplicates by offer id, and a worker whose
-                    // session survived the restart (or another node's) learns it is still on.
-                    let again = NewOffer {
-                        id: offer.id,
-                        worker_id: offer.worker_id,
-                        attempt: offer.attempt,
-                        expires_at: offer.expires_at,
-                        distance_meters: offer.distance_meters.unwrap_or_default(),
-                        radius_meters: offer.radius_meters.unwrap_or_default(),
-                        candidates_considered: offer.candidates_considered.unwrap_or_default(),
-                    };
-                    self.ctx
-                        .gateway
-                        .notify(WorkerNotice::Offer(self.notice(state, &again)));
-                    self.arm(myself, state, pending.offer_id, remaining);
+                    self.arm(myself, state, first, remaining);
                 }
             }
-            Status::Assigned | Status::InProgress => {
-                if let (Some(city), Some(worker)) = (&state.city, state.row.assigned_worker_id) {
-                    city.cast(CityMsg::MarkBusy {
+            Status::Assigned if state.row.slot().is_some() => {
+                if let (Some(city), Some(worker), Some(slot)) =
+                    (&state.city, state.row.assigned_worker_id, state.row.slot())
+                {
+                    city.cast(CityMsg::Booked {
                         worker_id: worker,
                         request_id: state.row.id,
+                        slot,
                     });
+                }
+                self.arm_slot(myself, state);
+            }
+            Status::Assigned | Status::InProgress => {
+                if let Some(worker) = state.row.assigned_worker_id {
+                    self.mark_busy(state, worker);
                 }
             }
             _ => myself.stop(None),
         }
         Ok(())
+    }
+
+    /// Takes an outstanding offer back under watch after a (re)start: reserved in the city
+    /// and pushed again (the gateway de-duplicates by offer id, and a worker whose session
+    /// survived the restart, or another node's, learns it is still on).
+    async fn resume_offer(&self, state: &mut RequestState, offer: &OfferRow, batch: u32) {
+        state.pending.push(PendingOffer {
+            offer_id: offer.id,
+            worker_id: offer.worker_id,
+            attempt: offer.attempt,
+            expires_at: offer.expires_at,
+            batch,
+        });
+        state.tried.insert(offer.worker_id);
+        if let Some(city) = &state.city {
+            // The worker may not have reconnected yet; the reservation is best effort.
+            let (worker_id, request_id) = (offer.worker_id, state.row.id);
+            let _ = city
+                .call(|reply| CityMsg::Reserve {
+                    worker_id,
+                    request_id,
+                    reply,
+                })
+                .await;
+        }
+        if offer.expires_at > Utc::now() {
+            let again = NewOffer {
+                id: offer.id,
+                worker_id: offer.worker_id,
+                attempt: offer.attempt,
+                expires_at: offer.expires_at,
+                distance_meters: offer.distance_meters.unwrap_or_default(),
+                radius_meters: offer.radius_meters.unwrap_or_default(),
+                candidates_considered: offer.candidates_considered.unwrap_or_default(),
+                candidate_scores: Vec::new(),
+            };
+            self.ctx
+                .gateway
+                .notify(WorkerNotice::Offer(self.notice(state, &again)));
+        }
     }
 
     fn arm(
@@ -445,6 +565,118 @@ impl RequestActor {
         state.timer = Some(myself.send_after(after, move || RequestMsg::OfferTimeout { offer_id }));
     }
 
+    /// Arms the slot timer for the next moment that matters to a booking: its dispatch
+    /// time while SCHEDULED; its reminder, then its no-show deadline, while ASSIGNED.
+    fn arm_slot(&self, myself: &ActorRef<RequestMsg>, state: &mut RequestState) {
+        state.disarm_slot();
+        let Some((start, _)) = state.row.slot() else {
+            return;
+        };
+        let settings = self.ctx.settings.borrow().clone();
+        let next = match state.row.status {
+            Status::Scheduled => booking::dispatch_at(start, settings.dispatch_lead),
+            Status::Assigned => {
+                let no_show = no_show_deadline(start, settings.no_show_grace);
+                if state.reminded {
+                    no_show
+                } else {
+                    booking::dispatch_at(start, settings.job_reminder_before).min(no_show)
+                }
+            }
+            _ => return,
+        };
+        let after = (next - self.ctx.clock.now()).to_std().unwrap_or_default();
+        state.slot_timer = Some(myself.send_after(after, || RequestMsg::SlotTick));
+    }
+
+    /// The slot timer fired (or the backstop nudged): act on what is due, re-arm for the
+    /// rest. Settings may have changed since the timer was armed; the clock decides.
+    async fn slot_tick(
+        &self,
+        myself: &ActorRef<RequestMsg>,
+        state: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        let settings = self.ctx.settings.borrow().clone();
+        let now = self.ctx.clock.now();
+        let Some((start, end)) = state.row.slot() else {
+            if state.row.status == Status::Scheduled {
+                // Booked without a slot cannot be created; dispatch it rather than wait forever.
+                return self.open_dispatch(myself, state).await;
+            }
+            return Ok(());
+        };
+        match state.row.status {
+            Status::Scheduled if now >= booking::dispatch_at(start, settings.dispatch_lead) => {
+                self.open_dispatch(myself, state).await
+            }
+            Status::Assigned => {
+                let worker_id = state.row.assigned_worker_id;
+                let reminder_due = booking::dispatch_at(start, settings.job_reminder_before);
+                if let (false, Some(worker_id)) = (state.reminded, worker_id) {
+                    if now >= reminder_due {
+                        state.reminded = true;
+                        self.ctx.gateway.notify(WorkerNotice::JobReminder {
+                            worker_id,
+                            request_id: state.row.id,
+                            scheduled_start: start,
+                            scheduled_end: end,
+                        });
+                    }
+                }
+                match worker_id {
+                    Some(worker_id) if now >= no_show_deadline(start, settings.no_show_grace) => {
+                        let minutes = settings.no_show_grace.as_secs_f64() / 60.0;
+                        let why = format!("not started {minutes} minutes after the slot start");
+                        let released = self
+                            .release_assignment(
+                                myself,
+                                state,
+                                worker_id,
+                                StrikeKind::NoShow,
+                                Some(why),
+                            )
+                            .await;
+                        match released {
+                            Ok(_) | Err(CommandError::Conflict) => Ok(()),
+                            Err(e) => Err(e.to_string().into()),
+                        }
+                    }
+                    _ => {
+                        self.arm_slot(myself, state);
+                        Ok(())
+                    }
+                }
+            }
+            _ => {
+                self.arm_slot(myself, state);
+                Ok(())
+            }
+        }
+    }
+
+    /// SCHEDULED → PENDING at the booking's dispatch time, then dispatch at once.
+    async fn open_dispatch(
+        &self,
+        myself: &ActorRef<RequestMsg>,
+        state: &mut RequestState,
+    ) -> Result<(), ActorProcessingErr> {
+        match self
+            .ctx
+            .store
+            .transition(&state.row, Change::DispatchOpened)
+            .await
+        {
+            Ok(row) => {
+                state.row = row;
+                tracing::info!(target: "RequestActor", request_id = %state.row.id, "booking reached its dispatch time");
+                myself.send_message(RequestMsg::Dispatch)?;
+                Ok(())
+            }
+            Err(e) if e.is_conflict() => self.reload(myself, state).await,
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reloads the row after a lost race and resumes from what the database says.
     async fn reload(
         &self,
@@ -452,7 +684,7 @@ impl RequestActor {
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
         self.ctx.stats.conflicts.inc();
-        if let Some(p) = state.pending.take() {
+        for p in std::mem::take(&mut state.pending) {
             self.release(state, p.worker_id);
         }
         state.row = self.ctx.store.get_request(state.row.id).await?;
@@ -466,6 +698,21 @@ impl RequestActor {
                 worker_id,
                 request_id: state.row.id,
             });
+        }
+    }
+
+    fn mark_busy(&self, state: &RequestState, worker_id: Uuid) {
+        if let Some(city) = &state.city {
+            city.cast(CityMsg::MarkBusy {
+                worker_id,
+                request_id: state.row.id,
+            });
+        }
+    }
+
+    fn tell_city(&self, state: &RequestState, msg: CityMsg) {
+        if let Some(city) = &state.city {
+            city.cast(msg);
         }
     }
 
@@ -485,6 +732,9 @@ impl RequestActor {
         Ok(())
     }
 
+    /// Finds the next batch of candidates (one worker in sequential mode) and offers the
+    /// job to each, every offer committed before it is pushed. Candidates whose offer the
+    /// database refuses for a reason about them are passed over.
     async fn dispatch(
         &self,
         myself: &ActorRef<RequestMsg>,
@@ -494,8 +744,11 @@ impl RequestActor {
             return Ok(());
         }
         let settings = self.ctx.settings.borrow().clone();
+        let (width, widest) = offer_width(&settings);
+        // `max_assignment_attempts` counts rounds: a parallel round may ask `widest` workers.
+        let budget = settings.max_assignment_attempts as i32 * widest as i32;
         loop {
-            if state.row.assignment_attempts >= settings.max_assignment_attempts as i32 {
+            if state.row.assignment_attempts >= budget {
                 return match self.give_up(state, "max attempts reached").await {
                     Err(e) if e.is_conflict() => self.reload(myself, state).await,
                     other => Ok(other?),
@@ -506,6 +759,12 @@ impl RequestActor {
                     .give_up(state, "request has no served city or position")
                     .await?);
             };
+            let now = self.ctx.clock.now();
+            let job_time = state.row.slot().unwrap_or((
+                now,
+                now + chrono::Duration::from_std(settings.immediate_job_duration)
+                    .unwrap_or_default(),
+            ));
             let search = Search {
                 lon,
                 lat,
@@ -513,20 +772,31 @@ impl RequestActor {
                 k: settings.candidates_per_search,
                 exclude: state.tried.clone(),
                 radius_steps_m: settings.search_radius_steps_m.clone(),
+                blocks: Some(booking::blocked(job_time, settings.travel_buffer)),
             };
             let request_id = state.row.id;
             let searching = std::time::Instant::now();
-            let reservation = city
-                .call(|reply| CityMsg::ReserveNearest {
-                    search,
-                    request_id,
-                    reply,
+            let ranking = match settings.candidate_ranking {
+                CandidateRanking::Nearest => None,
+                CandidateRanking::Scored => Some(settings.ranking_weights),
+            };
+            let reserved = city
+                .call(|reply| {
+                    CityMsg::ReserveBest(ReserveBest {
+                        search,
+                        request_id,
+                        width,
+                        at_most: (budget - state.row.assignment_attempts) as usize,
+                        ranking,
+                        priority: state.priority,
+                        reply,
+                    })
                 })
                 .await
                 .ok_or("city actor unavailable")?;
             metrics::histogram!("arreglame_worker_finder_duration_seconds")
                 .record(searching.elapsed().as_secs_f64());
-            let Some(reservation) = reservation else {
+            if reserved.picks.is_empty() {
                 let km =
                     settings.search_radius_steps_m.last().copied().unwrap_or(0) as f64 / 1000.0;
                 let reason = format!("no available worker within {km} km");
@@ -534,83 +804,112 @@ impl RequestActor {
                     Err(e) if e.is_conflict() => self.reload(myself, state).await,
                     other => Ok(other?),
                 };
-            };
-            let worker_id = reservation.candidate.worker_id;
-            let offer = NewOffer {
-                id: Uuid::now_v7(),
-                worker_id,
-                attempt: state.row.assignment_attempts + 1,
-                expires_at: Utc::now()
-                    + chrono::Duration::from_std(settings.worker_timeout)
-                        .unwrap_or(chrono::Duration::minutes(5)),
-                distance_meters: reservation.candidate.distance_m,
-                radius_meters: reservation.candidate.radius_m as i32,
-                candidates_considered: reservation.candidates_considered as i32,
-            };
-            match self
-                .ctx
-                .store
-                .transition(&state.row, Change::OfferSent(offer.clone()))
-                .await
-            {
-                Ok(row) => {
-                    state.row = row;
-                    state.tried.insert(worker_id);
-                    let pending = PendingOffer {
-                        offer_id: offer.id,
-                        worker_id,
-                        attempt: offer.attempt,
-                        expires_at: offer.expires_at,
-                    };
-                    state.pending = Some(pending);
-                    self.ctx
-                        .stats
-                        .offer(OfferEvent::Sent, state.row.city_id.as_deref());
-                    self.ctx
-                        .gateway
-                        .notify(WorkerNotice::Offer(self.notice(state, &offer)));
-                    self.arm(myself, state, offer.id, settings.worker_timeout);
-                    return Ok(());
-                }
-                // Something about this candidate refused the offer: its row is gone (the
-                // worker was deleted while online), or it still holds another request's
-                // offer in the database (from before a restart, say). Noted in the
-                // decision trail; the next candidate gets the offer.
-                Err(StoreError::Constraint { constraint }) if is_about_the_worker(&constraint) => {
-                    state.tried.insert(worker_id);
-                    let request_id = state.row.id;
-                    tracing::warn!(target: "RequestActor", %request_id, %worker_id, constraint,
-                        "candidate passed over: the offer was refused");
-                    // Only a lasting reason is recorded (and so never retried after a
-                    // restart): a worker busy with another offer may be free later.
-                    let lasting = constraint != "offers_one_pending_per_worker_idx";
-                    if lasting {
-                        if let Err(e) = self
-                            .ctx
-                            .store
-                            .record_candidate_skip(request_id, worker_id, &constraint)
-                            .await
-                        {
-                            tracing::warn!(target: "RequestActor", %request_id, error = %e, "could not record the skipped candidate");
-                        }
-                    }
-                    match constraint.as_str() {
-                        WORKER_GONE => city.cast(CityMsg::Offline {
+            }
+            state.batches += 1;
+            let batch = state.batches;
+            let expires_at = Utc::now()
+                + chrono::Duration::from_std(settings.worker_timeout)
+                    .unwrap_or(chrono::Duration::minutes(5));
+            let mut picks = reserved.picks.into_iter();
+            let mut first_sent = None;
+            while let Some(pick) = picks.next() {
+                let worker_id = pick.candidate.worker_id;
+                let offer = NewOffer {
+                    id: Uuid::now_v7(),
+                    worker_id,
+                    attempt: state.row.assignment_attempts + 1,
+                    expires_at,
+                    distance_meters: pick.candidate.distance_m,
+                    radius_meters: pick.candidate.radius_m as i32,
+                    candidates_considered: pick.candidates_considered as i32,
+                    // The batch's first offer carries the ranking for the decision trail.
+                    candidate_scores: match first_sent {
+                        None => reserved.scores.clone(),
+                        Some(_) => Vec::new(),
+                    },
+                };
+                match self
+                    .ctx
+                    .store
+                    .transition(&state.row, Change::OfferSent(offer.clone()))
+                    .await
+                {
+                    Ok(row) => {
+                        state.row = row;
+                        state.tried.insert(worker_id);
+                        state.pending.push(PendingOffer {
+                            offer_id: offer.id,
                             worker_id,
-                            reply: None,
-                        }),
-                        _ => self.release(state, worker_id),
+                            attempt: offer.attempt,
+                            expires_at: offer.expires_at,
+                            batch,
+                        });
+                        first_sent.get_or_insert(offer.id);
+                        self.ctx
+                            .stats
+                            .offer(OfferEvent::Sent, state.row.city_id.as_deref());
+                        self.ctx
+                            .gateway
+                            .notify(WorkerNotice::Offer(self.notice(state, &offer)));
                     }
-                }
-                Err(e) if e.is_conflict() => {
-                    self.release(state, worker_id);
-                    return self.reload(myself, state).await;
-                }
-                Err(e) => {
-                    self.release(state, worker_id);
-                    return Err(e.into());
+                    // Something about this candidate refused the offer: its row is gone (the
+                    // worker was deleted while online), or it still holds another request's
+                    // offer in the database (from before a restart, say). Noted in the
+                    // decision trail; the next candidate gets the offer.
+                    Err(StoreError::Constraint { constraint })
+                        if is_about_the_worker(&constraint) =>
+                    {
+                        self.pass_over(state, &city, worker_id, &constraint).await;
+                    }
+                    Err(e) => {
+                        self.release(state, worker_id);
+                        for rest in picks {
+                            self.release(state, rest.candidate.worker_id);
+                        }
+                        if e.is_conflict() {
+                            return self.reload(myself, state).await;
+                        }
+                        return Err(e.into());
+                    }
                 }
             }
+            if let Some(offer_id) = first_sent {
+                self.arm(myself, state, offer_id, settings.worker_timeout);
+                return Ok(());
+            }
+        }
+    }
+
+    /// A candidate the database refused an offer for: noted (a lasting reason is recorded,
+    /// so it is never retried after a restart) and freed, or taken offline if its row is gone.
+    async fn pass_over(
+        &self,
+        state: &mut RequestState,
+        city: &CityHandle,
+        worker_id: Uuid,
+        constraint: &str,
+    ) {
+        state.tried.insert(worker_id);
+        let request_id = state.row.id;
+        tracing::warn!(target: "RequestActor", %request_id, %worker_id, constraint,
+            "candidate passed over: the offer was refused");
+        // A worker busy with another offer may be free later: not a lasting reason.
+        if constraint != "offers_one_pending_per_worker_idx" {
+            if let Err(e) = self
+                .ctx
+                .store
+                .record_candidate_skip(request_id, worker_id, constraint)
+                .await
+            {
+                tracing::warn!(target: "RequestActor", %request_id, error = %e, "could not record the skipped candidate");
+            }
+        }
+        match constraint {
+            WORKER_GONE => city.cast(CityMsg::Offline {
+                worker_id,
+                reply: None,
+            }),
+            _ => self.release(state, worker_id),
         }
     }
 
@@ -640,25 +939,53 @@ impl RequestActor {
                     .position()
                     .and_then(|(lon, lat)| Position::new(lon, lat).ok()),
                 area: &area,
+                slot: row.slot(),
             },
         )
     }
 
-    /// Records a rejected or expired offer, frees the worker and looks for the next one.
+    /// Every offer of a batch ran out of time together.
+    async fn expire_batch(
+        &self,
+        myself: &ActorRef<RequestMsg>,
+        state: &mut RequestState,
+        batch: u32,
+    ) -> Result<(), CommandError> {
+        let expired: Vec<PendingOffer> = state
+            .pending
+            .iter()
+            .filter(|p| p.batch == batch)
+            .copied()
+            .collect();
+        for offer in expired {
+            match self
+                .settle(myself, state, offer, OfferOutcome::Expired, None)
+                .await
+            {
+                Ok(()) => {}
+                // A lost race reloaded the request: what is left is the new state's.
+                Err(CommandError::OfferNotPending) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records one rejected or expired offer and frees its worker; once no offer of the
+    /// request is out any more, looks for the next workers.
     async fn settle(
         &self,
         myself: &ActorRef<RequestMsg>,
         state: &mut RequestState,
+        offer: PendingOffer,
         outcome: OfferOutcome,
         reason: Option<String>,
     ) -> Result<(), CommandError> {
-        let Some(pending) = state.pending else {
-            return Err(CommandError::OfferNotPending);
-        };
         let change = Change::OfferSettled {
-            offer_id: pending.offer_id,
+            offer_id: offer.offer_id,
             outcome,
             reason,
+            others_pending: state.pending.len() > 1,
         };
         match self.ctx.store.transition(&state.row, change).await {
             Ok(row) => state.row = row,
@@ -670,9 +997,15 @@ impl RequestActor {
             }
             Err(e) => return Err(e.into()),
         }
-        state.pending = None;
-        state.disarm();
-        self.release(state, pending.worker_id);
+        state.pending.retain(|p| p.offer_id != offer.offer_id);
+        self.release(state, offer.worker_id);
+        self.tell_city(
+            state,
+            CityMsg::OfferAnswered {
+                worker_id: offer.worker_id,
+                accepted: false,
+            },
+        );
         match outcome {
             OfferOutcome::Rejected => self
                 .ctx
@@ -683,19 +1016,25 @@ impl RequestActor {
                     .stats
                     .offer(OfferEvent::Expired, state.row.city_id.as_deref());
                 self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
-                    worker_id: pending.worker_id,
-                    offer_id: pending.offer_id,
+                    worker_id: offer.worker_id,
+                    offer_id: offer.offer_id,
                     request_id: state.row.id,
                     reason: "expired".into(),
                 });
             }
         }
-        let _ = myself.send_message(RequestMsg::Dispatch);
+        if state.pending.is_empty() {
+            state.disarm();
+            let _ = myself.send_message(RequestMsg::Dispatch);
+        }
         Ok(())
     }
 
+    /// The first accept of a batch wins; the database withdraws the others in the same
+    /// transaction and their workers are told the job was `taken`.
     async fn accept(
         &self,
+        myself: &ActorRef<RequestMsg>,
         state: &mut RequestState,
         worker_id: Uuid,
         offer_id: Uuid,
@@ -720,23 +1059,111 @@ impl RequestActor {
                 }
             })?;
         state.row = row;
-        state.pending = None;
         state.disarm();
-        if let Some(city) = &state.city {
-            city.cast(CityMsg::MarkBusy {
-                worker_id,
+        for other in std::mem::take(&mut state.pending) {
+            if other.offer_id == offer_id {
+                continue;
+            }
+            self.release(state, other.worker_id);
+            self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
+                worker_id: other.worker_id,
+                offer_id: other.offer_id,
                 request_id: state.row.id,
+                reason: TAKEN.into(),
             });
         }
+        self.tell_city(
+            state,
+            CityMsg::OfferAnswered {
+                worker_id,
+                accepted: true,
+            },
+        );
+        match state.row.slot() {
+            // A booking keeps the worker free until its slot, which now blocks their day.
+            Some(slot) => {
+                self.tell_city(
+                    state,
+                    CityMsg::Booked {
+                        worker_id,
+                        request_id: state.row.id,
+                        slot,
+                    },
+                );
+                state.reminded = false;
+                self.arm_slot(myself, state);
+            }
+            None => self.mark_busy(state, worker_id),
+        }
+        state.priority = false;
         self.ctx
             .stats
             .offer(OfferEvent::Accepted, state.row.city_id.as_deref());
-        self.ctx.stats.record_assignment(state.row.created_at);
+        let settings = self.ctx.settings.borrow().clone();
+        let since = state
+            .row
+            .slot()
+            .map(|(start, _)| booking::dispatch_at(start, settings.dispatch_lead))
+            .map_or(state.row.created_at, |at| at.max(state.row.created_at));
+        self.ctx.stats.record_assignment(since);
         self.ctx.gateway.notify(WorkerNotice::AssignmentConfirmed {
             worker_id,
             offer_id,
             request_id: state.row.id,
         });
+        Ok(state.row.clone())
+    }
+
+    /// The assigned worker gives the job back (`cancel_assignment`, allowed until the job
+    /// starts, and for a booking until its slot starts) or did not show up: the request
+    /// goes back to dispatch at once, ahead of new requests, without that worker, and the
+    /// strike counts against them.
+    async fn release_assignment(
+        &self,
+        myself: &ActorRef<RequestMsg>,
+        state: &mut RequestState,
+        worker_id: Uuid,
+        kind: StrikeKind,
+        reason: Option<String>,
+    ) -> Result<ServiceRequest, CommandError> {
+        if state.row.assigned_worker_id != Some(worker_id) {
+            return Err(CommandError::NotYourJob);
+        }
+        if state.row.status != Status::Assigned {
+            return Err(CommandError::IllegalState {
+                status: state.row.status,
+                action: "cancel the assignment of",
+            });
+        }
+        if let (StrikeKind::Cancelled, Some((start, _))) = (kind, state.row.slot()) {
+            if self.ctx.clock.now() >= start {
+                return Err(CommandError::SlotStarted);
+            }
+        }
+        let change = Change::AssignmentReleased {
+            worker_id,
+            kind,
+            reason,
+        };
+        state.row = self.ctx.store.transition(&state.row, change).await?;
+        state.disarm_slot();
+        state.reminded = false;
+        state.priority = true;
+        self.release(state, worker_id);
+        self.tell_city(state, CityMsg::Struck { worker_id });
+        match kind {
+            StrikeKind::Cancelled => self.ctx.stats.worker_cancellations.inc(),
+            StrikeKind::NoShow => {
+                self.ctx.stats.no_shows.inc();
+                self.ctx.gateway.notify(WorkerNotice::AssignmentRevoked {
+                    worker_id,
+                    request_id: state.row.id,
+                    reason: "no_show".into(),
+                });
+            }
+        }
+        tracing::info!(target: "RequestActor", request_id = %state.row.id, %worker_id, kind = kind.as_str(), "assignment released; dispatching again");
+        let _ = myself.send_message(RequestMsg::Dispatch);
         Ok(state.row.clone())
     }
 
@@ -764,7 +1191,8 @@ impl RequestActor {
             .await?;
         state.row = row;
         state.disarm();
-        if let Some(p) = state.pending.take() {
+        state.disarm_slot();
+        for p in std::mem::take(&mut state.pending) {
             self.release(state, p.worker_id);
             self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
                 worker_id: p.worker_id,
@@ -808,7 +1236,14 @@ impl RequestActor {
         let completing = matches!(change, Change::JobCompleted { .. });
         state.row = self.ctx.store.transition(&state.row, change).await?;
         if completing {
-            self.release(state, worker_id);
+            self.tell_city(
+                state,
+                CityMsg::JobDone {
+                    worker_id,
+                    request_id: state.row.id,
+                    earned_cents: state.row.worker_net().0,
+                },
+            );
             self.ctx.stats.completed.inc();
         }
         self.ctx.gateway.notify(WorkerNotice::JobUpdate {
@@ -818,4 +1253,9 @@ impl RequestActor {
         });
         Ok(state.row.clone())
     }
+}
+
+/// When an assigned booking's worker counts as a no-show.
+fn no_show_deadline(start: DateTime<Utc>, grace: std::time::Duration) -> DateTime<Utc> {
+    start + chrono::Duration::from_std(grace).unwrap_or_default()
 }

@@ -1,7 +1,9 @@
 //! Pure types and rules of the marketplace: no I/O here.
 
+pub mod booking;
 pub mod cancellation;
 pub mod money;
+pub mod offer_policy;
 pub mod position;
 pub mod rate;
 pub mod schedule;

@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[graphql(rename_items = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
+    /// Booked for a time slot: waits until `scheduledStart - dispatch_lead_minutes`.
+    Scheduled,
     /// Created, or between offers: the engine is looking for a worker.
     Pending,
-    /// One worker holds an offer and its timer runs (`"workerTimeoutAt"`).
+    /// One worker (or, with parallel offers, several) holds an offer and its timer runs
+    /// (`"workerTimeoutAt"`).
     Offering,
     /// A worker accepted.
     Assigned,
@@ -26,7 +29,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
+        Status::Scheduled,
         Status::Pending,
         Status::Offering,
         Status::Assigned,
@@ -39,6 +43,7 @@ impl Status {
     /// The value stored in `service_requests.status`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Status::Scheduled => "SCHEDULED",
             Status::Pending => "PENDING",
             Status::Offering => "OFFERING",
             Status::Assigned => "ASSIGNED",
@@ -65,6 +70,11 @@ impl Status {
     /// Still being dispatched: an offer may be made or is out.
     pub fn is_dispatching(self) -> bool {
         matches!(self, Status::Pending | Status::Offering)
+    }
+
+    /// Waiting for its dispatch time, or being dispatched: not (or no longer) assigned.
+    pub fn is_open_for_dispatch(self) -> bool {
+        matches!(self, Status::Scheduled | Status::Pending | Status::Offering)
     }
 
     /// Applies a command, or says why it is not allowed from here.
@@ -95,6 +105,13 @@ pub enum Command {
     AcceptOffer,
     /// The worker rejects the offer, or its timer runs out: look for the next worker.
     SettleOffer,
+    /// One offer of a parallel batch is rejected or expires while others are still out.
+    SettleOneOfMany,
+    /// A booked request reaches its dispatch time (`scheduledStart - dispatch_lead_minutes`).
+    OpenDispatch,
+    /// The assigned worker cancels before the job starts, or does not show up: the request
+    /// goes back to dispatch without that worker.
+    ReleaseAssignment,
     /// No candidate left within the largest radius, or max attempts reached.
     GiveUp,
     /// Customer, ops or system cancel.
@@ -104,10 +121,13 @@ pub enum Command {
 }
 
 impl Command {
-    pub const ALL: [Command; 7] = [
+    pub const ALL: [Command; 10] = [
         Command::SendOffer,
         Command::AcceptOffer,
         Command::SettleOffer,
+        Command::SettleOneOfMany,
+        Command::OpenDispatch,
+        Command::ReleaseAssignment,
         Command::GiveUp,
         Command::Cancel,
         Command::StartJob,
@@ -117,15 +137,25 @@ impl Command {
 
 /// The allowed moves: (from, command, to). Anything not listed is refused.
 pub const TRANSITIONS: &[(Status, Command, Status)] = &[
+    (Status::Scheduled, Command::OpenDispatch, Status::Pending),
+    (Status::Scheduled, Command::Cancel, Status::Cancelled),
     (Status::Pending, Command::SendOffer, Status::Offering),
     (Status::Pending, Command::GiveUp, Status::Unassigned),
     (Status::Pending, Command::Cancel, Status::Cancelled),
+    // Parallel offers: more offers of the same batch go out while the first is pending.
+    (Status::Offering, Command::SendOffer, Status::Offering),
+    (Status::Offering, Command::SettleOneOfMany, Status::Offering),
     (Status::Offering, Command::AcceptOffer, Status::Assigned),
     (Status::Offering, Command::SettleOffer, Status::Pending),
     (Status::Offering, Command::GiveUp, Status::Unassigned),
     (Status::Offering, Command::Cancel, Status::Cancelled),
     (Status::Assigned, Command::StartJob, Status::InProgress),
     (Status::Assigned, Command::Cancel, Status::Cancelled),
+    (
+        Status::Assigned,
+        Command::ReleaseAssignment,
+        Status::Pending,
+    ),
     (Status::InProgress, Command::CompleteJob, Status::Completed),
     // A dispute inside the cancellation window (the payout has not been released yet).
     (Status::Completed, Command::Cancel, Status::Cancelled),
@@ -153,20 +183,24 @@ mod tests {
         /// only a cancellation, and a request only reaches
         /// ASSIGNED, IN_PROGRESS or COMPLETED through an accepted offer.
         #[test]
-        fn random_command_sequences_only_follow_allowed_edges(commands in proptest::collection::vec(any_command(), 0..64)) {
-            let mut status = Status::Pending;
+        fn random_command_sequences_only_follow_allowed_edges(booked in any::<bool>(), commands in proptest::collection::vec(any_command(), 0..64)) {
+            let mut status = if booked { Status::Scheduled } else { Status::Pending };
             let mut accepted = false;
             let mut offers_out = 0u32;
             for command in commands {
                 match status.apply(command) {
                     Ok(next) => {
                         prop_assert!(!matches!(status, Status::Cancelled | Status::Unassigned), "{status} accepted {command:?}");
+                        if status == Status::Scheduled {
+                            prop_assert!(matches!(command, Command::OpenDispatch | Command::Cancel), "a booked request only opens or is cancelled");
+                        }
                         if status == Status::Completed {
                             prop_assert_eq!(command, Command::Cancel, "a completed job only accepts a dispute");
                         }
                         prop_assert!(TRANSITIONS.contains(&(status, command, next)));
                         if command == Command::SendOffer { offers_out += 1; }
                         if command == Command::AcceptOffer { accepted = true; prop_assert!(offers_out > 0); }
+                        if command == Command::ReleaseAssignment { accepted = false; }
                         if matches!(next, Status::Assigned | Status::InProgress | Status::Completed) {
                             prop_assert!(accepted);
                         }

@@ -102,6 +102,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The worker's profile has none of the skills `go_online` asked for (or none at all).
     NoMatchingSkills,
+    /// `cancel_assignment` after the booked slot started.
+    SlotStarted,
     /// An engine fault; retry later.
     Internal,
 }
@@ -142,6 +144,7 @@ impl From<CommandError> for WireError {
             CommandError::IllegalState { .. } | CommandError::WindowClosed => {
                 ErrorCode::IllegalState
             }
+            CommandError::SlotStarted => ErrorCode::SlotStarted,
             CommandError::Conflict => ErrorCode::Conflict,
             CommandError::Unavailable => ErrorCode::Unavailable,
             CommandError::InvalidInput(_) => ErrorCode::InvalidMessage,
@@ -254,6 +257,15 @@ pub struct JobRef {
     pub request_id: Uuid,
 }
 
+/// `cancel_assignment`: the assigned worker gives the job back before it starts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelAssignment {
+    pub request_id: Uuid,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// Every worker-to-engine message, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
@@ -266,6 +278,7 @@ pub enum ClientMsg {
     RejectOffer(RejectOffer),
     StartJob(JobRef),
     CompleteJob(JobRef),
+    CancelAssignment(CancelAssignment),
     Ping,
 }
 
@@ -282,6 +295,7 @@ impl ClientMsg {
             ClientMsg::RejectOffer(_) => "reject_offer",
             ClientMsg::StartJob(_) => "start_job",
             ClientMsg::CompleteJob(_) => "complete_job",
+            ClientMsg::CancelAssignment(_) => "cancel_assignment",
             ClientMsg::Ping => "ping",
         }
     }
@@ -374,6 +388,7 @@ fn decode(kind: &str, data: Value) -> Result<ClientMsg, WireError> {
         "reject_offer" => ClientMsg::RejectOffer(fields(kind, data)?),
         "start_job" => ClientMsg::StartJob(fields(kind, data)?),
         "complete_job" => ClientMsg::CompleteJob(fields(kind, data)?),
+        "cancel_assignment" => ClientMsg::CancelAssignment(fields(kind, data)?),
         "ping" => ClientMsg::Ping,
         other => {
             let shown: String = other.chars().take(40).collect();
@@ -640,6 +655,11 @@ pub struct JobSummary<'a> {
     pub area: &'a str,
     pub latitude: f64,
     pub longitude: f64,
+    /// The booked slot; null for a job wanted now.
+    #[serde(with = "wire_time::option")]
+    pub scheduled_start: Option<DateTime<Utc>>,
+    #[serde(with = "wire_time::option")]
+    pub scheduled_end: Option<DateTime<Utc>>,
 }
 
 /// `data` of `auth_ok`: who the engine thinks you are and the rules of this session.
@@ -689,6 +709,8 @@ pub fn offer_frame(offer: &OfferNotice, seq: u64) -> String {
                 area: &offer.area,
                 latitude: offer.latitude,
                 longitude: offer.longitude,
+                scheduled_start: offer.scheduled_start,
+                scheduled_end: offer.scheduled_end,
             },
         },
     )
@@ -741,6 +763,49 @@ struct JobUpdate {
 
 pub fn job_update_frame(request_id: Uuid, status: Status) -> String {
     frame("job_update", None, &JobUpdate { request_id, status })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobReminder {
+    request_id: Uuid,
+    #[serde(with = "wire_time")]
+    scheduled_start: DateTime<Utc>,
+    #[serde(with = "wire_time")]
+    scheduled_end: DateTime<Utc>,
+}
+
+/// `job_reminder`: a booked job the worker accepted starts soon.
+pub fn job_reminder_frame(
+    request_id: Uuid,
+    scheduled_start: DateTime<Utc>,
+    scheduled_end: DateTime<Utc>,
+) -> String {
+    frame(
+        "job_reminder",
+        None,
+        &JobReminder {
+            request_id,
+            scheduled_start,
+            scheduled_end,
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AssignmentRevoked<'a> {
+    request_id: Uuid,
+    reason: &'a str,
+}
+
+/// `assignment_revoked`: the job was taken back from the worker (`no_show`).
+pub fn assignment_revoked_frame(request_id: Uuid, reason: &str) -> String {
+    frame(
+        "assignment_revoked",
+        None,
+        &AssignmentRevoked { request_id, reason },
+    )
 }
 
 #[cfg(test)]

@@ -28,9 +28,9 @@ use uuid::Uuid;
 use super::{
     limits::{Limits, TokenBucket},
     protocol::{
-        self, close, AcceptOffer, Accepted, AcceptedJob, Acked, AuthOk, ClientMsg, ErrorCode,
-        GoOnline, Inbound, JobRef, JobResult, Location, Nothing, Online, Pong, RejectOffer,
-        RejectedOffer, SessionLimits, WireError,
+        self, close, AcceptOffer, Accepted, AcceptedJob, Acked, AuthOk, CancelAssignment,
+        ClientMsg, ErrorCode, GoOnline, Inbound, JobRef, JobResult, Location, Nothing, Online,
+        Pong, RejectOffer, RejectedOffer, SessionLimits, WireError,
     },
     sessions::{KillReason, Registration, Sessions, Shared, WorkerEntry},
 };
@@ -370,6 +370,7 @@ async fn resume(
                     .zip(p.latitude)
                     .and_then(|(lon, lat)| Position::new(lon, lat).ok()),
                 area: &area,
+                slot: p.scheduled_start.zip(p.scheduled_end),
             },
         );
         if let Some(frame) = entry.resume_frame(&notice, last_seq) {
@@ -524,6 +525,13 @@ impl Reader<'_> {
             }
             ClientMsg::CompleteJob(JobRef { request_id }) => {
                 let answer = shared.dispatcher.complete_job(worker, request_id).await;
+                self.answer(id, answer.map(|row| job_data(&row)))
+            }
+            ClientMsg::CancelAssignment(CancelAssignment { request_id, reason }) => {
+                let answer = shared
+                    .dispatcher
+                    .cancel_assignment(worker, request_id, reason)
+                    .await;
                 self.answer(id, answer.map(|row| job_data(&row)))
             }
         }

@@ -589,6 +589,15 @@ impl WorkerGateway for Sessions {
             WorkerNotice::JobUpdate {
                 request_id, status, ..
             } => protocol::job_update_frame(*request_id, *status),
+            WorkerNotice::JobReminder {
+                request_id,
+                scheduled_start,
+                scheduled_end,
+                ..
+            } => protocol::job_reminder_frame(*request_id, *scheduled_start, *scheduled_end),
+            WorkerNotice::AssignmentRevoked {
+                request_id, reason, ..
+            } => protocol::assignment_revoked_frame(*request_id, reason),
         };
         self.push(&entry, &st, frame);
     }
@@ -625,6 +634,8 @@ mod tests {
             area: "Buenos Aires".into(),
             latitude: -34.604,
             longitude: -58.382,
+            scheduled_start: None,
+            scheduled_end: None,
         }
     }
 

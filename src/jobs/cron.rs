@@ -53,27 +53,38 @@ pub async fn worker_assignment_sweep(
     let overdue = store.overdue_offering(1000).await?;
     let mut report = SweepReport::default();
     for row in overdue.iter().filter(|r| !dispatcher.has_actor(r.id)) {
-        let Some(offer) = store.pending_offer(row.id).await? else {
-            continue;
-        };
-        let change = Change::OfferSettled {
-            offer_id: offer.id,
-            outcome: OfferOutcome::Expired,
-            reason: Some("settled by WorkerAssignmentCron".into()),
-        };
-        match store.transition(row, change).await {
-            Ok(_) => {
-                report.settled += 1;
-                dispatcher
-                    .stats()
-                    .offer(OfferEvent::Expired, row.city_id.as_deref());
+        // Every offer of the row's batch expired together; the last one settled moves the
+        // request back to PENDING.
+        let offers = store.pending_offers(row.id).await?;
+        let mut current = row.clone();
+        for (i, offer) in offers.iter().enumerate() {
+            let change = Change::OfferSettled {
+                offer_id: offer.id,
+                outcome: OfferOutcome::Expired,
+                reason: Some("settled by WorkerAssignmentCron".into()),
+                others_pending: i + 1 < offers.len(),
+            };
+            match store.transition(&current, change).await {
+                Ok(next) => {
+                    current = next;
+                    report.settled += 1;
+                    dispatcher
+                        .stats()
+                        .offer(OfferEvent::Expired, row.city_id.as_deref());
+                }
+                Err(e) if e.is_conflict() => break, // an actor or another engine got there first
+                Err(e) => return Err(e.into()),
             }
-            Err(e) if e.is_conflict() => continue, // an actor or another engine got there first
-            Err(e) => return Err(e.into()),
         }
     }
+    let settings = dispatcher.settings();
     let stalled = store
-        .stalled_requests(STALLED_PENDING_AFTER, STALLED_OFFER_OVERDUE_BY)
+        .stalled_requests(
+            STALLED_PENDING_AFTER,
+            STALLED_OFFER_OVERDUE_BY,
+            settings.dispatch_lead,
+            settings.no_show_grace,
+        )
         .await?;
     (report.revived, report.nudged) = dispatcher.revive_stalled(stalled, HEARTBEAT_WITHIN).await;
     report.respawned = dispatcher.recover().await?;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{CancelledBy, OfferOutcome, ServiceRequest};
+use super::{CancelledBy, OfferOutcome, ServiceRequest, StrikeKind};
 use crate::domain::Status;
 
 /// The `aggregateType` of service request events.
@@ -98,6 +98,29 @@ pub struct OfferSettled {
 pub struct WorkerAssigned {
     pub offer_id: Uuid,
     pub worker_id: Uuid,
+    /// Parallel offers: the other workers of the batch, told `offer_withdrawn` (`taken`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withdrawn_from_worker_ids: Vec<Uuid>,
+}
+
+/// `DispatchOpened`: a booked request reached its dispatch time.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchOpened {
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
+}
+
+/// `AssignmentReleased`: the assigned worker cancelled or did not show up; the request is
+/// back in dispatch without them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentReleased {
+    pub worker_id: Uuid,
+    /// The accepted offer, now RELEASED or NO_SHOW.
+    pub offer_id: Option<Uuid>,
+    pub kind: StrikeKind,
+    pub reason: Option<String>,
 }
 
 /// `ServiceRequestUnassigned`.

@@ -35,7 +35,7 @@ pub use payouts::Payout;
 pub use pricing_tables::PricingRows;
 pub use requests::{NewServiceRequest, RequestPage, ServiceRequest};
 pub use system_config::{Settings, SettingsWatch};
-pub use transition::{CancelledBy, Change, NewOffer, OfferOutcome, OfferRow};
+pub use transition::{CancelledBy, Change, NewOffer, OfferOutcome, OfferRow, StrikeKind, TAKEN};
 pub use workers::{JobInHand, PendingOfferView};
 
 use crate::domain::IllegalTransition;

@@ -46,6 +46,9 @@ pub struct ServiceRequest {
     pub completed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The booked slot; both `None` for a job wanted now.
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<String> for Status {
@@ -63,6 +66,11 @@ impl ServiceRequest {
 
     pub fn worker_net(&self) -> Cents {
         Cents(self.worker_net_cents.unwrap_or(0))
+    }
+
+    /// The booked slot, when the request has one.
+    pub fn slot(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        Some((self.scheduled_start?, self.scheduled_end?))
     }
 }
 
@@ -86,6 +94,10 @@ pub struct NewServiceRequest {
     pub platform_fee: Cents,
     pub pricing_engine: String,
     pub idempotency_key: Option<String>,
+    /// The booked slot (start, end), if any.
+    pub slot: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// SCHEDULED for a booking whose dispatch time is still ahead, otherwise PENDING.
+    pub status: Status,
 }
 
 /// One page of a customer's requests, newest first.
@@ -108,8 +120,10 @@ impl Store {
             r#"insert into service_requests
                  ("customerId", "cityId", latitude, longitude, address, description, "squareMeters",
                   "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
-                  "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey")
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                  "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey",
+                  "scheduledStart", "scheduledEnd", status)
+               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                       $18, $19, $20)
                on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
                returning *"#,
         )
@@ -130,6 +144,9 @@ impl Store {
         .bind(new.platform_fee.0)
         .bind(&new.pricing_engine)
         .bind(&new.idempotency_key)
+        .bind(new.slot.map(|(start, _)| start))
+        .bind(new.slot.map(|(_, end)| end))
+        .bind(new.status.as_str())
         .fetch_optional(&mut *tx)
         .await?;
 
@@ -177,11 +194,11 @@ impl Store {
             })
     }
 
-    /// Requests that still need an actor: being dispatched, or assigned / in progress.
+    /// Requests that still need an actor: booked, being dispatched, or assigned / in progress.
     pub async fn open_requests(&self) -> Result<Vec<ServiceRequest>, StoreError> {
         Ok(sqlx::query_as(
             r#"select * from service_requests
-               where status in ('PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')
+               where status in ('SCHEDULED', 'PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')
                  and "cityId" is not null
                order by "createdAt""#,
         )
@@ -191,22 +208,32 @@ impl Store {
 
     /// Open requests whose row shows no progress: PENDING for longer than `pending_for`
     /// (an actor moves a PENDING request on within milliseconds), or OFFERING past its offer
-    /// deadline by more than `overdue_by` (the actor's timer should have settled it).
+    /// deadline by more than `overdue_by` (the actor's timer should have settled it); a
+    /// booking past its dispatch time (`scheduledStart - lead`), or an assigned booking past
+    /// its no-show deadline (`scheduledStart + grace`), by more than `overdue_by`.
     pub async fn stalled_requests(
         &self,
         pending_for: std::time::Duration,
         overdue_by: std::time::Duration,
+        dispatch_lead: std::time::Duration,
+        no_show_grace: std::time::Duration,
     ) -> Result<Vec<ServiceRequest>, StoreError> {
         Ok(sqlx::query_as(
             r#"select * from service_requests
                where "cityId" is not null
                  and ((status = 'PENDING' and "updatedAt" < now() - $1::interval)
-                   or (status = 'OFFERING' and "workerTimeoutAt" < now() - $2::interval))
+                   or (status = 'OFFERING' and "workerTimeoutAt" < now() - $2::interval)
+                   or (status = 'SCHEDULED'
+                       and "scheduledStart" - $3::interval < now() - $2::interval)
+                   or (status = 'ASSIGNED'
+                       and "scheduledStart" + $4::interval < now() - $2::interval))
                order by "updatedAt"
                limit 1000"#,
         )
         .bind(pg_interval(pending_for))
         .bind(pg_interval(overdue_by))
+        .bind(pg_interval(dispatch_lead))
+        .bind(pg_interval(no_show_grace))
         .fetch_all(&self.pool)
         .await?)
     }

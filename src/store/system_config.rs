@@ -9,7 +9,10 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::Store;
-use crate::domain::Ratio;
+use crate::domain::{
+    offer_policy::{CandidateRanking, OfferMode, RankingWeights},
+    Ratio,
+};
 
 /// Typed view of `system_config`. A missing or invalid value keeps its default (or, on a
 /// reload, its previous value) and is logged, so a typo in an UPDATE never stops dispatch.
@@ -31,6 +34,29 @@ pub struct Settings {
     pub ai_multiplier_min: Ratio,
     pub ai_multiplier_max: Ratio,
     pub max_square_meters: f64,
+    /// How many workers an offer goes to at once (`offer_mode`).
+    pub offer_mode: OfferMode,
+    /// Width of a batch in `parallel` mode.
+    pub offer_batch_size: usize,
+    /// `adaptive` mode widens a batch until one accept is at least this likely.
+    pub adaptive_target_accept_probability: f64,
+    /// The widest batch `adaptive` mode makes.
+    pub adaptive_max_batch_size: usize,
+    pub candidate_ranking: CandidateRanking,
+    pub ranking_weights: RankingWeights,
+    /// A booked request dispatches this long before its slot starts.
+    pub dispatch_lead: Duration,
+    /// Kept free around a worker's booked jobs when offering another one.
+    pub travel_buffer: Duration,
+    /// A worker who has not started this long after the slot start is a no-show.
+    pub no_show_grace: Duration,
+    /// The assigned worker's `job_reminder` goes out this long before the slot.
+    pub job_reminder_before: Duration,
+    pub max_slot: Duration,
+    pub booking_horizon: Duration,
+    /// How long a "now" job is assumed to occupy a worker, for the overlap check with
+    /// their booked jobs.
+    pub immediate_job_duration: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +77,19 @@ impl Default for Settings {
             ai_multiplier_min: Ratio(500_000),
             ai_multiplier_max: Ratio(3_000_000),
             max_square_meters: 100_000.0,
+            offer_mode: OfferMode::Sequential,
+            offer_batch_size: 3,
+            adaptive_target_accept_probability: 0.9,
+            adaptive_max_batch_size: 6,
+            candidate_ranking: CandidateRanking::Nearest,
+            ranking_weights: RankingWeights::default(),
+            dispatch_lead: Duration::from_secs(900 * 60),
+            travel_buffer: Duration::from_secs(30 * 60),
+            no_show_grace: Duration::from_secs(15 * 60),
+            job_reminder_before: Duration::from_secs(60 * 60),
+            max_slot: Duration::from_secs(8 * 3600),
+            booking_horizon: Duration::from_secs(30 * 24 * 3600),
+            immediate_job_duration: Duration::from_secs(120 * 60),
         }
     }
 }
@@ -114,6 +153,49 @@ impl Settings {
                 }
                 self.max_square_meters = m;
             }
+            "offer_mode" => {
+                self.offer_mode =
+                    OfferMode::parse(v).ok_or("expected sequential, parallel or adaptive")?
+            }
+            "offer_batch_size" => self.offer_batch_size = batch_size(v)?,
+            "adaptive_max_batch_size" => self.adaptive_max_batch_size = batch_size(v)?,
+            "adaptive_target_accept_probability" => {
+                let p = parse_non_negative(v)?;
+                if p <= 0.0 || p >= 1.0 {
+                    return Err("expected a probability strictly between 0 and 1".into());
+                }
+                self.adaptive_target_accept_probability = p;
+            }
+            "candidate_ranking" => {
+                self.candidate_ranking =
+                    CandidateRanking::parse(v).ok_or("expected nearest or scored")?
+            }
+            "ranking_weight_distance" => self.ranking_weights.distance = parse_non_negative(v)?,
+            "ranking_weight_acceptance" => self.ranking_weights.acceptance = parse_non_negative(v)?,
+            "ranking_weight_rating" => self.ranking_weights.rating = parse_non_negative(v)?,
+            "ranking_weight_reliability" => {
+                self.ranking_weights.reliability = parse_non_negative(v)?
+            }
+            "ranking_weight_fairness" => self.ranking_weights.fairness = parse_non_negative(v)?,
+            "dispatch_lead_minutes" => self.dispatch_lead = minutes(v, 60.0 * 24.0 * 60.0)?,
+            "travel_buffer_minutes" => self.travel_buffer = minutes(v, 24.0 * 60.0)?,
+            "no_show_grace_minutes" => self.no_show_grace = positive_minutes(v)?,
+            "job_reminder_minutes" => self.job_reminder_before = minutes(v, 7.0 * 24.0 * 60.0)?,
+            "immediate_job_minutes" => self.immediate_job_duration = positive_minutes(v)?,
+            "max_slot_hours" => {
+                let hours = parse_non_negative(v)?;
+                if hours == 0.0 || hours > 24.0 * 7.0 {
+                    return Err("expected hours between 0 and 168".into());
+                }
+                self.max_slot = Duration::from_secs_f64(hours * 3600.0);
+            }
+            "booking_horizon_days" => {
+                let days = parse_non_negative(v)?;
+                if days == 0.0 || days > 366.0 {
+                    return Err("expected days between 0 and 366".into());
+                }
+                self.booking_horizon = Duration::from_secs_f64(days * 24.0 * 3600.0);
+            }
             _ => {} // Keys of other components (or of the old system) are not ours to judge.
         }
         Ok(())
@@ -144,6 +226,22 @@ fn positive_minutes(v: &str) -> Result<Duration, String> {
         return Err("expected minutes between 0 and 1440 (fractions allowed)".into());
     }
     Ok(Duration::from_secs_f64(minutes * 60.0))
+}
+
+/// Minutes from 0 (inclusive) up to `max`, fractions allowed.
+fn minutes(v: &str, max: f64) -> Result<Duration, String> {
+    let m = parse_non_negative(v)?;
+    if m > max {
+        return Err(format!("expected at most {max} minutes"));
+    }
+    Ok(Duration::from_secs_f64(m * 60.0))
+}
+
+fn batch_size(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=50).contains(&n) => Ok(n),
+        _ => Err("expected a whole number of workers from 1 to 50".into()),
+    }
 }
 
 fn positive_int(v: &str) -> Result<i64, String> {
@@ -300,5 +398,43 @@ mod tests {
             ..base.clone()
         });
         assert_eq!(changed, vec!["max_assignment_attempts: 9".to_string()]);
+    }
+
+    #[test]
+    fn home_services_dispatch_settings_are_understood_and_checked() {
+        let (s, problems) = Settings::from_rows(
+            &Settings::default(),
+            &rows(&[
+                ("offer_mode", "adaptive"),
+                ("offer_batch_size", "4"),
+                ("adaptive_target_accept_probability", "0.95"),
+                ("candidate_ranking", "scored"),
+                ("ranking_weight_reliability", "0.5"),
+                ("dispatch_lead_minutes", "1440"),
+                ("travel_buffer_minutes", "45"),
+                ("no_show_grace_minutes", "0.1"),
+                ("max_slot_hours", "4"),
+                ("booking_horizon_days", "14"),
+            ]),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.offer_mode, OfferMode::Adaptive);
+        assert_eq!(s.offer_batch_size, 4);
+        assert_eq!(s.candidate_ranking, CandidateRanking::Scored);
+        assert_eq!(s.ranking_weights.reliability, 0.5);
+        assert_eq!(s.dispatch_lead, Duration::from_secs(24 * 3600));
+        assert_eq!(s.no_show_grace, Duration::from_secs(6));
+        assert_eq!(s.booking_horizon, Duration::from_secs(14 * 24 * 3600));
+        let (kept, problems) = Settings::from_rows(
+            &s,
+            &rows(&[
+                ("offer_mode", "broadcast"),
+                ("offer_batch_size", "0"),
+                ("adaptive_target_accept_probability", "1"),
+                ("candidate_ranking", "random"),
+            ]),
+        );
+        assert_eq!(kept, s);
+        assert_eq!(problems.len(), 4, "{problems:?}");
     }
 }

@@ -9,7 +9,7 @@ use super::{
     events::{self, RequestEvent},
     insert_outbox_event, ServiceRequest, Store, StoreError,
 };
-use crate::domain::{Cents, Command};
+use crate::domain::{offer_policy::CandidateScore, Cents, Command};
 
 /// A new offer to one worker.
 #[derive(Debug, Clone)]
@@ -22,6 +22,9 @@ pub struct NewOffer {
     pub distance_meters: f64,
     pub radius_meters: i32,
     pub candidates_considered: i32,
+    /// The ranked candidates of this search (winner first), for the decision trail; empty
+    /// when candidates are taken nearest first.
+    pub candidate_scores: Vec<CandidateScore>,
 }
 
 // The same type is the GraphQL enum `OfferOutcome` (its doc is the schema's description).
@@ -33,16 +36,23 @@ pub enum OfferOutcome {
     Accepted,
     Rejected,
     Expired,
-    /// Taken back: the request was cancelled while the offer was pending.
+    /// Taken back: the request was cancelled, given up, or (parallel offers) another
+    /// worker accepted first.
     Withdrawn,
+    /// Accepted, then cancelled by the worker before the job started (`cancel_assignment`).
+    Released,
+    /// Accepted, then the worker did not start within the grace after the slot start.
+    NoShow,
 }
 
 impl OfferOutcome {
-    const ALL: [OfferOutcome; 4] = [
+    const ALL: [OfferOutcome; 6] = [
         OfferOutcome::Accepted,
         OfferOutcome::Rejected,
         OfferOutcome::Expired,
         OfferOutcome::Withdrawn,
+        OfferOutcome::Released,
+        OfferOutcome::NoShow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +61,8 @@ impl OfferOutcome {
             OfferOutcome::Rejected => "REJECTED",
             OfferOutcome::Expired => "EXPIRED",
             OfferOutcome::Withdrawn => "WITHDRAWN",
+            OfferOutcome::Released => "RELEASED",
+            OfferOutcome::NoShow => "NO_SHOW",
         }
     }
 
@@ -78,15 +90,45 @@ impl CancelledBy {
     }
 }
 
+/// Why an assigned worker lost the job: each one counts against the worker
+/// (`worker_strikes.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StrikeKind {
+    /// The worker cancelled after accepting (`cancel_assignment`).
+    Cancelled,
+    /// The worker did not start within `no_show_grace_minutes` after the slot start.
+    NoShow,
+}
+
+impl StrikeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrikeKind::Cancelled => "CANCELLED",
+            StrikeKind::NoShow => "NO_SHOW",
+        }
+    }
+
+    /// What becomes of the accepted offer.
+    pub fn offer_outcome(self) -> OfferOutcome {
+        match self {
+            StrikeKind::Cancelled => OfferOutcome::Released,
+            StrikeKind::NoShow => OfferOutcome::NoShow,
+        }
+    }
+}
+
 /// A state change of a service request, with what it needs to record.
 #[derive(Debug, Clone)]
 pub enum Change {
     OfferSent(NewOffer),
-    /// The pending offer was rejected or timed out: back to PENDING to find the next worker.
+    /// A pending offer was rejected or timed out: back to PENDING to find the next worker,
+    /// or, while other offers of a parallel batch are still out, still OFFERING.
     OfferSettled {
         offer_id: Uuid,
         outcome: OfferOutcome,
         reason: Option<String>,
+        others_pending: bool,
     },
     OfferAccepted {
         offer_id: Uuid,
@@ -102,6 +144,15 @@ pub enum Change {
         reason: Option<String>,
         fee: Cents,
     },
+    /// A booked request reached its dispatch time.
+    DispatchOpened,
+    /// The assigned worker cancelled or did not show up: back to PENDING without them; the
+    /// accepted offer becomes RELEASED or NO_SHOW and a strike is recorded.
+    AssignmentReleased {
+        worker_id: Uuid,
+        kind: StrikeKind,
+        reason: Option<String>,
+    },
     JobStarted,
     /// Creates the payout (worker net) releasable at `payout_release_at`.
     JobCompleted {
@@ -113,10 +164,16 @@ impl Change {
     pub fn command(&self) -> Command {
         match self {
             Change::OfferSent(_) => Command::SendOffer,
+            Change::OfferSettled {
+                others_pending: true,
+                ..
+            } => Command::SettleOneOfMany,
             Change::OfferSettled { .. } => Command::SettleOffer,
             Change::OfferAccepted { .. } => Command::AcceptOffer,
             Change::GaveUp { .. } => Command::GiveUp,
             Change::Cancelled { .. } => Command::Cancel,
+            Change::DispatchOpened => Command::OpenDispatch,
+            Change::AssignmentReleased { .. } => Command::ReleaseAssignment,
             Change::JobStarted => Command::StartJob,
             Change::JobCompleted { .. } => Command::CompleteJob,
         }
@@ -134,6 +191,8 @@ impl Change {
             Change::OfferAccepted { .. } => "WorkerAssigned",
             Change::GaveUp { .. } => "ServiceRequestUnassigned",
             Change::Cancelled { .. } => "ServiceRequestCancelled",
+            Change::DispatchOpened => "DispatchOpened",
+            Change::AssignmentReleased { .. } => "AssignmentReleased",
             Change::JobStarted => "JobStarted",
             Change::JobCompleted { .. } => "JobCompleted",
         }
@@ -157,6 +216,8 @@ pub struct OfferRow {
     pub distance_meters: Option<f64>,
     pub radius_meters: Option<i32>,
     pub candidates_considered: Option<i32>,
+    /// The ranked candidates of the search that made this offer (winner first).
+    pub candidate_scores: Option<sqlx::types::Json<Vec<CandidateScore>>>,
 }
 
 impl Store {
@@ -212,6 +273,7 @@ impl Store {
                 offer_id,
                 outcome,
                 reason,
+                ..
             } => {
                 let detail =
                     write_offer_settled(&mut tx, &updated, *offer_id, *outcome, reason).await?;
@@ -233,6 +295,22 @@ impl Store {
             }
             Change::Cancelled { by, reason, fee } => {
                 let detail = write_cancelled(&mut tx, current, &updated, *by, reason, *fee).await?;
+                RequestEvent::payload(&updated, &detail)
+            }
+            Change::DispatchOpened => RequestEvent::payload(
+                &updated,
+                &events::DispatchOpened {
+                    scheduled_start: updated.scheduled_start,
+                    scheduled_end: updated.scheduled_end,
+                },
+            ),
+            Change::AssignmentReleased {
+                worker_id,
+                kind,
+                reason,
+            } => {
+                let detail =
+                    write_assignment_released(&mut tx, &updated, *worker_id, *kind, reason).await?;
                 RequestEvent::payload(&updated, &detail)
             }
             Change::JobStarted => RequestEvent::payload(&updated, &events::JobStarted {}),
@@ -283,14 +361,14 @@ impl Store {
         )
     }
 
-    /// The request's pending offer, if one is out.
-    pub async fn pending_offer(&self, request_id: Uuid) -> Result<Option<OfferRow>, StoreError> {
-        Ok(
-            sqlx::query_as(r#"select * from offers where "requestId" = $1 and outcome is null"#)
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?,
+    /// The request's pending offers (one, or a parallel batch), in attempt order.
+    pub async fn pending_offers(&self, request_id: Uuid) -> Result<Vec<OfferRow>, StoreError> {
+        Ok(sqlx::query_as(
+            r#"select * from offers where "requestId" = $1 and outcome is null order by attempt"#,
         )
+        .bind(request_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
 
@@ -302,10 +380,24 @@ async fn update_request(
     change: &Change,
 ) -> Result<Option<ServiceRequest>, sqlx::Error> {
     let (attempts_delta, timeout_at, assignee) = match change {
-        Change::OfferSent(offer) => (1, Some(offer.expires_at), None),
+        // A parallel batch shares one deadline; a later offer never shortens it.
+        Change::OfferSent(offer) => (
+            1,
+            Some(
+                current
+                    .worker_timeout_at
+                    .map_or(offer.expires_at, |t| t.max(offer.expires_at)),
+            ),
+            None,
+        ),
+        Change::OfferSettled {
+            others_pending: true,
+            ..
+        } => (0, current.worker_timeout_at, None),
         Change::OfferAccepted { worker_id, .. } => (0, None, Some(*worker_id)),
         _ => (0, None, None),
     };
+    let releases_assignee = matches!(change, Change::AssignmentReleased { .. });
     let (cancelled_by, cancel_reason, cancel_fee) = match change {
         Change::Cancelled { by, reason, fee } => (Some(by.as_str()), reason.clone(), Some(fee.0)),
         _ => (None, None, None),
@@ -320,8 +412,8 @@ async fn update_request(
              version = version + 1,
              "assignmentAttempts" = "assignmentAttempts" + $4,
              "workerTimeoutAt" = $5,
-             "assignedWorkerId" = coalesce($6, "assignedWorkerId"),
-             "assignedAt" = case when $3 = 'ASSIGNED' then now() else "assignedAt" end,
+             "assignedWorkerId" = case when $11 then null else coalesce($6, "assignedWorkerId") end,
+             "assignedAt" = case when $3 = 'ASSIGNED' then now() when $11 then null else "assignedAt" end,
              "startedAt" = case when $3 = 'IN_PROGRESS' then now() else "startedAt" end,
              "completedAt" = case when $3 = 'COMPLETED' then now() else "completedAt" end,
              "cancelledAt" = case when $3 = 'CANCELLED' then now() else "cancelledAt" end,
@@ -343,6 +435,7 @@ async fn update_request(
     .bind(cancel_reason)
     .bind(cancel_fee)
     .bind(unassigned_reason)
+    .bind(releases_assignee)
     .fetch_optional(tx)
     .await
 }
@@ -355,8 +448,9 @@ async fn write_offer_sent(
 ) -> Result<events::OfferSent, StoreError> {
     sqlx::query(
         r#"insert into offers (id, "requestId", "workerId", attempt, "expiresAt",
-                               "distanceMeters", "radiusMeters", "candidatesConsidered")
-           values ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                               "distanceMeters", "radiusMeters", "candidatesConsidered",
+                               "candidateScores")
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
     )
     .bind(offer.id)
     .bind(updated.id)
@@ -366,6 +460,10 @@ async fn write_offer_sent(
     .bind(offer.distance_meters)
     .bind(offer.radius_meters)
     .bind(offer.candidates_considered)
+    .bind(
+        (!offer.candidate_scores.is_empty())
+            .then_some(sqlx::types::Json(offer.candidate_scores.as_slice())),
+    )
     .execute(tx)
     .await?;
     Ok(events::OfferSent {
@@ -389,6 +487,8 @@ async fn write_offer_settled(
     let worker_id =
         settle_pending_offer(tx, updated.id, Some(offer_id), outcome, reason.as_deref())
             .await?
+            .first()
+            .copied()
             .ok_or_else(|| StoreError::NotFound {
                 what: "pending offer",
                 id: offer_id.to_string(),
@@ -410,25 +510,75 @@ async fn write_offer_accepted(
 ) -> Result<events::WorkerAssigned, StoreError> {
     let accepted_by =
         settle_pending_offer(tx, updated.id, Some(offer_id), OfferOutcome::Accepted, None).await?;
-    if accepted_by != Some(worker_id) {
+    if accepted_by.first() != Some(&worker_id) {
         // Dropping the transaction rolls it back.
         return Err(StoreError::NotFound {
             what: "pending offer for this worker",
             id: offer_id.to_string(),
         });
     }
+    // Parallel offers: the others of the batch are withdrawn in the same transaction.
+    let withdrawn_from_worker_ids =
+        settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, Some(TAKEN)).await?;
     Ok(events::WorkerAssigned {
         offer_id,
         worker_id,
+        withdrawn_from_worker_ids,
     })
 }
 
-/// Withdraws the request's pending offer, if any; the worker who held it.
+/// The reason recorded on (and sent with) offers withdrawn because another worker of the
+/// batch accepted first.
+pub const TAKEN: &str = "taken";
+
+/// AssignmentReleased: the accepted offer marked RELEASED or NO_SHOW, the strike recorded.
+async fn write_assignment_released(
+    tx: &mut sqlx::PgConnection,
+    updated: &ServiceRequest,
+    worker_id: Uuid,
+    kind: StrikeKind,
+    reason: &Option<String>,
+) -> Result<events::AssignmentReleased, StoreError> {
+    let offer_id: Option<Uuid> = sqlx::query_scalar(
+        r#"update offers set outcome = $3, "rejectReason" = $4
+           where "requestId" = $1 and "workerId" = $2 and outcome = 'ACCEPTED'
+           returning id"#,
+    )
+    .bind(updated.id)
+    .bind(worker_id)
+    .bind(kind.offer_outcome().as_str())
+    .bind(reason.as_deref())
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query(
+        r#"insert into worker_strikes ("workerId", "requestId", kind, reason) values ($1, $2, $3, $4)"#,
+    )
+    .bind(worker_id)
+    .bind(updated.id)
+    .bind(kind.as_str())
+    .bind(reason.as_deref())
+    .execute(tx)
+    .await?;
+    Ok(events::AssignmentReleased {
+        worker_id,
+        offer_id,
+        kind,
+        reason: reason.clone(),
+    })
+}
+
+/// Withdraws the request's pending offers, if any; a worker who held one (the event names
+/// one; with parallel offers the actor tells every holder).
 async fn withdraw_pending_offer(
     tx: &mut sqlx::PgConnection,
     updated: &ServiceRequest,
 ) -> Result<Option<Uuid>, sqlx::Error> {
-    settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, None).await
+    Ok(
+        settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, None)
+            .await?
+            .first()
+            .copied(),
+    )
 }
 
 /// ServiceRequestCancelled: a pending offer withdrawn; for a dispute of a completed job,
@@ -490,24 +640,28 @@ async fn write_job_completed(
     })
 }
 
-/// Settles the request's pending offer (a given one, or whichever is pending) and returns
-/// the worker who held it; `None` when no such offer was pending.
+/// Settles the request's pending offers (a given one, or every one pending) and returns
+/// the workers who held them, in attempt order; empty when none was pending.
 async fn settle_pending_offer(
     tx: &mut sqlx::PgConnection,
     request_id: Uuid,
     offer_id: Option<Uuid>,
     outcome: OfferOutcome,
     reason: Option<&str>,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_as(
         r#"update offers set outcome = $3, "respondedAt" = now(), "rejectReason" = $4
            where "requestId" = $1 and ($2::uuid is null or id = $2) and outcome is null
-           returning "workerId""#,
+           returning "workerId", attempt"#,
     )
     .bind(request_id)
     .bind(offer_id)
     .bind(outcome.as_str())
     .bind(reason)
-    .fetch_optional(tx)
+    .fetch_all(tx)
     .await
+    .map(|mut rows: Vec<(Uuid, i32)>| {
+        rows.sort_by_key(|(_, attempt)| *attempt);
+        rows.into_iter().map(|(worker, _)| worker).collect()
+    })
 }

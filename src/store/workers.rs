@@ -5,13 +5,15 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::domain::Status;
+use crate::domain::{offer_policy::WorkerRecord, Status};
 
 /// A job a worker holds: accepted (ASSIGNED) or started (IN_PROGRESS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobInHand {
     pub request_id: Uuid,
     pub status: Status,
+    /// The booked slot, for a booked job.
+    pub slot: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
 /// A pending offer of a worker, with what the `offer` frame shows of its request.
@@ -30,13 +32,16 @@ pub struct PendingOfferView {
     pub city_id: Option<String>,
     pub latitude: Option<f64>,
     pub longitude: Option<f64>,
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
 }
 
 impl Store {
     /// The worker's jobs in hand, oldest assignment first.
     pub async fn jobs_in_hand(&self, worker_id: Uuid) -> Result<Vec<JobInHand>, StoreError> {
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            r#"select id, status from service_requests
+        type Row = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+        let rows: Vec<Row> = sqlx::query_as(
+            r#"select id, status, "scheduledStart", "scheduledEnd" from service_requests
                where "assignedWorkerId" = $1 and status in ('ASSIGNED', 'IN_PROGRESS')
                order by "assignedAt""#,
         )
@@ -45,10 +50,55 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(request_id, status)| {
-                Status::parse(&status).map(|status| JobInHand { request_id, status })
+            .filter_map(|(request_id, status, start, end)| {
+                Status::parse(&status).map(|status| JobInHand {
+                    request_id,
+                    status,
+                    slot: start.zip(end),
+                })
             })
             .collect())
+    }
+
+    /// The worker's record over the last 30 days, for ranking: rating, offers answered and
+    /// accepted, strikes (cancellations after accepting, no-shows), last job, earned today.
+    pub async fn worker_record(&self, worker_id: Uuid) -> Result<WorkerRecord, StoreError> {
+        type Row = (f64, i64, i64, i64, Option<DateTime<Utc>>, i64);
+        let row: Option<Row> = sqlx::query_as(
+            r#"select w.rating::float8,
+                      o.answered, o.accepted,
+                      (select count(*) from worker_strikes s
+                        where s."workerId" = w.id and s."createdAt" > now() - interval '30 days'),
+                      j.last_job_at, j.earned_today::int8
+               from worker_profiles w
+               cross join lateral (
+                   select count(*) filter (where outcome in
+                              ('ACCEPTED', 'REJECTED', 'EXPIRED', 'RELEASED', 'NO_SHOW')) as answered,
+                          count(*) filter (where outcome in ('ACCEPTED', 'RELEASED', 'NO_SHOW')) as accepted
+                   from offers where "workerId" = w.id and "sentAt" > now() - interval '30 days') o
+               cross join lateral (
+                   select max("completedAt") as last_job_at,
+                          coalesce(sum("workerNetCents") filter (
+                              where "completedAt" >= date_trunc('day', now())), 0) as earned_today
+                   from service_requests
+                   where "assignedWorkerId" = w.id and status = 'COMPLETED') j
+               where w.id = $1"#,
+        )
+        .bind(worker_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(
+                |(rating, answered, accepted, strikes, last_job_at, earned)| WorkerRecord {
+                    rating,
+                    offers_answered: answered as u32,
+                    offers_accepted: accepted as u32,
+                    strikes: strikes as u32,
+                    last_job_at,
+                    earnings_today_cents: earned,
+                },
+            )
+            .unwrap_or_default())
     }
 
     /// The worker's still-valid pending offers, oldest first, with their requests.
@@ -59,7 +109,7 @@ impl Store {
         Ok(sqlx::query_as(
             r#"select o.id as "offerId", o."requestId", o.attempt, o."expiresAt", o."distanceMeters",
                       r.description, r."squareMeters", r."workerNetCents", r.currency, r."cityId",
-                      r.latitude, r.longitude
+                      r.latitude, r.longitude, r."scheduledStart", r."scheduledEnd"
                from offers o join service_requests r on r.id = o."requestId"
                where o."workerId" = $1 and o.outcome is null and o."expiresAt" > now()
                order by o."sentAt""#,

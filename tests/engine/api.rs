@@ -300,7 +300,12 @@ async fn the_cancellation_policy_cases() {
 
 async fn wait_offer(app: &TestApp, id: Uuid) -> Uuid {
     wait_for(PATIENCE, || async {
-        app.store().pending_offer(id).await.unwrap().map(|o| o.id)
+        app.store()
+            .pending_offers(id)
+            .await
+            .unwrap()
+            .first()
+            .map(|o| o.id)
     })
     .await
 }

@@ -210,6 +210,7 @@ fn offer_to(worker: Uuid, attempt: i32) -> Change {
         distance_meters: 100.0,
         radius_meters: 2000,
         candidates_considered: 1,
+        candidate_scores: vec![],
     })
 }
 
@@ -409,4 +410,26 @@ async fn the_guides_config_update_applies_without_a_restart() {
         settings.borrow().worker_timeout,
         std::time::Duration::from_secs(1200)
     );
+}
+
+/// The database's status machine (`service_request_transitions`, enforced by a trigger) and
+/// the engine's (`domain::status::TRANSITIONS`) have exactly the same edges.
+#[tokio::test]
+async fn the_database_and_the_engine_share_one_status_machine() {
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let stored: std::collections::BTreeSet<(String, String)> =
+        sqlx::query_as(r#"select "fromStatus", "toStatus" from service_request_transitions"#)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    let engine: std::collections::BTreeSet<(String, String)> =
+        arreglame::domain::status::TRANSITIONS
+            .iter()
+            .filter(|(from, _, to)| from != to)
+            .map(|(from, _, to)| (from.as_str().to_string(), to.as_str().to_string()))
+            .collect();
+    assert_eq!(stored, engine);
 }

@@ -868,6 +868,8 @@ async fn a_worker_that_stops_reading_is_disconnected_and_its_offer_settled_as_a_
         area: "Buenos Aires".into(),
         latitude: LAT,
         longitude: LON,
+        scheduled_start: None,
+        scheduled_end: None,
     };
     let flood = async {
         while sessions.is_connected(worker.id) {

@@ -300,6 +300,8 @@ pub fn new_request(customer: Uuid, lon: f64, lat: f64) -> NewServiceRequest {
         platform_fee: Cents(225_000),
         pricing_engine: "rules".into(),
         idempotency_key: None,
+        slot: None,
+        status: arreglame::domain::Status::Pending,
     }
 }
 

@@ -28,7 +28,7 @@ async fn offering_request(app: &TestApp) -> (Uuid, Uuid) {
         .unwrap();
     d.ensure_actor(row.id).await.unwrap();
     wait_until(PATIENCE, || async {
-        app.store().pending_offer(row.id).await.unwrap().is_some()
+        !app.store().pending_offers(row.id).await.unwrap().is_empty()
     })
     .await;
     (row.id, worker)
@@ -103,7 +103,7 @@ async fn ops_actors_shows_a_freshly_spawned_request_actor() {
 async fn metrics_reflect_a_dispatch_flow() {
     let app = TestApp::spawn().await;
     let (request, worker) = offering_request(&app).await;
-    let offer = app.store().pending_offer(request).await.unwrap().unwrap();
+    let offer = app.store().pending_offers(request).await.unwrap().remove(0);
     let ops = app.token(Role::Ops, Uuid::new_v4());
     let scrape = || async {
         get(&app, "/metrics", Some(&ops))
@@ -172,7 +172,7 @@ async fn metrics_reflect_a_dispatch_flow() {
 async fn the_trail_explains_why_nothing_was_assigned() {
     let app = TestApp::spawn().await;
     let (request, worker) = offering_request(&app).await;
-    let offer = app.store().pending_offer(request).await.unwrap().unwrap();
+    let offer = app.store().pending_offers(request).await.unwrap().remove(0);
     app.handle
         .state
         .dispatcher
@@ -406,7 +406,12 @@ async fn the_history_counts_a_scripted_flow() {
     let first_worker = app.worker_online(LON, LAT).await;
     let r1 = create(&app, true).await;
     let offer = wait_for(PATIENCE, || async {
-        app.store().pending_offer(r1).await.unwrap()
+        app.store()
+            .pending_offers(r1)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
     })
     .await;
     d.accept_offer(first_worker, r1, offer.id).await.unwrap();
@@ -415,7 +420,12 @@ async fn the_history_counts_a_scripted_flow() {
     let second_worker = app.worker_online(LON, LAT).await;
     let r2 = create(&app, true).await;
     let offer = wait_for(PATIENCE, || async {
-        app.store().pending_offer(r2).await.unwrap()
+        app.store()
+            .pending_offers(r2)
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
     })
     .await;
     assert_eq!(offer.worker_id, second_worker);

@@ -91,6 +91,7 @@ impl From<CommandError> for ApiError {
             CommandError::OfferNotPending
             | CommandError::IllegalState { .. }
             | CommandError::WindowClosed
+            | CommandError::SlotStarted
             | CommandError::Conflict
             | CommandError::Unavailable => ApiError::Conflict(e.to_string()),
             CommandError::InvalidInput(_) => ApiError::BadUserInput(e.to_string()),

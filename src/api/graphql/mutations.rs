@@ -13,7 +13,7 @@ use super::{
     ApiError,
 };
 use crate::{
-    domain::{Position, Status},
+    domain::{booking, Position, Status},
     pricing::JobInput,
     store::{CancelledBy, NewServiceRequest},
 };
@@ -128,6 +128,22 @@ async fn create(
         input.extras,
         input.difficulty,
     );
+    let settings = state.dispatcher.settings();
+    let now = chrono::Utc::now();
+    let rules = booking::BookingRules {
+        max_slot: settings.max_slot,
+        horizon: settings.booking_horizon,
+    };
+    let slot = booking::check_slot(input.scheduled_start, input.scheduled_end, now, rules)
+        .map_err(|e| ApiError::BadUserInput(e.to_string()))?;
+    // A booking waits as SCHEDULED until its dispatch time; one booked closer than the
+    // lead is dispatched at once.
+    let status = match slot {
+        Some((start, _)) if booking::dispatch_at(start, settings.dispatch_lead) > now => {
+            Status::Scheduled
+        }
+        _ => Status::Pending,
+    };
     let quote = price(ctx, &job).await?;
     let new = NewServiceRequest {
         customer_id: customer,
@@ -152,6 +168,8 @@ async fn create(
         platform_fee: quote.platform_fee,
         pricing_engine: quote.engine.as_str().to_string(),
         idempotency_key: input.idempotency_key,
+        slot,
+        status,
     };
     let (row, created) = state
         .store
@@ -159,7 +177,7 @@ async fn create(
         .await
         .map_err(ApiError::from)?;
     span.record("request_id", tracing::field::display(row.id));
-    if created || row.status.is_dispatching() {
+    if created || row.status.is_open_for_dispatch() {
         // The request is committed: the customer gets it whatever happens to its actor
         // now. One that cannot start (the database just went away, say) is brought back
         // by the WorkerAssignmentCron backstop within a sweep.

@@ -184,6 +184,10 @@ pub struct CreateServiceRequestInput {
     pub difficulty: Option<Difficulty>,
     /// Retrying with the same key returns the request the first call created.
     pub idempotency_key: Option<String>,
+    /// A booked time slot (RFC 3339), with `scheduledEnd`; absent means as soon as possible.
+    /// The request waits as SCHEDULED until `dispatch_lead_minutes` before the start.
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
 }
 
 #[derive(SimpleObject, Clone, Debug)]
@@ -239,6 +243,9 @@ pub struct ServiceRequestNode {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// The booked slot; null for a job wanted now.
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub scheduled_end: Option<DateTime<Utc>>,
     #[graphql(skip)]
     pub assigned_worker_id: Option<Uuid>,
 }
@@ -281,6 +288,10 @@ impl ServiceRequestNode {
                 outcome: o.outcome.as_deref().and_then(OfferOutcome::parse),
                 responded_at: o.responded_at,
                 reject_reason: o.reject_reason,
+                candidates: o
+                    .candidate_scores
+                    .map(|scores| scores.0.into_iter().map(ScoredCandidate::from).collect())
+                    .unwrap_or_default(),
             })
             .collect())
     }
@@ -300,6 +311,37 @@ pub struct OfferTrail {
     pub outcome: Option<OfferOutcome>,
     pub responded_at: Option<DateTime<Utc>>,
     pub reject_reason: Option<String>,
+    /// With `candidate_ranking = scored`: the candidates of this search by score, the
+    /// worker offered first. Empty when candidates were taken nearest first.
+    pub candidates: Vec<ScoredCandidate>,
+}
+
+/// A ranked candidate: its score (the weighted mean of its parts) and the parts.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct ScoredCandidate {
+    pub worker_id: ID,
+    pub distance_meters: f64,
+    pub score: f64,
+    pub distance: f64,
+    pub acceptance: f64,
+    pub rating: f64,
+    pub reliability: f64,
+    pub fairness: f64,
+}
+
+impl From<crate::domain::offer_policy::CandidateScore> for ScoredCandidate {
+    fn from(c: crate::domain::offer_policy::CandidateScore) -> Self {
+        ScoredCandidate {
+            worker_id: ID(c.worker_id.to_string()),
+            distance_meters: c.distance_meters,
+            score: c.score,
+            distance: c.parts.distance,
+            acceptance: c.parts.acceptance,
+            rating: c.parts.rating,
+            reliability: c.parts.reliability,
+            fairness: c.parts.fairness,
+        }
+    }
 }
 
 impl From<&ServiceRequest> for ServiceRequestNode {
@@ -341,6 +383,8 @@ impl From<&ServiceRequest> for ServiceRequestNode {
             created_at: r.created_at,
             updated_at: r.updated_at,
             completed_at: r.completed_at,
+            scheduled_start: r.scheduled_start,
+            scheduled_end: r.scheduled_end,
             assigned_worker_id: r.assigned_worker_id,
         }
     }
