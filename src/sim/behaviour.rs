@@ -21,7 +21,8 @@ pub struct Behaviour {
     pub accept_half_distance_m: f64,
     /// Share of offers a worker never answers (they time out).
     pub ignore_share: f64,
-    /// Mean seconds a worker takes to answer an offer (uniform in 0.25–1.75× of it).
+    /// Mean seconds a worker takes to answer an offer: exponentially distributed (most
+    /// answer quickly, a few take long), cut at 4× the mean.
     pub think_seconds: f64,
     /// Share of workers who are unreliable.
     pub unreliable_share: f64,
@@ -103,7 +104,8 @@ impl Behaviour {
     pub fn answer(&self, traits: &Traits, distance_m: f64, rng: &mut Rng) -> Answer {
         let ignore = rng.next_f64() < self.ignore_share;
         let accept = rng.next_f64() < self.accept_probability(traits, distance_m);
-        let after = Duration::from_secs_f64(self.think_seconds * (0.25 + 1.5 * rng.next_f64()));
+        let think = -(1.0 - rng.next_f64()).ln();
+        let after = Duration::from_secs_f64(self.think_seconds * think.min(4.0));
         match (ignore, accept) {
             (true, _) => Answer::Ignore,
             (false, true) => Answer::Accept { after },
@@ -205,21 +207,25 @@ mod tests {
         let b = behaviour();
         let t = b.traits(3, 0);
         let mut rng = Rng::new(11);
-        let (mut ignored, mut accepted) = (0, 0);
+        let (mut ignored, mut accepted, mut thought) = (0, 0, Duration::ZERO);
         for _ in 0..5_000 {
             match b.answer(&t, 0.0, &mut rng) {
                 Answer::Ignore => ignored += 1,
                 Answer::Accept { after } => {
                     accepted += 1;
+                    thought += after;
                     assert!(
-                        after >= Duration::from_millis(500)
-                            && after <= Duration::from_millis(3_500)
+                        after <= Duration::from_secs(8),
+                        "cut at 4× the mean: {after:?}"
                     );
                 }
                 Answer::Reject { .. } => {}
             }
         }
         assert!((350..650).contains(&ignored), "{ignored}");
+        // An exponential cut at 4× its mean keeps about 98 % of the mean.
+        let mean = thought.as_secs_f64() / accepted as f64;
+        assert!((1.8..2.1).contains(&mean), "mean think {mean} s");
         let expected = 5_000.0 * 0.9 * b.accept_probability(&t, 0.0);
         assert!(
             (accepted as f64 - expected).abs() < 250.0,

@@ -66,8 +66,10 @@ impl Mode {
 
 /// The engine settings a scenario needs, the same for every mode: an offer timeout of
 /// `--offer-timeout-seconds`, booked slots dispatched 10 s after their create and reminded
-/// before their start, a short no-show grace, and no travel buffer (the simulated city has
-/// no traffic, and a 30 min buffer around 2 min slots would idle most of the fleet).
+/// before their start, a short no-show grace, no travel buffer (the simulated city has no
+/// traffic, and a 30 min buffer around 2 min slots would idle most of the fleet), and a
+/// job wanted now assumed to last as long as a simulated one (the engine's 2 h default
+/// would keep every worker holding a booking from any job wanted now).
 pub fn scenario_settings(args: &SimArgs) -> Vec<(&'static str, String)> {
     let minutes = |seconds: f64| format!("{:.4}", seconds / 60.0);
     let lead = (args.slot_in_seconds - 10.0).max(args.slot_in_seconds / 2.0);
@@ -76,6 +78,7 @@ pub fn scenario_settings(args: &SimArgs) -> Vec<(&'static str, String)> {
         ("job_reminder_minutes", minutes(lead / 2.0)),
         ("no_show_grace_minutes", minutes(args.no_show_grace_seconds)),
         ("travel_buffer_minutes", "0".to_string()),
+        ("immediate_job_minutes", minutes(args.job_seconds.max(1.0))),
     ];
     if args.offer_timeout_seconds > 0.0 {
         settings.push((

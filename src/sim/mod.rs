@@ -77,7 +77,8 @@ pub struct SimArgs {
     /// Share of offers a worker never answers (they time out).
     #[arg(long, default_value_t = 0.0)]
     pub ignore_share: f64,
-    /// Mean seconds a worker takes to answer an offer; 0 answers at once.
+    /// Mean seconds a worker takes to answer an offer (exponential, cut at 4x); 0 answers
+    /// at once.
     #[arg(long, default_value_t = 0.0)]
     pub think_seconds: f64,
     /// Share of workers who are unreliable: they keep only 30-60 % of the jobs they
