@@ -13,7 +13,7 @@
 //! - the scenario's timing settings are written once for all modes; only the mode's two
 //!   keys change between runs. Everything is put back as it was at the end.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
@@ -148,7 +148,7 @@ impl Versus {
 pub struct CompareReport {
     pub seed: u64,
     /// The `system_config` values every mode ran with (besides the mode's own two).
-    pub scenario: Vec<(String, String)>,
+    pub scenario: BTreeMap<String, String>,
     pub modes: Vec<ModeReport>,
 }
 
@@ -263,6 +263,9 @@ impl CompareReport {
                 m.summary.worker_cancellations.to_string()
             }),
             ("no-shows", |m| m.summary.no_shows.to_string()),
+            ("  of them meant to show", |m| {
+                m.summary.no_shows_while_keeping.to_string()
+            }),
             ("strikes in db (cancel/no-show)", |m| {
                 format!("{}/{}", m.strikes_cancelled, m.strikes_no_show)
             }),

@@ -194,6 +194,9 @@ pub struct Stats {
     pub worker_cancellations: AtomicU64,
     /// `assignment_revoked` with reason `no_show` received by workers.
     pub no_shows: AtomicU64,
+    /// Of those, revoked from a worker who meant to show up (it had not missed anything
+    /// yet: the engine's no-show deadline had passed before the job reached it).
+    pub no_shows_while_keeping: AtomicU64,
     pub error_frames: AtomicU64,
     pub reconnects: AtomicU64,
     pub locations: AtomicU64,

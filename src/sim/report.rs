@@ -190,6 +190,8 @@ pub struct Summary {
     /// `cancel_assignment` answered ok, and `assignment_revoked` no-shows.
     pub worker_cancellations: u64,
     pub no_shows: u64,
+    /// No-shows revoked from a worker who meant to show up (see `Stats`).
+    pub no_shows_while_keeping: u64,
     /// Mean `job.distanceMeters` of confirmed assignments.
     pub mean_distance_m: f64,
     /// Offers withdrawn (another worker took the job, or it expired) while still undecided.
@@ -291,6 +293,7 @@ impl Summary {
             share_assigned: ratio(assigned as f64, n_created as f64),
             worker_cancellations: s.worker_cancellations.load(Ordering::Relaxed),
             no_shows: s.no_shows.load(Ordering::Relaxed),
+            no_shows_while_keeping: s.no_shows_while_keeping.load(Ordering::Relaxed),
             mean_distance_m: if distances.is_empty() {
                 0.0
             } else {

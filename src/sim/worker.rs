@@ -110,14 +110,18 @@ struct Session {
     seen: HashSet<Uuid>,
     /// Jobs this session drives (a replayed job_update must not start a second timer).
     jobs: HashSet<Uuid>,
+    /// Jobs among them the worker means to do (its behaviour said keep).
+    keeping: HashSet<Uuid>,
     online: bool,
     next_id: u64,
 }
 
 impl Session {
-    fn id(&mut self) -> String {
+    /// The next message id, `<type>-<n>`: an error frame's `replyTo` then says what it
+    /// refused.
+    fn id(&mut self, kind: &str) -> String {
         self.next_id += 1;
-        format!("m{}", self.next_id)
+        format!("{kind}-{}", self.next_id)
     }
 
     /// Keeps an offer on screen while the worker thinks, then answers it.
@@ -199,14 +203,20 @@ impl Worker {
             accepted: HashMap::new(),
             seen: HashSet::new(),
             jobs: HashSet::new(),
+            keeping: HashSet::new(),
             online: false,
             next_id: 0,
         };
         let mut location =
             tokio::time::interval(Duration::from_secs_f64(self.fleet.args.location_every));
         location.tick().await;
-        let mut ping = tokio::time::interval(heartbeat);
-        ping.tick().await;
+        // Locations keep the session alive when they come often enough; a ping timer per
+        // worker is only needed when they do not.
+        let mut ping =
+            (location.period() * 2 > heartbeat).then(|| tokio::time::interval(heartbeat));
+        if let Some(p) = ping.as_mut() {
+            p.tick().await;
+        }
         let outcome = loop {
             tokio::select! {
                 msg = rx.next() => {
@@ -232,8 +242,13 @@ impl Worker {
                         break Err(e);
                     }
                 }
-                _ = ping.tick() => {
-                    let id = s.id();
+                _ = async {
+                    match ping.as_mut() {
+                        Some(p) => p.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let id = s.id(wire::Ping::KIND);
                     if let Err(e) = tx.send(wire::Ping {}.frame(&id)).await {
                         break Err(e.into());
                     }
@@ -268,7 +283,7 @@ impl Worker {
             accuracy: 8.0,
             timestamp: Utc::now(),
         };
-        let id = s.id();
+        let id = s.id(wire::Location::KIND);
         tx.send(fix.frame(&id)).await?;
         Ok(())
     }
@@ -287,7 +302,7 @@ impl Worker {
             "ok" if env
                 .reply_to
                 .as_deref()
-                .is_some_and(|r| r.starts_with("cancel-")) =>
+                .is_some_and(|r| r.starts_with(wire::CancelAssignment::KIND)) =>
             {
                 self.stats()
                     .worker_cancellations
@@ -321,8 +336,14 @@ impl Worker {
             "assignment_revoked" => {
                 if let Some(job) = env.data::<wire::JobEvent>() {
                     s.jobs.remove(&job.request_id);
+                    let meant_to_show = s.keeping.remove(&job.request_id);
                     if job.reason.as_deref() == Some("no_show") {
                         self.stats().no_shows.fetch_add(1, Ordering::Relaxed);
+                        if meant_to_show {
+                            self.stats()
+                                .no_shows_while_keeping
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -338,6 +359,11 @@ impl Worker {
                     .data::<wire::ErrorBody>()
                     .map(|e| e.code)
                     .unwrap_or_else(|| "UNKNOWN".into());
+                // Keyed by what was refused too: "start_job NOT_YOUR_JOB".
+                let code = match env.reply_to.as_deref().and_then(|r| r.rsplit_once('-')) {
+                    Some((kind, _)) => format!("{kind} {code}"),
+                    None => code,
+                };
                 *stats.error_codes.lock().unwrap().entry(code).or_default() += 1;
             }
             _ => {}
@@ -352,7 +378,7 @@ impl Worker {
         offer: wire::Offer,
     ) -> anyhow::Result<()> {
         self.last_seq = self.last_seq.max(offer.seq);
-        let ack_id = s.id();
+        let ack_id = s.id(wire::AckOffer::KIND);
         tx.send(
             wire::AckOffer {
                 offer_id: offer.offer_id,
@@ -414,7 +440,10 @@ impl Worker {
             .behaviour
             .commitment(&self.traits, slot_start.is_some(), &mut rng)
         {
-            Commitment::Keep => self.schedule_job(s, request, slot_start, true),
+            Commitment::Keep => {
+                s.keeping.insert(request);
+                self.schedule_job(s, request, slot_start, true)
+            }
             Commitment::Cancel => s.later(CANCEL_AFTER, Action::Cancel(request)),
             // Accepted, and then nothing: the engine revokes it after the grace period.
             Commitment::NoShow => {}
@@ -464,7 +493,6 @@ impl Worker {
     }
 
     async fn act(&mut self, s: &mut Session, tx: &mut Sink, action: Action) -> anyhow::Result<()> {
-        let id = s.id();
         let frame = match action {
             Action::Answer { offer, accept } => {
                 // Withdrawn meanwhile (taken by another worker, expired, cancelled).
@@ -480,7 +508,7 @@ impl Worker {
                         request_id,
                         idempotency_key: format!("accept-{offer}"),
                     }
-                    .frame(&id)
+                    .frame(&s.id(wire::AcceptOffer::KIND))
                 } else {
                     self.stats().rejects_sent.fetch_add(1, Ordering::Relaxed);
                     wire::RejectOffer {
@@ -488,22 +516,22 @@ impl Worker {
                         request_id,
                         reason: "simulated rejection",
                     }
-                    .frame(&id)
+                    .frame(&s.id(wire::RejectOffer::KIND))
                 }
             }
             Action::Start(request) if s.jobs.contains(&request) => wire::StartJob {
                 request_id: request,
             }
-            .frame(&id),
+            .frame(&s.id(wire::StartJob::KIND)),
             Action::Complete(request) if s.jobs.contains(&request) => wire::CompleteJob {
                 request_id: request,
             }
-            .frame(&id),
+            .frame(&s.id(wire::CompleteJob::KIND)),
             Action::Cancel(request) if s.jobs.remove(&request) => wire::CancelAssignment {
                 request_id: request,
                 reason: "simulated: something came up",
             }
-            .frame(&format!("cancel-{request}")),
+            .frame(&s.id(wire::CancelAssignment::KIND)),
             // A job that ended meanwhile (cancelled by its customer, revoked).
             Action::Start(_) | Action::Complete(_) | Action::Cancel(_) => return Ok(()),
         };
