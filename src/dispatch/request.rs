@@ -79,9 +79,13 @@ type Reply<T> = RpcReplyPort<Result<T, CommandError>>;
 pub enum RequestMsg {
     /// Look for the next workers and offer the job (internal).
     Dispatch,
-    /// The offer timer of the batch holding this offer fired (internal).
+    /// The offer is past its deadline: its whole batch expires (the backstop's nudge).
     OfferTimeout {
         offer_id: Uuid,
+    },
+    /// The timer of a batch of offers fired (internal).
+    BatchTimeout {
+        batch: u32,
     },
     /// The slot timer fired: a booking's dispatch time, its reminder or its no-show
     /// deadline may have come (internal; the actor re-reads the clock).
@@ -301,6 +305,7 @@ impl RequestActor {
                     self.expire_batch(&myself, state, timed_out.batch).await?;
                 }
             }
+            RequestMsg::BatchTimeout { batch } => self.expire_batch(&myself, state, batch).await?,
             RequestMsg::SlotTick => self.slot_tick(&myself, state).await?,
             RequestMsg::WorkerLost { worker_id } => {
                 if let Some(lost) = state.pending.iter().find(|p| p.worker_id == worker_id) {
@@ -478,7 +483,6 @@ impl RequestActor {
                 for offer in &offers {
                     self.resume_offer(state, offer, batch).await;
                 }
-                let first = offers[0].id;
                 let earliest = offers
                     .iter()
                     .map(|o| o.expires_at)
@@ -487,9 +491,9 @@ impl RequestActor {
                 let remaining = (earliest - Utc::now()).to_std().unwrap_or_default();
                 if remaining.is_zero() {
                     // Expired while nobody was watching (engine down): settle at once.
-                    myself.send_message(RequestMsg::OfferTimeout { offer_id: first })?;
+                    myself.send_message(RequestMsg::BatchTimeout { batch })?;
                 } else {
-                    self.arm(myself, state, first, remaining);
+                    self.arm(myself, state, batch, remaining);
                 }
             }
             Status::Assigned if state.row.slot().is_some() => {
@@ -558,11 +562,11 @@ impl RequestActor {
         &self,
         myself: &ActorRef<RequestMsg>,
         state: &mut RequestState,
-        offer_id: Uuid,
+        batch: u32,
         after: std::time::Duration,
     ) {
         state.disarm();
-        state.timer = Some(myself.send_after(after, move || RequestMsg::OfferTimeout { offer_id }));
+        state.timer = Some(myself.send_after(after, move || RequestMsg::BatchTimeout { batch }));
     }
 
     /// Arms the slot timer for the next moment that matters to a booking: its dispatch
@@ -873,8 +877,8 @@ impl RequestActor {
                     }
                 }
             }
-            if let Some(offer_id) = first_sent {
-                self.arm(myself, state, offer_id, settings.worker_timeout);
+            if first_sent.is_some() {
+                self.arm(myself, state, batch, settings.worker_timeout);
                 return Ok(());
             }
         }

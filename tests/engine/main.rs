@@ -7,6 +7,7 @@ mod foundation;
 mod gateway;
 mod hardening;
 mod helpers;
+mod home_services;
 mod layers;
 mod ops;
 mod outbox;
