@@ -62,6 +62,12 @@ impl Trail {
 
 fn explain(r: &ServiceRequest, offers: &[OfferRow], skipped: &[CandidateSkip]) -> String {
     let mut text = explain_offers(r, offers);
+    for offer in offers {
+        if let Some(note) = explain_ranking(offer) {
+            text.push(' ');
+            text.push_str(&note);
+        }
+    }
     if !skipped.is_empty() {
         text.push_str(&format!(
             " {} candidate(s) passed over: {}.",
@@ -74,6 +80,36 @@ fn explain(r: &ServiceRequest, offers: &[OfferRow], skipped: &[CandidateSkip]) -
         ));
     }
     text
+}
+
+/// Why the worker of a ranked offer was chosen: the score against the runner-up's and the
+/// part where the winner led most (parts compared as they are, before weighting: the
+/// weights in force then are not stored).
+fn explain_ranking(offer: &OfferRow) -> Option<String> {
+    let scores = &offer.candidate_scores.as_ref()?.0;
+    let winner = scores.first()?;
+    let Some(runner_up) = scores.get(1) else {
+        return Some(format!(
+            "Attempt {}: the only candidate, scored {:.2}.",
+            offer.attempt, winner.score
+        ));
+    };
+    let even = crate::domain::offer_policy::RankingWeights {
+        distance: 1.0,
+        acceptance: 1.0,
+        rating: 1.0,
+        reliability: 1.0,
+        fairness: 1.0,
+    };
+    let (part, lead) = winner.parts.biggest_lead_over(&runner_up.parts, &even);
+    Some(format!(
+        "Attempt {}: worker {} scored {:.2} against {:.2} for the runner-up among {} ranked; it led most on {part} (+{lead:.2}).",
+        offer.attempt,
+        winner.worker_id,
+        winner.score,
+        runner_up.score,
+        scores.len()
+    ))
 }
 
 fn explain_offers(r: &ServiceRequest, offers: &[OfferRow]) -> String {
