@@ -56,6 +56,8 @@ fn register_zeros() {
         "arreglame_actor_escalations_total",
         "arreglame_actor_heartbeat_replacements_total",
         "arreglame_actor_nudges_total",
+        "arreglame_worker_cancellations_total",
+        "arreglame_worker_no_shows_total",
         "arreglame_requests_unassigned_total",
         "arreglame_requests_cancelled_total",
         "arreglame_requests_completed_total",
@@ -115,6 +117,14 @@ fn describe_all() {
             "Requests that ended UNASSIGNED (no worker found).",
         ),
         ("arreglame_requests_cancelled_total", "Requests cancelled."),
+        (
+            "arreglame_worker_cancellations_total",
+            "Assigned workers who gave a job back before it started (cancel_assignment).",
+        ),
+        (
+            "arreglame_worker_no_shows_total",
+            "Assigned workers who had not started a booked job within the grace after its slot start.",
+        ),
         ("arreglame_requests_completed_total", "Jobs completed."),
         (
             "arreglame_concurrency_conflicts_total",
@@ -326,6 +336,11 @@ pub async fn render(state: &OpsContext) -> String {
             stats.actors_revived.get(),
         ),
         ("arreglame_actor_nudges_total", stats.actors_nudged.get()),
+        (
+            "arreglame_worker_cancellations_total",
+            stats.worker_cancellations.get(),
+        ),
+        ("arreglame_worker_no_shows_total", stats.no_shows.get()),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value);

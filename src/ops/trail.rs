@@ -141,3 +141,58 @@ fn explain_offers(r: &ServiceRequest, offers: &[OfferRow]) -> String {
         other => format!("{other} after {tried} offer(s)."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::offer_policy::{CandidateScore, ScoreParts};
+
+    fn scored(worker_id: Uuid, score: f64, reliability: f64) -> CandidateScore {
+        CandidateScore {
+            worker_id,
+            distance_meters: 500.0,
+            score,
+            parts: ScoreParts {
+                distance: 0.75,
+                acceptance: 0.5,
+                rating: 1.0,
+                reliability,
+                fairness: 1.0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_ranked_offer_says_why_its_worker_won() {
+        let (winner, runner_up) = (Uuid::new_v4(), Uuid::new_v4());
+        let offer = OfferRow {
+            id: Uuid::new_v4(),
+            request_id: Uuid::new_v4(),
+            worker_id: winner,
+            attempt: 1,
+            sent_at: Utc::now(),
+            expires_at: Utc::now(),
+            outcome: None,
+            responded_at: None,
+            reject_reason: None,
+            distance_meters: Some(500.0),
+            radius_meters: Some(2000),
+            candidates_considered: Some(2),
+            candidate_scores: Some(sqlx::types::Json(vec![
+                scored(winner, 0.9, 1.0),
+                scored(runner_up, 0.7, 0.25),
+            ])),
+        };
+        let note = explain_ranking(&offer).unwrap();
+        assert!(
+            note.contains(&format!("worker {winner} scored 0.90 against 0.70")),
+            "{note}"
+        );
+        assert!(note.contains("led most on reliability (+0.75)"), "{note}");
+        let nearest = OfferRow {
+            candidate_scores: None,
+            ..offer
+        };
+        assert_eq!(explain_ranking(&nearest), None);
+    }
+}
