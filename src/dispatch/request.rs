@@ -496,6 +496,8 @@ impl RequestActor {
                     self.arm(myself, state, batch, remaining);
                 }
             }
+            // A restarted actor reminds the worker again if the reminder time has passed
+            // and the slot has not started (it does not know whether the last one did).
             Status::Assigned if state.row.slot().is_some() => {
                 if let (Some(city), Some(worker), Some(slot)) =
                     (&state.city, state.row.assigned_worker_id, state.row.slot())
@@ -580,7 +582,7 @@ impl RequestActor {
         let next = match state.row.status {
             Status::Scheduled => booking::dispatch_at(start, settings.dispatch_lead),
             Status::Assigned => {
-                let no_show = no_show_deadline(start, settings.no_show_grace);
+                let no_show = no_show_deadline(&state.row, start, settings.no_show_grace);
                 if state.reminded {
                     no_show
                 } else {
@@ -628,7 +630,9 @@ impl RequestActor {
                     }
                 }
                 match worker_id {
-                    Some(worker_id) if now >= no_show_deadline(start, settings.no_show_grace) => {
+                    Some(worker_id)
+                        if now >= no_show_deadline(&state.row, start, settings.no_show_grace) =>
+                    {
                         let minutes = settings.no_show_grace.as_secs_f64() / 60.0;
                         let why = format!("not started {minutes} minutes after the slot start");
                         let released = self
@@ -1259,7 +1263,16 @@ impl RequestActor {
     }
 }
 
-/// When an assigned booking's worker counts as a no-show.
-fn no_show_deadline(start: DateTime<Utc>, grace: std::time::Duration) -> DateTime<Utc> {
-    start + chrono::Duration::from_std(grace).unwrap_or_default()
+/// When an assigned booking's worker counts as a no-show: the grace after the slot start,
+/// or after the assignment for a booking assigned late (dispatched after an outage, say),
+/// so nobody is a no-show the moment they accept.
+fn no_show_deadline(
+    row: &ServiceRequest,
+    start: DateTime<Utc>,
+    grace: std::time::Duration,
+) -> DateTime<Utc> {
+    let from = row
+        .assigned_at
+        .map_or(start, |assigned| assigned.max(start));
+    from + chrono::Duration::from_std(grace).unwrap_or_default()
 }

@@ -74,6 +74,21 @@ async fn a_booked_request_stays_scheduled_until_its_lead_time_then_is_offered_wi
     let mut h = DispatchHarness::start(settings).await;
     let worker = h.worker_online(LON + 0.001, LAT, &["lawn_mowing"]).await;
     let start = now() + hours(3);
+    // A booking may be cancelled for free while it waits.
+    let changed_mind = h.create_booked(LON, LAT, (start, start + hours(2))).await;
+    let cancelled = h
+        .dispatcher
+        .cancel(
+            changed_mind.id,
+            arreglame::store::CancelledBy::Customer,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (cancelled.status, cancelled.cancellation_fee_cents),
+        (Status::Cancelled, Some(0))
+    );
     let booked = h.create_booked(LON, LAT, (start, start + hours(2))).await;
     assert_eq!(booked.status, Status::Scheduled);
     tokio::time::pause();
