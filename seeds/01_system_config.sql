@@ -15,5 +15,6 @@ insert into system_config (key, value, description) values
     ('outbox_max_attempts', '10', 'Publish attempts before an outbox event is parked'),
     ('ai_multiplier_min', '0.5', 'Lowest combined multiplier the AI pricing may produce'),
     ('ai_multiplier_max', '3.0', 'Highest combined multiplier the AI pricing may produce'),
-    ('max_square_meters', '100000', 'Largest job size accepted, in square metres')
+    ('max_square_meters', '100000', 'Largest job size accepted, in square metres'),
+    ('dispatch_rollout_percentage', '100', 'Share of requests (0-100, by a hash of the id) this engine dispatches; the others are left to the legacy dispatcher')
 on conflict (key) do nothing;

@@ -52,7 +52,12 @@ pub async fn worker_assignment_sweep(
     tracing::info!(target: "WorkerAssignmentCron", "[WorkerAssignmentCron] Checking for worker assignment timeouts...");
     let overdue = store.overdue_offering(1000).await?;
     let mut report = SweepReport::default();
-    for row in overdue.iter().filter(|r| !dispatcher.has_actor(r.id)) {
+    // Requests outside the rollout percentage are the legacy dispatcher's: never touched.
+    let ours = |id| dispatcher.dispatches(id);
+    for row in overdue
+        .iter()
+        .filter(|r| !dispatcher.has_actor(r.id) && ours(r.id))
+    {
         let Some(offer) = store.pending_offer(row.id).await? else {
             continue;
         };
@@ -74,7 +79,10 @@ pub async fn worker_assignment_sweep(
     }
     let stalled = store
         .stalled_requests(STALLED_PENDING_AFTER, STALLED_OFFER_OVERDUE_BY)
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|r| ours(r.id))
+        .collect();
     (report.revived, report.nudged) = dispatcher.revive_stalled(stalled, HEARTBEAT_WITHIN).await;
     report.respawned = dispatcher.recover().await?;
     if report.settled > 0 || report.respawned > 0 || report.revived > 0 || report.nudged > 0 {

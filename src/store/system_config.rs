@@ -9,7 +9,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::Store;
-use crate::domain::Ratio;
+use crate::domain::{Ratio, RolloutPercentage};
 
 /// Typed view of `system_config`. A missing or invalid value keeps its default (or, on a
 /// reload, its previous value) and is logged, so a typo in an UPDATE never stops dispatch.
@@ -31,6 +31,8 @@ pub struct Settings {
     pub ai_multiplier_min: Ratio,
     pub ai_multiplier_max: Ratio,
     pub max_square_meters: f64,
+    /// The share of requests this engine dispatches (the guide's gradual rollout).
+    pub dispatch_rollout: RolloutPercentage,
 }
 
 impl Default for Settings {
@@ -51,6 +53,7 @@ impl Default for Settings {
             ai_multiplier_min: Ratio(500_000),
             ai_multiplier_max: Ratio(3_000_000),
             max_square_meters: 100_000.0,
+            dispatch_rollout: RolloutPercentage::ALL,
         }
     }
 }
@@ -114,6 +117,7 @@ impl Settings {
                 }
                 self.max_square_meters = m;
             }
+            "dispatch_rollout_percentage" => self.dispatch_rollout = rollout_percentage(v)?,
             _ => {} // Keys of other components (or of the old system) are not ours to judge.
         }
         Ok(())
@@ -159,6 +163,13 @@ fn fraction(v: &str) -> Result<Ratio, String> {
         return Err("expected a fraction between 0.0 and 1.0".into());
     }
     Ok(r)
+}
+
+fn rollout_percentage(v: &str) -> Result<RolloutPercentage, String> {
+    v.parse::<u8>()
+        .ok()
+        .and_then(RolloutPercentage::new)
+        .ok_or_else(|| "expected a whole percentage between 0 and 100".into())
 }
 
 fn cron(v: &str) -> Result<String, String> {
@@ -300,5 +311,31 @@ mod tests {
             ..base.clone()
         });
         assert_eq!(changed, vec!["max_assignment_attempts: 9".to_string()]);
+    }
+}
+
+#[cfg(test)]
+mod rollout_tests {
+    use super::*;
+
+    #[test]
+    fn the_rollout_percentage_is_a_whole_number_from_0_to_100() {
+        let one = |v: &str| {
+            let rows = BTreeMap::from([("dispatch_rollout_percentage".to_string(), v.to_string())]);
+            Settings::from_rows(&Settings::default(), &rows)
+        };
+        let (s, problems) = one(" 10 ");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.dispatch_rollout.percent(), 10);
+        assert_eq!(one("0").0.dispatch_rollout.percent(), 0);
+        for bad in ["101", "-1", "10.5", "ten"] {
+            let (s, problems) = one(bad);
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(
+                s.dispatch_rollout,
+                RolloutPercentage::ALL,
+                "{bad} keeps the default"
+            );
+        }
     }
 }

@@ -92,7 +92,8 @@ impl From<CommandError> for ApiError {
             | CommandError::IllegalState { .. }
             | CommandError::WindowClosed
             | CommandError::Conflict
-            | CommandError::Unavailable => ApiError::Conflict(e.to_string()),
+            | CommandError::Unavailable
+            | CommandError::NotInRollout => ApiError::Conflict(e.to_string()),
             CommandError::InvalidInput(_) => ApiError::BadUserInput(e.to_string()),
             CommandError::Internal(detail) => ApiError::Internal(detail),
         }
