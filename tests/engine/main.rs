@@ -8,6 +8,7 @@ mod gateway;
 mod hardening;
 mod helpers;
 mod layers;
+mod migration;
 mod ops;
 mod outbox;
 mod pricing;
