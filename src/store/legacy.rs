@@ -231,8 +231,8 @@ impl Store {
     }
 
     /// Runs the adoption steps not done yet, when the database is a legacy one; returns the
-    /// steps it ran. A no-op on a fresh or engine database.
-    pub async fn adopt_legacy(&self) -> Result<Vec<&'static str>, AdoptionError> {
+    /// steps it ran with how long each took. A no-op on a fresh or engine database.
+    pub async fn adopt_legacy(&self) -> Result<Vec<(&'static str, Duration)>, AdoptionError> {
         let DatabaseKind::Legacy { steps_done } = self.database_kind().await? else {
             return Ok(Vec::new());
         };
@@ -259,7 +259,7 @@ impl Store {
                 })?;
             tracing::info!(target: "Migrate", step = step.number, name = step.name,
                 elapsed_ms = started.elapsed().as_millis() as u64, "legacy adoption step applied");
-            ran.push(step.name);
+            ran.push((step.name, started.elapsed()));
         }
         Ok(ran)
     }
@@ -290,10 +290,10 @@ impl Store {
         if step.number == 5 {
             drop_invalid_indexes(&mut conn).await?;
         }
-        if step.name == "baseline" {
-            record_baseline(&mut conn).await?;
-        } else {
-            run_sql(&mut conn, step.up).await?;
+        match step.name {
+            "baseline" => record_baseline(&mut conn).await?,
+            "timestamps_utc" => retype_without_rebuilding_under_lock(&mut conn, step.up).await?,
+            _ => run_sql(&mut conn, step.up).await?,
         }
         sqlx::query("insert into _arreglame_adoption (step, name) values ($1, $2)")
             .bind(step.number)
@@ -318,10 +318,10 @@ impl Store {
             return Ok(None);
         };
         let mut conn = self.pool.acquire().await?;
-        if step.name == "baseline" {
-            forget_baseline(&mut conn).await?;
-        } else {
-            run_sql(&mut conn, step.down).await?;
+        match step.name {
+            "baseline" => forget_baseline(&mut conn).await?,
+            "timestamps_utc" => retype_without_rebuilding_under_lock(&mut conn, step.down).await?,
+            _ => run_sql(&mut conn, step.down).await?,
         }
         sqlx::query("delete from _arreglame_adoption where step = $1")
             .bind(step.number)
@@ -450,16 +450,7 @@ async fn run_sql(conn: &mut PoolConnection<Postgres>, sql: Sql) -> Result<(), sq
         Sql::Statements(text) => {
             let mut result = Ok(());
             for statement in statements(text) {
-                let mut tries = 0;
-                result = loop {
-                    let attempt = sqlx::raw_sql(&statement)
-                        .execute(&mut **conn)
-                        .await
-                        .map(|_| ());
-                    if !retry_on_lock_timeout(&attempt, &mut tries).await {
-                        break attempt;
-                    }
-                };
+                result = execute_with_lock_retries(conn, &statement).await;
                 if result.is_err() {
                     break;
                 }
@@ -501,6 +492,23 @@ async fn run_batches(
     }
 }
 
+/// One statement outside a transaction, tried again while it fails on its lock timeout.
+async fn execute_with_lock_retries(
+    conn: &mut PoolConnection<Postgres>,
+    statement: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tries = 0;
+    loop {
+        let attempt = sqlx::raw_sql(statement)
+            .execute(&mut **conn)
+            .await
+            .map(|_| ());
+        if !retry_on_lock_timeout(&attempt, &mut tries).await {
+            return attempt;
+        }
+    }
+}
+
 /// True (after a short pause that lets the queued writers through) when `attempt` failed
 /// on its lock timeout (SQLSTATE 55P03) and may be tried again.
 async fn retry_on_lock_timeout(attempt: &Result<(), sqlx::Error>, tries: &mut u32) -> bool {
@@ -527,6 +535,81 @@ fn statements(text: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The service_requests columns step 3 retypes.
+const RETYPED_TIMES: [&str; 6] = [
+    "createdAt",
+    "acceptedAt",
+    "startedAt",
+    "completedAt",
+    "cancelledAt",
+    "updatedAt",
+];
+
+/// Step 3 (either way): timestamp(3) ↔ timestamptz(3) in UTC rewrites no rows, but every
+/// index on a retyped column would be rebuilt inside the ALTER, under its ACCESS EXCLUSIVE
+/// lock (2 s for one index of a million rows, every writer waiting). So those indexes are
+/// dropped CONCURRENTLY first and built again CONCURRENTLY after, from definitions kept in
+/// `_arreglame_saved_indexes` (an interrupted run rebuilds them on the next). Meanwhile the
+/// legacy system's queries on those columns go without their index for a few seconds.
+async fn retype_without_rebuilding_under_lock(
+    conn: &mut PoolConnection<Postgres>,
+    alter: Sql,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(
+        "create table if not exists _arreglame_saved_indexes (name text primary key, definition text not null)",
+    )
+    .execute(&mut **conn)
+    .await?;
+    sqlx::query(
+        r#"insert into _arreglame_saved_indexes (name, definition)
+           select c.relname, pg_get_indexdef(i.indexrelid)
+           from pg_index i join pg_class c on c.oid = i.indexrelid
+           where i.indrelid = 'service_requests'::regclass and not i.indisprimary
+             and exists (select 1 from pg_attribute a
+                         where a.attrelid = i.indrelid and a.attnum = any(i.indkey) and a.attname = any($1))
+           on conflict (name) do nothing"#,
+    )
+    .bind(RETYPED_TIMES.map(String::from).to_vec())
+    .execute(&mut **conn)
+    .await?;
+    let saved: Vec<(String, String)> =
+        sqlx::query_as("select name, definition from _arreglame_saved_indexes order by name")
+            .fetch_all(&mut **conn)
+            .await?;
+    sqlx::query(&format!(
+        "set lock_timeout = '{}ms'",
+        LOCK_TIMEOUT.as_millis()
+    ))
+    .execute(&mut **conn)
+    .await?;
+    for (name, _) in &saved {
+        let drop = format!(
+            r#"drop index concurrently if exists "{}""#,
+            name.replace('"', "\"\"")
+        );
+        execute_with_lock_retries(conn, &drop).await?;
+    }
+    run_sql(conn, alter).await?;
+    for (_, definition) in &saved {
+        let concurrently = definition
+            .replacen(
+                "CREATE INDEX ",
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS ",
+                1,
+            )
+            .replacen(
+                "CREATE UNIQUE INDEX ",
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS ",
+                1,
+            );
+        sqlx::raw_sql(&concurrently).execute(&mut **conn).await?;
+    }
+    sqlx::raw_sql("drop table _arreglame_saved_indexes")
+        .execute(&mut **conn)
+        .await?;
+    Ok(())
 }
 
 /// An interrupted `create index concurrently` leaves an invalid index that `if not exists`

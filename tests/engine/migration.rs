@@ -275,6 +275,16 @@ async fn a_legacy_database_is_adopted_in_place_and_keeps_every_row_and_column() 
     );
     let columns = legacy_columns(store.pool()).await;
     let before = legacy_fingerprint(store.pool(), &columns).await;
+    let index_names = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>(
+            "select indexname::text from pg_indexes where tablename = any($1) order by 1",
+        )
+        .bind(LEGACY_TABLES.map(String::from).to_vec())
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let indexes_before = index_names(store.pool().clone()).await;
     let statuses_before: Vec<(Uuid, String)> =
         sqlx::query_as("select id, status::text from service_requests order by id")
             .fetch_all(store.pool())
@@ -285,6 +295,20 @@ async fn a_legacy_database_is_adopted_in_place_and_keeps_every_row_and_column() 
 
     assert_eq!(store.database_kind().await.unwrap(), DatabaseKind::Engine);
     assert_eq!(legacy_fingerprint(store.pool(), &columns).await, before);
+    // Every legacy index is still there (the retyped columns' ones rebuilt concurrently;
+    // the enum's status index under its new name).
+    let indexes_after = index_names(store.pool().clone()).await;
+    for index in &indexes_before {
+        let now = if index == "service_requests_status_idx" {
+            "service_requests_legacyStatus_idx"
+        } else {
+            index
+        };
+        assert!(
+            indexes_after.iter().any(|i| i == now),
+            "legacy index {index} is gone"
+        );
+    }
     // The legacy labels are all still there, beside the engine's status.
     let after: Vec<(Uuid, String, String, Option<Uuid>)> = sqlx::query_as(
         r#"select id, "legacyStatus"::text, status, "workerId" from service_requests order by id"#,
@@ -1011,4 +1035,58 @@ async fn a_pg_dump_restored_with_psql_is_a_working_engine_database() {
         .await
         .unwrap();
     assert_eq!(assigned.status, Status::Assigned);
+}
+
+#[tokio::test]
+async fn the_rollout_arms_are_measured_from_each_arms_rows() {
+    let (url, store) = adopted_database().await;
+    let mut harness = cut_over(url, &[FREE_WORKER], 100).await;
+    let offer = next_offer(&mut harness).await;
+    harness
+        .dispatcher
+        .accept_offer(FREE_WORKER, offer.request_id, offer.offer_id)
+        .await
+        .unwrap();
+    // The legacy dispatcher assigns a request of its own arm (at 0 % every request is).
+    let legacy_request = Uuid::new_v4();
+    sqlx::query(
+        r#"insert into service_requests (id, "customerId", latitude, longitude, "squareMeters", "cityId",
+                                         status, "assignedWorkerId", "assignedAt", "createdAt")
+           values ($1, $2, $3, $4, 50, 'buenos-aires', 'PENDING', null, null, now() - interval '90 seconds')"#,
+    )
+    .bind(legacy_request)
+    .bind(LEGACY_CUSTOMER)
+    .bind(LAT)
+    .bind(LON)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let v = version_of(store.pool(), legacy_request).await;
+    let v = legacy_offer(store.pool(), legacy_request, v).await.unwrap();
+    legacy_assign(store.pool(), legacy_request, v, BUSY_WORKER)
+        .await
+        .unwrap();
+
+    let at = |percent| {
+        let store = store.clone();
+        async move {
+            let rows = store.rollout_arms(15, percent).await.unwrap();
+            assert_eq!(
+                rows.iter().map(|r| r.arm.as_str()).collect::<Vec<_>>(),
+                ["engine", "legacy"]
+            );
+            rows
+        }
+    };
+    // At 100 % both assignments are the engine arm's; at 0 % both the legacy arm's, and the
+    // engine's offers go with their request.
+    let all = at(100).await;
+    assert_eq!((all[0].assigned, all[1].assigned), (2, 0));
+    assert_eq!((all[0].offers_decided, all[0].offers_accepted), (1, 1));
+    let none = at(0).await;
+    assert_eq!((none[0].assigned, none[1].assigned), (0, 2));
+    assert_eq!(none[1].offers_accepted, 1);
+    // The legacy dispatcher's time to assignment is its own row's: 90 s and more.
+    let p99 = none[1].time_to_assignment_p99.unwrap();
+    assert!(p99 >= 90.0, "{p99}");
 }
