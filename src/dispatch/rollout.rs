@@ -19,6 +19,11 @@ impl Dispatcher {
             .includes(request_id)
     }
 
+    /// `dispatch_rollout_percentage` as the settings have it now.
+    pub fn rollout_percentage(&self) -> crate::domain::RolloutPercentage {
+        self.ctx.settings.borrow().dispatch_rollout
+    }
+
     /// Gives an open request of ours whose "cityId" is missing or not a city we serve (the
     /// guide's backfill sets `'default'`) the served city whose area holds its point, so
     /// recovery can dispatch it. Returns how many were placed; a point no city serves stays
