@@ -66,57 +66,38 @@ pub struct Step {
     down: Sql,
 }
 
-macro_rules! adopt_sql {
-    ($file:literal) => {
-        include_str!(concat!("../../legacy/adopt/", $file))
+/// One step from its two files in `legacy/adopt/` and how each is run.
+macro_rules! step {
+    ($number:literal, $prefix:literal, $name:literal, $up:ident, $down:ident) => {
+        Step {
+            number: $number,
+            name: $name,
+            up: Sql::$up(include_str!(concat!(
+                "../../legacy/adopt/",
+                $prefix,
+                $name,
+                ".up.sql"
+            ))),
+            down: Sql::$down(include_str!(concat!(
+                "../../legacy/adopt/",
+                $prefix,
+                $name,
+                ".down.sql"
+            ))),
+        }
     };
 }
 
-/// The adoption, in order. Step 8 (the baseline) is written in Rust: it needs the
-/// migrations' checksums.
+/// The adoption, in order. Steps 3 and 8 are partly Rust: step 3 moves the indexes of the
+/// columns it retypes out of its lock's way, step 8 needs the migrations' checksums.
 pub const STEPS: &[Step] = &[
-    Step {
-        number: 1,
-        name: "engine_tables",
-        up: Sql::Transaction(adopt_sql!("01_engine_tables.up.sql")),
-        down: Sql::Transaction(adopt_sql!("01_engine_tables.down.sql")),
-    },
-    Step {
-        number: 2,
-        name: "columns",
-        up: Sql::Transaction(adopt_sql!("02_columns.up.sql")),
-        down: Sql::Transaction(adopt_sql!("02_columns.down.sql")),
-    },
-    Step {
-        number: 3,
-        name: "timestamps_utc",
-        up: Sql::Transaction(adopt_sql!("03_timestamps_utc.up.sql")),
-        down: Sql::Transaction(adopt_sql!("03_timestamps_utc.down.sql")),
-    },
-    Step {
-        number: 4,
-        name: "backfill",
-        up: Sql::Batches(adopt_sql!("04_backfill.up.sql")),
-        down: Sql::Statements(adopt_sql!("04_backfill.down.sql")),
-    },
-    Step {
-        number: 5,
-        name: "indexes",
-        up: Sql::Statements(adopt_sql!("05_indexes.up.sql")),
-        down: Sql::Statements(adopt_sql!("05_indexes.down.sql")),
-    },
-    Step {
-        number: 6,
-        name: "constraints",
-        up: Sql::Statements(adopt_sql!("06_constraints.up.sql")),
-        down: Sql::Transaction(adopt_sql!("06_constraints.down.sql")),
-    },
-    Step {
-        number: 7,
-        name: "status_swap",
-        up: Sql::Transaction(adopt_sql!("07_status_swap.up.sql")),
-        down: Sql::Transaction(adopt_sql!("07_status_swap.down.sql")),
-    },
+    step!(1, "01_", "engine_tables", Transaction, Transaction),
+    step!(2, "02_", "columns", Transaction, Transaction),
+    step!(3, "03_", "timestamps_utc", Transaction, Transaction),
+    step!(4, "04_", "backfill", Batches, Statements),
+    step!(5, "05_", "indexes", Statements, Statements),
+    step!(6, "06_", "constraints", Statements, Transaction),
+    step!(7, "07_", "status_swap", Transaction, Transaction),
     Step {
         number: 8,
         name: "baseline",
@@ -683,6 +664,12 @@ async fn forget_baseline(conn: &mut PoolConnection<Postgres>) -> Result<(), sqlx
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    macro_rules! adopt_sql {
+        ($file:literal) => {
+            include_str!(concat!("../../legacy/adopt/", $file))
+        };
+    }
 
     #[test]
     fn statement_files_split_into_whole_statements() {
