@@ -33,6 +33,8 @@ use sqlx::{postgres::PgPoolOptions, Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 const LEGACY_SCHEMA: &str = include_str!("../tests/fixtures/legacy_prisma_schema.sql");
+/// When the current phase's work began (writers measure their slow statements from it).
+static PHASE_START: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 const CUSTOMER: Uuid = Uuid::from_u128(0x20000000_0000_4000_8000_000000000001);
 
 /// What the writers saw during one phase.
@@ -41,6 +43,9 @@ struct WriterReport {
     statements: usize,
     errors: Vec<String>,
     waits_ms: Vec<f64>,
+    /// Statements that waited over 100 ms: (start, since the phase's work began, in ms;
+    /// the wait in ms; insert or update).
+    slow: Vec<(f64, f64, &'static str)>,
 }
 
 impl WriterReport {
@@ -100,8 +105,11 @@ async fn run(url: &str, rows: usize, writers: usize) -> anyhow::Result<()> {
     })
     .await?;
     print_phase("migrate (adopt)", elapsed, &report);
+    let mut at = 0.0;
     for (step, took) in steps {
-        println!("    step {step}: {:.0} ms", took.as_secs_f64() * 1000.0);
+        let ms = took.as_secs_f64() * 1000.0;
+        println!("    step {step}: {ms:.0} ms (from {at:.0} ms)");
+        at += ms;
     }
 
     let (elapsed, report, reverted) = with_writers(&pool, writers, &sample, async {
@@ -140,6 +148,9 @@ fn print_phase(name: &str, elapsed: Duration, r: &WriterReport) {
             format!("{} (first: {})", r.errors.len(), r.errors[0])
         }
     );
+    for (at, wait, kind) in &r.slow {
+        println!("    writer {kind} at +{at:.0} ms waited {wait:.0} ms");
+    }
 }
 
 /// Runs `work` while `writers` connections insert and update back to back; returns how
@@ -159,6 +170,7 @@ async fn with_writers<T>(
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
+    *PHASE_START.lock().unwrap() = Some(started);
     let out = work.await?;
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -169,7 +181,9 @@ async fn with_writers<T>(
         report.statements += r.statements;
         report.errors.extend(r.errors);
         report.waits_ms.extend(r.waits_ms);
+        report.slow.extend(r.slow);
     }
+    report.slow.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok((elapsed, report, out))
 }
 
@@ -201,9 +215,16 @@ async fn write_until(
                 .execute(&pool)
                 .await
         };
-        report
-            .waits_ms
-            .push(started.elapsed().as_secs_f64() * 1000.0);
+        let wait = started.elapsed().as_secs_f64() * 1000.0;
+        report.waits_ms.push(wait);
+        if wait > 100.0 {
+            if let Some(phase) = *PHASE_START.lock().unwrap() {
+                let at = started.saturating_duration_since(phase).as_secs_f64() * 1000.0;
+                report
+                    .slow
+                    .push((at, wait, if i % 2 == 0 { "insert" } else { "update" }));
+            }
+        }
         report.statements += 1;
         if let Err(e) = result {
             report.errors.push(e.to_string());
