@@ -233,6 +233,12 @@ async fn cut_over(url: String, workers: &[Uuid], percent: u8) -> DispatchHarness
             .await
             .unwrap();
     }
+    set_rollout(&harness, percent).await;
+    harness
+}
+
+/// A new `dispatch_rollout_percentage` (as its reload would publish it), then a sweep.
+async fn set_rollout(harness: &DispatchHarness, percent: u8) {
     harness
         .settings
         .send(std::sync::Arc::new(at_percentage(percent)))
@@ -240,7 +246,24 @@ async fn cut_over(url: String, workers: &[Uuid], percent: u8) -> DispatchHarness
     worker_assignment_sweep(&harness.store, &harness.dispatcher)
         .await
         .unwrap();
-    harness
+}
+
+/// Waits until every one of `ids` was written (its version moved past `start`'s).
+async fn wait_all_written(store: &Store, ids: &[Uuid], start: &BTreeMap<Uuid, i32>) {
+    wait_until(PATIENCE, || async {
+        let now = request_versions(store).await;
+        ids.iter().all(|id| now[id] > start[id])
+    })
+    .await;
+}
+
+async fn request_versions(store: &Store) -> BTreeMap<Uuid, i32> {
+    sqlx::query_as::<_, (Uuid, i32)>("select id, version from service_requests")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 async fn next_offer(harness: &mut DispatchHarness) -> arreglame::dispatch::gateway::OfferNotice {
@@ -576,22 +599,14 @@ async fn the_engine_dispatches_only_requests_under_the_rollout_percentage() {
     .execute(store.pool())
     .await
     .unwrap();
-    let versions = |store: Store| async move {
-        sqlx::query_as::<_, (Uuid, i32)>("select id, version from service_requests order by id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-    };
-    let start = versions(store.clone()).await;
+    let start = request_versions(&store).await;
     // At 0 % neither the start-up recovery nor a sweep touches anything.
     let harness = DispatchHarness::start_on(url, at_percentage(0)).await;
     let report = worker_assignment_sweep(&store, &harness.dispatcher)
         .await
         .unwrap();
     assert_eq!(report, Default::default());
-    assert_eq!(versions(store.clone()).await, start);
+    assert_eq!(request_versions(&store).await, start);
     assert!(start.keys().all(|id| !harness.dispatcher.has_actor(*id)));
     assert!(matches!(
         harness.dispatcher.ensure_actor(CREATED_1).await,
@@ -599,13 +614,7 @@ async fn the_engine_dispatches_only_requests_under_the_rollout_percentage() {
     ));
     // At 50 % the sweep takes exactly the requests whose bucket is under 50.
     let half = RolloutPercentage::new(50).unwrap();
-    harness
-        .settings
-        .send(std::sync::Arc::new(at_percentage(50)))
-        .unwrap();
-    worker_assignment_sweep(&store, &harness.dispatcher)
-        .await
-        .unwrap();
+    set_rollout(&harness, 50).await;
     let (ours, theirs): (Vec<Uuid>, Vec<Uuid>) = extra.iter().partition(|id| half.includes(**id));
     assert!(
         ours.len() >= 10 && theirs.len() >= 10,
@@ -613,16 +622,8 @@ async fn the_engine_dispatches_only_requests_under_the_rollout_percentage() {
         ours.len(),
         theirs.len()
     );
-    wait_until(PATIENCE, || {
-        let (store, ours) = (store.clone(), ours.clone());
-        let start = start.clone();
-        async move {
-            let now = versions(store).await;
-            ours.iter().all(|id| now[id] > start[id])
-        }
-    })
-    .await;
-    let now = versions(store.clone()).await;
+    wait_all_written(&store, &ours, &start).await;
+    let now = request_versions(&store).await;
     for id in &theirs {
         assert_eq!(
             now[id], start[id],
@@ -631,38 +632,14 @@ async fn the_engine_dispatches_only_requests_under_the_rollout_percentage() {
         assert!(!harness.dispatcher.has_actor(*id));
     }
     // At 100 % the rest follows.
-    harness
-        .settings
-        .send(std::sync::Arc::new(at_percentage(100)))
-        .unwrap();
-    worker_assignment_sweep(&store, &harness.dispatcher)
-        .await
-        .unwrap();
-    wait_until(PATIENCE, || {
-        let (store, theirs) = (store.clone(), theirs.clone());
-        let start = start.clone();
-        async move {
-            let now = versions(store).await;
-            theirs.iter().all(|id| now[id] > start[id])
-        }
-    })
-    .await;
+    set_rollout(&harness, 100).await;
+    wait_all_written(&store, &theirs, &start).await;
 }
 
-/// The legacy dispatcher's statements (tests/fixtures/legacy_dispatcher.sql), version-guarded.
-async fn legacy_offer(pool: &PgPool, id: Uuid, version: i32) -> Option<i32> {
-    let step = LEGACY_DISPATCHER.split("\n-- step\n").next().unwrap();
-    sqlx::query_scalar(step)
-        .bind(id)
-        .bind(version)
-        .bind(FREE_WORKER)
-        .fetch_optional(pool)
-        .await
-        .unwrap()
-}
-
-async fn legacy_assign(pool: &PgPool, id: Uuid, version: i32, worker: Uuid) -> Option<i32> {
-    let step = LEGACY_DISPATCHER.split("\n-- step\n").nth(1).unwrap();
+/// Runs step `n` of the legacy dispatcher (tests/fixtures/legacy_dispatcher.sql) with
+/// the version it read; the new version, or `None` when someone else wrote first.
+async fn legacy_step(pool: &PgPool, n: usize, id: Uuid, version: i32, worker: Uuid) -> Option<i32> {
+    let step = LEGACY_DISPATCHER.split("\n-- step\n").nth(n).unwrap();
     sqlx::query_scalar(step)
         .bind(id)
         .bind(version)
@@ -670,6 +647,16 @@ async fn legacy_assign(pool: &PgPool, id: Uuid, version: i32, worker: Uuid) -> O
         .fetch_optional(pool)
         .await
         .unwrap()
+}
+
+/// Offers the job to the legacy dispatcher's worker: PENDING -> OFFERING.
+async fn legacy_offer(pool: &PgPool, id: Uuid, version: i32) -> Option<i32> {
+    legacy_step(pool, 0, id, version, FREE_WORKER).await
+}
+
+/// The worker accepts: OFFERING -> ASSIGNED.
+async fn legacy_assign(pool: &PgPool, id: Uuid, version: i32, worker: Uuid) -> Option<i32> {
+    legacy_step(pool, 1, id, version, worker).await
 }
 
 async fn version_of(pool: &PgPool, id: Uuid) -> i32 {
@@ -681,22 +668,32 @@ async fn version_of(pool: &PgPool, id: Uuid) -> i32 {
 }
 
 /// No request with two assignees: the row's assignee is the worker of its one ACCEPTED
-/// offer, if it has one, and no offer stays pending on an assigned row.
+/// offer, if it has one, and no offer stays pending on a row that is not OFFERING (the
+/// engine withdraws those once it notices; this waits for that).
 async fn assert_one_assignee_each(pool: &PgPool) {
-    let mismatched: Vec<Uuid> = sqlx::query_scalar(
-        r#"select r.id from service_requests r
-           where exists (select 1 from offers o where o."requestId" = r.id and o.outcome = 'ACCEPTED'
-                           and o."workerId" is distinct from r."assignedWorkerId")
-              or (r.status <> 'OFFERING' and exists (select 1 from offers o
-                           where o."requestId" = r.id and o.outcome is null))
-              or r."workerId" is distinct from r."assignedWorkerId""#,
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let mismatched = || async {
+        sqlx::query_scalar::<_, Uuid>(
+            r#"select r.id from service_requests r
+               where exists (select 1 from offers o where o."requestId" = r.id and o.outcome = 'ACCEPTED'
+                               and o."workerId" is distinct from r."assignedWorkerId")
+                  or (r.status <> 'OFFERING' and exists (select 1 from offers o
+                               where o."requestId" = r.id and o.outcome is null))
+                  or r."workerId" is distinct from r."assignedWorkerId""#,
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    let settled = tokio::time::timeout(PATIENCE, async {
+        while !mismatched().await.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     assert!(
-        mismatched.is_empty(),
-        "requests with two assignees or a stale offer: {mismatched:?}"
+        settled.is_ok(),
+        "requests with two assignees or a stale offer: {:?}",
+        mismatched().await
     );
 }
 
@@ -770,20 +767,6 @@ async fn side_by_side_whoever_writes_late_loses_on_the_version() {
         (Some(FREE_WORKER), Some(FREE_WORKER))
     );
     // The engine let go of its offer: the second worker is free for the next request.
-    wait_until(PATIENCE, || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                r#"select count(*) from offers where "workerId" = $1 and outcome is null"#,
-            )
-            .bind(second_worker)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == 0
-        }
-    })
-    .await;
     assert_one_assignee_each(&pool).await;
 
     // 3. A writer that does not know the version column (the old code) still moves it on,
@@ -855,20 +838,6 @@ async fn side_by_side_racing_the_same_requests_loses_no_update_and_assigns_once(
             "{id}: a lost update"
         );
     }
-    wait_until(PATIENCE, || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                r#"select count(*) from offers o join service_requests r on r.id = o."requestId"
-                   where o.outcome is null and r.status <> 'OFFERING'"#,
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                == 0
-        }
-    })
-    .await;
     assert_one_assignee_each(&pool).await;
 }
 
