@@ -32,5 +32,6 @@ insert into system_config (key, value, description) values
     ('job_reminder_minutes', '60', 'Minutes before the slot the assigned worker is reminded'),
     ('immediate_job_minutes', '120', 'How long a job booked for now is assumed to take (overlap check)'),
     ('max_slot_hours', '8', 'Longest bookable slot'),
-    ('booking_horizon_days', '30', 'How far ahead a slot may be booked')
+    ('booking_horizon_days', '30', 'How far ahead a slot may be booked'),
+    ('dispatch_rollout_percentage', '100', 'Share of requests (0-100, by a hash of the id) this engine dispatches; the others are left to the legacy dispatcher')
 on conflict (key) do nothing;

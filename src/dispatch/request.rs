@@ -323,7 +323,14 @@ impl RequestActor {
                 reply,
             } => {
                 let result = self.accept(&myself, state, worker_id, offer_id).await;
+                let lost_race = matches!(result, Err(CommandError::OfferNotPending))
+                    && state.offer(offer_id).is_some();
                 finish(reply, result)?;
+                if lost_race {
+                    // Someone else wrote the row first (a legacy dispatcher, another node):
+                    // resume from what the database says instead of waiting for the timer.
+                    self.reload(&myself, state).await?;
+                }
             }
             RequestMsg::Reject {
                 worker_id,
@@ -697,7 +704,27 @@ impl RequestActor {
         }
         state.row = self.ctx.store.get_request(state.row.id).await?;
         tracing::info!(target: "RequestActor", request_id = %state.row.id, status = %state.row.status, version = state.row.version, "reloaded after a concurrent change");
+        if state.row.status != Status::Offering {
+            self.withdraw_orphaned_offers(state).await?;
+        }
         self.resume(myself, state).await
+    }
+
+    /// Another writer (a legacy dispatcher beside the engine, docs/migration.md) moved the
+    /// request out of OFFERING under our offers: they are withdrawn, so their workers are
+    /// free for other jobs and told so.
+    async fn withdraw_orphaned_offers(&self, state: &RequestState) -> Result<(), StoreError> {
+        let request_id = state.row.id;
+        for (offer_id, worker_id) in self.ctx.store.withdraw_orphaned_offers(request_id).await? {
+            self.release(state, worker_id);
+            self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
+                worker_id,
+                offer_id,
+                request_id,
+                reason: "cancelled".into(),
+            });
+        }
+        Ok(())
     }
 
     fn release(&self, state: &RequestState, worker_id: Uuid) {

@@ -141,9 +141,9 @@ impl From<CommandError> for WireError {
             CommandError::OfferNotPending => ErrorCode::OfferNotPending,
             CommandError::NotYourOffer => ErrorCode::NotYourOffer,
             CommandError::NotYourJob => ErrorCode::NotYourJob,
-            CommandError::IllegalState { .. } | CommandError::WindowClosed => {
-                ErrorCode::IllegalState
-            }
+            CommandError::IllegalState { .. }
+            | CommandError::WindowClosed
+            | CommandError::NotInRollout => ErrorCode::IllegalState,
             CommandError::SlotStarted => ErrorCode::SlotStarted,
             CommandError::Conflict => ErrorCode::Conflict,
             CommandError::Unavailable => ErrorCode::Unavailable,

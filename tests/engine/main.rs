@@ -9,6 +9,7 @@ mod hardening;
 mod helpers;
 mod home_services;
 mod layers;
+mod migration;
 mod ops;
 mod outbox;
 mod pricing;

@@ -177,7 +177,8 @@ async fn create(
         .await
         .map_err(ApiError::from)?;
     span.record("request_id", tracing::field::display(row.id));
-    if created || row.status.is_open_for_dispatch() {
+    // Outside the rollout percentage the legacy dispatcher takes it (docs/migration.md).
+    if (created || row.status.is_open_for_dispatch()) && state.dispatcher.dispatches(row.id) {
         // The request is committed: the customer gets it whatever happens to its actor
         // now. One that cannot start (the database just went away, say) is brought back
         // by the WorkerAssignmentCron backstop within a sweep.
