@@ -169,6 +169,10 @@ impl Store {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(acquire_timeout)
+            // No liveness ping before every acquire (one extra round trip per statement):
+            // a dead connection fails its statement, is dropped, and the caller's retry or
+            // the next acquire gets a fresh one.
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect(database_url)
