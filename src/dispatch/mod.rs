@@ -433,10 +433,27 @@ impl Dispatcher {
         }
     }
 
-    /// Starts dispatching a newly created (or recovered) request; idempotent.
+    /// Starts dispatching a recovered request (its actor reads the row); idempotent.
     pub async fn ensure_actor(
         &self,
         request_id: Uuid,
+    ) -> Result<ActorRef<RequestMsg>, CommandError> {
+        self.start_actor(request_id, None).await
+    }
+
+    /// Starts dispatching a request just created, handing its row to the actor so it reads
+    /// nothing back; idempotent.
+    pub async fn start_dispatch(
+        &self,
+        created: ServiceRequest,
+    ) -> Result<ActorRef<RequestMsg>, CommandError> {
+        self.start_actor(created.id, Some(created)).await
+    }
+
+    async fn start_actor(
+        &self,
+        request_id: Uuid,
+        created: Option<ServiceRequest>,
     ) -> Result<ActorRef<RequestMsg>, CommandError> {
         if let Some(actor) = self.ctx.registry.get(&request_id) {
             return Ok(actor.clone());
@@ -448,6 +465,7 @@ impl Dispatcher {
             &self.ctx,
             &self.supervisor,
             request_id,
+            created,
             crate::telemetry::TraceLink::of(&tracing::Span::current()),
         )
         .await

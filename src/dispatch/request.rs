@@ -202,15 +202,16 @@ impl RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    /// The request, and the span of whatever started the actor (the GraphQL create, a
-    /// recovery): the actor's dispatch spans are its children, so one trace follows a
-    /// request from the create to the offer frame.
-    type Arguments = (Uuid, TraceLink);
+    /// The request (with its row when the caller just created it), and the span of
+    /// whatever started the actor (the GraphQL create, a recovery): the actor's dispatch
+    /// spans are its children, so one trace follows a request from the create to the offer
+    /// frame.
+    type Arguments = (Uuid, Option<ServiceRequest>, TraceLink);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        (request_id, origin): (Uuid, TraceLink),
+        (request_id, created, origin): (Uuid, Option<ServiceRequest>, TraceLink),
     ) -> Result<RequestState, ActorProcessingErr> {
         // Register first, so a failure at any later point reaches the supervisor with the
         // request id, and so two spawns for one request cannot both run.
@@ -222,9 +223,14 @@ impl Actor for RequestActor {
         }
         self.ctx.actor_requests.insert(myself.get_id(), request_id);
         let loaded = async {
+            // A request just created (version 1) has no offers and no skips yet: its row is
+            // handed over and nothing is read back.
+            if let Some(row) = created.filter(|r| r.id == request_id && r.version == 1) {
+                return Ok::<_, StoreError>((row, Vec::new()));
+            }
             let row = self.ctx.store.get_request(request_id).await?;
             let tried = self.ctx.store.tried_workers(request_id).await?;
-            Ok::<_, StoreError>((row, tried))
+            Ok((row, tried))
         }
         .await;
         let (row, tried) = match loaded {

@@ -131,6 +131,9 @@ pub struct Store {
 /// notification lock). Commits within 5 ms coalesce into one NOTIFY.
 #[derive(Debug)]
 struct OutboxSignal {
+    /// Statements that wrote outbox rows through this store: the relay claims after a
+    /// local wake only if this moved since its last claim.
+    written: std::sync::atomic::AtomicU64,
     local: Notify,
     remote: Notify,
     sender_started: OnceLock<()>,
@@ -142,6 +145,7 @@ struct OutboxSignal {
 impl Default for OutboxSignal {
     fn default() -> Self {
         OutboxSignal {
+            written: std::sync::atomic::AtomicU64::new(0),
             local: Notify::new(),
             remote: Notify::new(),
             sender_started: OnceLock::new(),
@@ -176,6 +180,10 @@ impl Store {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(acquire_timeout)
+            // No liveness ping before every acquire (one extra round trip per statement):
+            // a dead connection fails its statement, is dropped, and the caller's retry or
+            // the next acquire gets a fresh one.
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect(database_url)
@@ -193,6 +201,9 @@ impl Store {
 
     /// Called after every commit that wrote outbox rows.
     pub fn outbox_written(&self) {
+        self.outbox
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.outbox.local.notify_one();
         self.outbox.remote.notify_one();
         self.outbox.sender_started.get_or_init(|| {
@@ -225,6 +236,15 @@ impl Store {
     /// Resolves when this process committed outbox rows since the last call (one waiter).
     pub async fn outbox_committed(&self) {
         self.outbox.local.notified().await
+    }
+
+    /// How many outbox-writing commits this store has made (see [`Store::outbox_written`]).
+    /// Read before a claim: a commit counted after the read may or may not be in the claim,
+    /// but one counted before it always is.
+    pub fn outbox_writes(&self) -> u64 {
+        self.outbox
+            .written
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The pool itself, for fixtures in the tests and benches only (feature
