@@ -63,8 +63,8 @@ pub async fn spawn_request(
         (request_id, created, origin),
         supervisor.get_cell(),
     )
-        .instrument(tracing::info_span!(parent: None, "request_actor", request_id = %request_id))
-        .await;
+    .instrument(tracing::info_span!(parent: None, "request_actor", request_id = %request_id))
+    .await;
     match spawned {
         Ok((actor_ref, _)) => Ok(actor_ref),
         Err(e) => {

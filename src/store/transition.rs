@@ -322,12 +322,10 @@ impl Store {
                 .bind(kind.offer_outcome().as_str())
                 .bind(reason.clone())
                 .bind(kind.as_str()),
-            Change::JobCompleted { payout_release_at } => query
-                .bind(next.payout_id)
-                .bind(*payout_release_at),
-            Change::GaveUp { .. }
-            | Change::DispatchOpened
-            | Change::JobStarted => query,
+            Change::JobCompleted { payout_release_at } => {
+                query.bind(next.payout_id).bind(*payout_release_at)
+            }
+            Change::GaveUp { .. } | Change::DispatchOpened | Change::JobStarted => query,
         };
         let started = std::time::Instant::now();
         let updated = query.fetch_optional(&self.pool).await?;

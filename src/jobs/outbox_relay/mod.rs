@@ -441,9 +441,7 @@ impl Relay {
     async fn worth_claiming(&mut self, skip: &[i64]) -> Result<bool, sqlx::Error> {
         let writes = self.store.outbox_writes();
         let worth = match self.wake {
-            Wake::LocalCommit => {
-                self.last_claim_full || self.writes_at_last_claim != Some(writes)
-            }
+            Wake::LocalCommit => self.last_claim_full || self.writes_at_last_claim != Some(writes),
             Wake::Elsewhere => self.store.outbox_has_unclaimed(skip).await?,
         };
         if worth {
