@@ -14,7 +14,7 @@
 //!   connections (the store's coalesced post-commit `NOTIFY` sender takes one), with the
 //!   engine's Prometheus recorder installed, as in production.
 //! - **pgbench**: `C` clients (`-M prepared`, `-j` up to the core count) running
-//!   [`PGBENCH_SCRIPT`]: the same statements with the same transaction boundaries. One
+//!   [`PGBENCH_SCRIPT`]: the pre-CTE statements and transaction boundaries. One
 //!   pgbench "transaction" is one script run: two transitions.
 //!
 //! Every phase gets fresh requests and workers (created through `Store::create_request`),
