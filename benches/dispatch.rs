@@ -819,7 +819,7 @@ impl Actor for BoxedHandle {
         request_id: Uuid,
     ) -> Result<RequestState, ActorProcessingErr> {
         self.0
-            .pre_start(myself, (request_id, Default::default()))
+            .pre_start(myself, (request_id, None, Default::default()))
             .await
     }
 

@@ -4,15 +4,17 @@
 //!
 //! Each of `C` clients cycles its own request PENDING → OFFERING (`Change::OfferSent`) →
 //! PENDING (`Change::OfferSettled`, rejected), against its own worker, so no two clients
-//! ever touch the same rows. One transition is one transaction: the version-guarded
-//! `update service_requests ... returning *`, the `offers` insert (or settle), one
-//! `outbox_events` insert.
+//! ever touch the same rows. The engine's transition is one statement (a data-modifying
+//! CTE, `src/store/transition.rs`). The pgbench side is the fixed baseline (issue 13): the
+//! per-transition SQL as the engine sent it before that change, one transaction of the
+//! version-guarded `update service_requests ... returning *`, the `offers` insert (or
+//! settle) and one `outbox_events` insert.
 //!
 //! - **engine**: `C` tokio tasks calling `Store::transition` through one pool of `C + 2`
 //!   connections (the store's coalesced post-commit `NOTIFY` sender takes one), with the
 //!   engine's Prometheus recorder installed, as in production.
 //! - **pgbench**: `C` clients (`-M prepared`, `-j` up to the core count) running
-//!   [`PGBENCH_SCRIPT`]: the same statements with the same transaction boundaries. One
+//!   [`PGBENCH_SCRIPT`]: the pre-CTE statements and transaction boundaries. One
 //!   pgbench "transaction" is one script run: two transitions.
 //!
 //! Every phase gets fresh requests and workers (created through `Store::create_request`),
@@ -51,8 +53,9 @@ use uuid::Uuid;
 const CUSTOMER: Uuid = Uuid::from_u128(0x00000000_0000_4000_8000_000000000c01);
 
 /// One OfferSent and one OfferSettled, each in its own transaction, with the statements
-/// `Store::transition` sends (src/store/transition.rs); the engine's bind parameters that
-/// are constants here are written as literals. `\gset` after `returning *` keeps the row's
+/// `Store::transition` sent before transitions became one statement (kept as the fixed
+/// baseline every later run compares against); the engine's bind parameters that are
+/// constants here are written as literals. `\gset` after `returning *` keeps the row's
 /// new version for the next guard, as the engine keeps the `ServiceRequest` it got back.
 ///
 /// The first run of each client looks up its request and worker (keyed by

@@ -4,7 +4,7 @@ insert into system_config (key, value, description) values
     ('worker_timeout_minutes', '5', 'Minutes a worker has to answer an offer (fractions allowed)'),
     ('cancellation_window_hours', '24', 'Hours after completion during which the customer may dispute; payouts are released after it'),
     ('commission_percentage', '0.15', 'Platform commission as a fraction of the total (0.0 to 1.0)'),
-    ('max_assignment_attempts', '5', 'Offers made for one request before it ends UNASSIGNED'),
+    ('max_assignment_attempts', '5', 'Rounds of offers for one request (one worker each in sequential mode, a batch in parallel or adaptive mode) before it ends UNASSIGNED'),
     ('search_radius_steps_km', '2,5,10,20', 'Radii searched outward, in kilometres, comma separated'),
     ('candidates_per_search', '10', 'Nearest workers fetched per radius step'),
     ('late_cancellation_fee_percentage', '0.10', 'Share of the total charged when the customer cancels after a worker was assigned'),
@@ -32,5 +32,6 @@ insert into system_config (key, value, description) values
     ('job_reminder_minutes', '60', 'Minutes before the slot the assigned worker is reminded'),
     ('immediate_job_minutes', '120', 'How long a job booked for now is assumed to take (overlap check)'),
     ('max_slot_hours', '8', 'Longest bookable slot'),
-    ('booking_horizon_days', '30', 'How far ahead a slot may be booked')
+    ('booking_horizon_days', '30', 'How far ahead a slot may be booked'),
+    ('dispatch_rollout_percentage', '100', 'Share of requests (0-100, by a hash of the id) this engine dispatches; the others are left to the legacy dispatcher')
 on conflict (key) do nothing;

@@ -129,10 +129,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = Store::connect(&config.database_url, 2).await?;
             if revert {
                 match store.revert_latest_migration().await? {
-                    Some(v) => println!("reverted migration {v}"),
+                    Some(step) => println!("reverted {step}"),
                     None => println!("no migration to revert"),
                 }
             } else {
+                if let crate::store::DatabaseKind::Legacy { steps_done } =
+                    store.database_kind().await?
+                {
+                    println!("legacy database: adopting it in place (steps done: {steps_done})");
+                }
                 store.migrate().await?;
                 println!("migrations applied");
             }

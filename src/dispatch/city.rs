@@ -527,6 +527,7 @@ impl Actor for CityActor {
                 request_id,
                 slot,
             } => {
+                free_if_held_for(&mut state.index, worker_id, request_id);
                 if let Some(w) = state.index.get_mut(&worker_id) {
                     w.booked.retain(|b| b.request_id != request_id);
                     w.booked.push(BookedSlot {
@@ -535,7 +536,6 @@ impl Actor for CityActor {
                         end: slot.1,
                     });
                 }
-                release_if_held_for(&mut state.index, worker_id, request_id);
             }
             CityMsg::Struck { worker_id } => {
                 if let Some(w) = state.index.get_mut(&worker_id) {
@@ -616,10 +616,17 @@ impl Actor for CityActor {
 /// stale release from an older offer must not free a worker busy with another job), and
 /// drops that request's booked slot from their day.
 fn release_if_held_for(index: &mut WorkerIndex, worker_id: Uuid, request_id: Uuid) {
-    let Some(w) = index.get_mut(&worker_id) else {
+    if let Some(w) = index.get_mut(&worker_id) {
+        w.booked.retain(|b| b.request_id != request_id);
+    }
+    free_if_held_for(index, worker_id, request_id);
+}
+
+/// Makes a worker available again if what they hold is `request_id`'s offer or job.
+fn free_if_held_for(index: &mut WorkerIndex, worker_id: Uuid, request_id: Uuid) {
+    let Some(w) = index.get(&worker_id) else {
         return;
     };
-    w.booked.retain(|b| b.request_id != request_id);
     let holds = matches!(
         w.availability,
         Availability::HoldingOffer { request_id: r } | Availability::Busy { request_id: r } if r == request_id

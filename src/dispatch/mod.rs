@@ -7,6 +7,7 @@ pub mod city;
 pub mod gateway;
 pub mod index;
 pub mod request;
+mod rollout;
 pub mod supervisor;
 
 use std::{collections::HashMap, sync::Arc};
@@ -60,6 +61,9 @@ pub enum CommandError {
     /// the actor.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The request is outside `dispatch_rollout_percentage`: the legacy dispatcher's.
+    #[error("this request is dispatched by the legacy system (outside the rollout)")]
+    NotInRollout,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -328,8 +332,12 @@ impl Dispatcher {
     /// Gives every open request without a live actor its actor back. Returns how many.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let mut spawned = 0;
+        self.place_unplaced_requests().await?;
         for row in self.ctx.store.open_requests().await? {
-            if !self.ctx.registry.contains_key(&row.id) && self.ensure_actor(row.id).await.is_ok() {
+            if !self.ctx.registry.contains_key(&row.id)
+                && self.dispatches(row.id)
+                && self.ensure_actor(row.id).await.is_ok()
+            {
                 spawned += 1;
             }
         }
@@ -425,18 +433,39 @@ impl Dispatcher {
         }
     }
 
-    /// Starts dispatching a newly created (or recovered) request; idempotent.
+    /// Starts dispatching a recovered request (its actor reads the row); idempotent.
     pub async fn ensure_actor(
         &self,
         request_id: Uuid,
     ) -> Result<ActorRef<RequestMsg>, CommandError> {
+        self.start_actor(request_id, None).await
+    }
+
+    /// Starts dispatching a request just created, handing its row to the actor so it reads
+    /// nothing back; idempotent.
+    pub async fn start_dispatch(
+        &self,
+        created: ServiceRequest,
+    ) -> Result<ActorRef<RequestMsg>, CommandError> {
+        self.start_actor(created.id, Some(created)).await
+    }
+
+    async fn start_actor(
+        &self,
+        request_id: Uuid,
+        created: Option<ServiceRequest>,
+    ) -> Result<ActorRef<RequestMsg>, CommandError> {
         if let Some(actor) = self.ctx.registry.get(&request_id) {
             return Ok(actor.clone());
+        }
+        if !self.dispatches(request_id) {
+            return Err(CommandError::NotInRollout);
         }
         supervisor::spawn_request(
             &self.ctx,
             &self.supervisor,
             request_id,
+            created,
             crate::telemetry::TraceLink::of(&tracing::Span::current()),
         )
         .await

@@ -79,9 +79,13 @@ type Reply<T> = RpcReplyPort<Result<T, CommandError>>;
 pub enum RequestMsg {
     /// Look for the next workers and offer the job (internal).
     Dispatch,
-    /// The offer timer of the batch holding this offer fired (internal).
+    /// The offer is past its deadline: its whole batch expires (the backstop's nudge).
     OfferTimeout {
         offer_id: Uuid,
+    },
+    /// The timer of a batch of offers fired (internal).
+    BatchTimeout {
+        batch: u32,
     },
     /// The slot timer fired: a booking's dispatch time, its reminder or its no-show
     /// deadline may have come (internal; the actor re-reads the clock).
@@ -198,15 +202,16 @@ impl RequestState {
 impl Actor for RequestActor {
     type Msg = RequestMsg;
     type State = RequestState;
-    /// The request, and the span of whatever started the actor (the GraphQL create, a
-    /// recovery): the actor's dispatch spans are its children, so one trace follows a
-    /// request from the create to the offer frame.
-    type Arguments = (Uuid, TraceLink);
+    /// The request (with its row when the caller just created it), and the span of
+    /// whatever started the actor (the GraphQL create, a recovery): the actor's dispatch
+    /// spans are its children, so one trace follows a request from the create to the offer
+    /// frame.
+    type Arguments = (Uuid, Option<ServiceRequest>, TraceLink);
 
     async fn pre_start(
         &self,
         myself: ActorRef<RequestMsg>,
-        (request_id, origin): (Uuid, TraceLink),
+        (request_id, created, origin): (Uuid, Option<ServiceRequest>, TraceLink),
     ) -> Result<RequestState, ActorProcessingErr> {
         // Register first, so a failure at any later point reaches the supervisor with the
         // request id, and so two spawns for one request cannot both run.
@@ -218,9 +223,14 @@ impl Actor for RequestActor {
         }
         self.ctx.actor_requests.insert(myself.get_id(), request_id);
         let loaded = async {
+            // A request just created (version 1) has no offers and no skips yet: its row is
+            // handed over and nothing is read back.
+            if let Some(row) = created.filter(|r| r.id == request_id && r.version == 1) {
+                return Ok::<_, StoreError>((row, Vec::new()));
+            }
             let row = self.ctx.store.get_request(request_id).await?;
             let tried = self.ctx.store.tried_workers(request_id).await?;
-            Ok::<_, StoreError>((row, tried))
+            Ok((row, tried))
         }
         .await;
         let (row, tried) = match loaded {
@@ -301,6 +311,7 @@ impl RequestActor {
                     self.expire_batch(&myself, state, timed_out.batch).await?;
                 }
             }
+            RequestMsg::BatchTimeout { batch } => self.expire_batch(&myself, state, batch).await?,
             RequestMsg::SlotTick => self.slot_tick(&myself, state).await?,
             RequestMsg::WorkerLost { worker_id } => {
                 if let Some(lost) = state.pending.iter().find(|p| p.worker_id == worker_id) {
@@ -318,7 +329,14 @@ impl RequestActor {
                 reply,
             } => {
                 let result = self.accept(&myself, state, worker_id, offer_id).await;
+                let lost_race = matches!(result, Err(CommandError::OfferNotPending))
+                    && state.offer(offer_id).is_some();
                 finish(reply, result)?;
+                if lost_race {
+                    // Someone else wrote the row first (a legacy dispatcher, another node):
+                    // resume from what the database says instead of waiting for the timer.
+                    self.reload(&myself, state).await?;
+                }
             }
             RequestMsg::Reject {
                 worker_id,
@@ -478,7 +496,6 @@ impl RequestActor {
                 for offer in &offers {
                     self.resume_offer(state, offer, batch).await;
                 }
-                let first = offers[0].id;
                 let earliest = offers
                     .iter()
                     .map(|o| o.expires_at)
@@ -487,11 +504,13 @@ impl RequestActor {
                 let remaining = (earliest - Utc::now()).to_std().unwrap_or_default();
                 if remaining.is_zero() {
                     // Expired while nobody was watching (engine down): settle at once.
-                    myself.send_message(RequestMsg::OfferTimeout { offer_id: first })?;
+                    myself.send_message(RequestMsg::BatchTimeout { batch })?;
                 } else {
-                    self.arm(myself, state, first, remaining);
+                    self.arm(myself, state, batch, remaining);
                 }
             }
+            // A restarted actor reminds the worker again if the reminder time has passed
+            // and the slot has not started (it does not know whether the last one did).
             Status::Assigned if state.row.slot().is_some() => {
                 if let (Some(city), Some(worker), Some(slot)) =
                     (&state.city, state.row.assigned_worker_id, state.row.slot())
@@ -558,11 +577,11 @@ impl RequestActor {
         &self,
         myself: &ActorRef<RequestMsg>,
         state: &mut RequestState,
-        offer_id: Uuid,
+        batch: u32,
         after: std::time::Duration,
     ) {
         state.disarm();
-        state.timer = Some(myself.send_after(after, move || RequestMsg::OfferTimeout { offer_id }));
+        state.timer = Some(myself.send_after(after, move || RequestMsg::BatchTimeout { batch }));
     }
 
     /// Arms the slot timer for the next moment that matters to a booking: its dispatch
@@ -576,7 +595,7 @@ impl RequestActor {
         let next = match state.row.status {
             Status::Scheduled => booking::dispatch_at(start, settings.dispatch_lead),
             Status::Assigned => {
-                let no_show = no_show_deadline(start, settings.no_show_grace);
+                let no_show = no_show_deadline(&state.row, start, settings.no_show_grace);
                 if state.reminded {
                     no_show
                 } else {
@@ -624,7 +643,9 @@ impl RequestActor {
                     }
                 }
                 match worker_id {
-                    Some(worker_id) if now >= no_show_deadline(start, settings.no_show_grace) => {
+                    Some(worker_id)
+                        if now >= no_show_deadline(&state.row, start, settings.no_show_grace) =>
+                    {
                         let minutes = settings.no_show_grace.as_secs_f64() / 60.0;
                         let why = format!("not started {minutes} minutes after the slot start");
                         let released = self
@@ -689,7 +710,27 @@ impl RequestActor {
         }
         state.row = self.ctx.store.get_request(state.row.id).await?;
         tracing::info!(target: "RequestActor", request_id = %state.row.id, status = %state.row.status, version = state.row.version, "reloaded after a concurrent change");
+        if state.row.status != Status::Offering {
+            self.withdraw_orphaned_offers(state).await?;
+        }
         self.resume(myself, state).await
+    }
+
+    /// Another writer (a legacy dispatcher beside the engine, docs/migration.md) moved the
+    /// request out of OFFERING under our offers: they are withdrawn, so their workers are
+    /// free for other jobs and told so.
+    async fn withdraw_orphaned_offers(&self, state: &RequestState) -> Result<(), StoreError> {
+        let request_id = state.row.id;
+        for (offer_id, worker_id) in self.ctx.store.withdraw_orphaned_offers(request_id).await? {
+            self.release(state, worker_id);
+            self.ctx.gateway.notify(WorkerNotice::OfferWithdrawn {
+                worker_id,
+                offer_id,
+                request_id,
+                reason: "cancelled".into(),
+            });
+        }
+        Ok(())
     }
 
     fn release(&self, state: &RequestState, worker_id: Uuid) {
@@ -873,8 +914,8 @@ impl RequestActor {
                     }
                 }
             }
-            if let Some(offer_id) = first_sent {
-                self.arm(myself, state, offer_id, settings.worker_timeout);
+            if first_sent.is_some() {
+                self.arm(myself, state, batch, settings.worker_timeout);
                 return Ok(());
             }
         }
@@ -1255,7 +1296,16 @@ impl RequestActor {
     }
 }
 
-/// When an assigned booking's worker counts as a no-show.
-fn no_show_deadline(start: DateTime<Utc>, grace: std::time::Duration) -> DateTime<Utc> {
-    start + chrono::Duration::from_std(grace).unwrap_or_default()
+/// When an assigned booking's worker counts as a no-show: the grace after the slot start,
+/// or after the assignment for a booking assigned late (dispatched after an outage, say),
+/// so nobody is a no-show the moment they accept.
+fn no_show_deadline(
+    row: &ServiceRequest,
+    start: DateTime<Utc>,
+    grace: std::time::Duration,
+) -> DateTime<Utc> {
+    let from = row
+        .assigned_at
+        .map_or(start, |assigned| assigned.max(start));
+    from + chrono::Duration::from_std(grace).unwrap_or_default()
 }

@@ -20,7 +20,7 @@ use super::{
     request::{RequestActor, RequestMsg},
     CommandError, DispatchContext,
 };
-use crate::telemetry::TraceLink;
+use crate::{store::ServiceRequest, telemetry::TraceLink};
 
 /// Restarts allowed per request within the window before escalation.
 pub const MAX_RESTARTS: u32 = 3;
@@ -48,6 +48,7 @@ pub async fn spawn_request(
     ctx: &Arc<DispatchContext>,
     supervisor: &ActorRef<SupervisorMsg>,
     request_id: Uuid,
+    created: Option<ServiceRequest>,
     origin: TraceLink,
 ) -> Result<ActorRef<RequestMsg>, CommandError> {
     if let Some(existing) = ctx.registry.get(&request_id) {
@@ -56,9 +57,14 @@ pub async fn spawn_request(
     let actor = RequestActor { ctx: ctx.clone() };
     // Spawned under a root span of its own: ractor's per-actor span lives as long as the
     // actor, and as a child it would keep the caller's span (a GraphQL create) open.
-    let spawned = Actor::spawn_linked(None, actor, (request_id, origin), supervisor.get_cell())
-        .instrument(tracing::info_span!(parent: None, "request_actor", request_id = %request_id))
-        .await;
+    let spawned = Actor::spawn_linked(
+        None,
+        actor,
+        (request_id, created, origin),
+        supervisor.get_cell(),
+    )
+    .instrument(tracing::info_span!(parent: None, "request_actor", request_id = %request_id))
+    .await;
     match spawned {
         Ok((actor_ref, _)) => Ok(actor_ref),
         Err(e) => {
@@ -96,7 +102,9 @@ impl Actor for RequestSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Restart { request_id } => {
-                match spawn_request(&self.ctx, &myself, request_id, TraceLink::default()).await {
+                match spawn_request(&self.ctx, &myself, request_id, None, TraceLink::default())
+                    .await
+                {
                     Ok(_) => {
                         tracing::info!(target: "RequestSupervisor", %request_id, "request actor restarted from the database")
                     }

@@ -17,7 +17,7 @@ pub fn cancellation_fee(
     late_fee: Ratio,
 ) -> Result<Cents, NotCancellable> {
     match status {
-        Status::Pending | Status::Offering => Ok(Cents::ZERO),
+        Status::Scheduled | Status::Pending | Status::Offering => Ok(Cents::ZERO),
         Status::Assigned => Ok(total.times(late_fee)),
         other => Err(NotCancellable(other)),
     }
@@ -31,10 +31,9 @@ mod tests {
     fn free_until_assigned_then_the_late_fee_never_once_started() {
         let total = Cents(1_000_000);
         let fee = Ratio::parse("0.10").unwrap();
-        assert_eq!(
-            cancellation_fee(Status::Pending, total, fee),
-            Ok(Cents::ZERO)
-        );
+        for free in [Status::Scheduled, Status::Pending] {
+            assert_eq!(cancellation_fee(free, total, fee), Ok(Cents::ZERO));
+        }
         assert_eq!(
             cancellation_fee(Status::Offering, total, fee),
             Ok(Cents::ZERO)

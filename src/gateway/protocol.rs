@@ -141,9 +141,9 @@ impl From<CommandError> for WireError {
             CommandError::OfferNotPending => ErrorCode::OfferNotPending,
             CommandError::NotYourOffer => ErrorCode::NotYourOffer,
             CommandError::NotYourJob => ErrorCode::NotYourJob,
-            CommandError::IllegalState { .. } | CommandError::WindowClosed => {
-                ErrorCode::IllegalState
-            }
+            CommandError::IllegalState { .. }
+            | CommandError::WindowClosed
+            | CommandError::NotInRollout => ErrorCode::IllegalState,
             CommandError::SlotStarted => ErrorCode::SlotStarted,
             CommandError::Conflict => ErrorCode::Conflict,
             CommandError::Unavailable => ErrorCode::Unavailable,
@@ -474,6 +474,15 @@ fn validate(msg: &ClientMsg) -> Result<(), WireError> {
         {
             return Err(invalid(format!(
                 "reject_offer: reason is at most {MAX_REASON_CHARS} characters"
+            )));
+        }
+        ClientMsg::CancelAssignment(m)
+            if m.reason
+                .as_ref()
+                .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS) =>
+        {
+            return Err(invalid(format!(
+                "cancel_assignment: reason is at most {MAX_REASON_CHARS} characters"
             )));
         }
         _ => {}
@@ -818,6 +827,16 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_assignment_reason_longer_than_the_limit_is_refused() {
+        let long = "x".repeat(MAX_REASON_CHARS + 1);
+        let text = format!(
+            r#"{{"v":1,"type":"cancel_assignment","id":"1","data":{{"requestId":"{}","reason":"{long}"}}}}"#,
+            Uuid::nil()
+        );
+        assert_eq!(code_of(&text), ErrorCode::InvalidMessage);
+    }
+
+    #[test]
     fn every_message_type_parses_with_its_id() {
         let offer = Uuid::new_v4();
         let request = Uuid::new_v4();
@@ -868,6 +887,10 @@ mod tests {
             (
                 format!(r#"{{"v":1,"type":"complete_job","id":"1","data":{{"requestId":"{request}"}}}}"#),
                 ClientMsg::CompleteJob(JobRef { request_id: request }),
+            ),
+            (
+                format!(r#"{{"v":1,"type":"cancel_assignment","id":"1","data":{{"requestId":"{request}","reason":"sick"}}}}"#),
+                ClientMsg::CancelAssignment(CancelAssignment { request_id: request, reason: Some("sick".into()) }),
             ),
             (r#"{"v":1,"type":"ping","id":"1"}"#.into(), ClientMsg::Ping),
         ];

@@ -52,7 +52,12 @@ pub async fn worker_assignment_sweep(
     tracing::info!(target: "WorkerAssignmentCron", "[WorkerAssignmentCron] Checking for worker assignment timeouts...");
     let overdue = store.overdue_offering(1000).await?;
     let mut report = SweepReport::default();
-    for row in overdue.iter().filter(|r| !dispatcher.has_actor(r.id)) {
+    // Requests outside the rollout percentage are the legacy dispatcher's: never touched.
+    let ours = |id| dispatcher.dispatches(id);
+    for row in overdue
+        .iter()
+        .filter(|r| !dispatcher.has_actor(r.id) && ours(r.id))
+    {
         // Every offer of the row's batch expired together; the last one settled moves the
         // request back to PENDING.
         let offers = store.pending_offers(row.id).await?;
@@ -85,7 +90,10 @@ pub async fn worker_assignment_sweep(
             settings.dispatch_lead,
             settings.no_show_grace,
         )
-        .await?;
+        .await?
+        .into_iter()
+        .filter(|r| ours(r.id))
+        .collect();
     (report.revived, report.nudged) = dispatcher.revive_stalled(stalled, HEARTBEAT_WITHIN).await;
     report.respawned = dispatcher.recover().await?;
     if report.settled > 0 || report.respawned > 0 || report.revived > 0 || report.nudged > 0 {

@@ -56,6 +56,8 @@ fn register_zeros() {
         "arreglame_actor_escalations_total",
         "arreglame_actor_heartbeat_replacements_total",
         "arreglame_actor_nudges_total",
+        "arreglame_worker_cancellations_total",
+        "arreglame_worker_no_shows_total",
         "arreglame_requests_unassigned_total",
         "arreglame_requests_cancelled_total",
         "arreglame_requests_completed_total",
@@ -115,6 +117,14 @@ fn describe_all() {
             "Requests that ended UNASSIGNED (no worker found).",
         ),
         ("arreglame_requests_cancelled_total", "Requests cancelled."),
+        (
+            "arreglame_worker_cancellations_total",
+            "Assigned workers who gave a job back before it started (cancel_assignment).",
+        ),
+        (
+            "arreglame_worker_no_shows_total",
+            "Assigned workers who had not started a booked job within the grace after its slot start.",
+        ),
         ("arreglame_requests_completed_total", "Jobs completed."),
         (
             "arreglame_concurrency_conflicts_total",
@@ -232,6 +242,34 @@ fn describe_all() {
             "The pool's connection limit.",
         ),
         (
+            "arreglame_rollout_percentage",
+            "dispatch_rollout_percentage: the share of requests (by id bucket) this engine dispatches.",
+        ),
+        (
+            "arreglame_rollout_assigned",
+            "Requests assigned in the last 15 minutes, by rollout arm (engine, legacy), from the rows.",
+        ),
+        (
+            "arreglame_rollout_ended_unassigned",
+            "Requests that left dispatch without a worker in the last 15 minutes, by rollout arm.",
+        ),
+        (
+            "arreglame_rollout_assignment_ratio",
+            "Assigned / (assigned + ended unassigned) over the last 15 minutes, by rollout arm.",
+        ),
+        (
+            "arreglame_rollout_acceptance_ratio",
+            "Accepted / decided offers over the last 15 minutes, by rollout arm (NaN without offers).",
+        ),
+        (
+            "arreglame_rollout_time_to_assignment_p50_seconds",
+            "Median creation-to-assignment time over the last 15 minutes, by rollout arm.",
+        ),
+        (
+            "arreglame_rollout_time_to_assignment_p99_seconds",
+            "p99 creation-to-assignment time over the last 15 minutes, by rollout arm.",
+        ),
+        (
             "arreglame_nats_connected",
             "1 while the outbox relay's NATS connection is up (absent without NATS).",
         ),
@@ -326,6 +364,11 @@ pub async fn render(state: &OpsContext) -> String {
             stats.actors_revived.get(),
         ),
         ("arreglame_actor_nudges_total", stats.actors_nudged.get()),
+        (
+            "arreglame_worker_cancellations_total",
+            stats.worker_cancellations.get(),
+        ),
+        ("arreglame_worker_no_shows_total", stats.no_shows.get()),
     ];
     for (name, value) in counters {
         metrics::counter!(name).absolute(value);
@@ -349,6 +392,11 @@ pub async fn render(state: &OpsContext) -> String {
     metrics::counter!("arreglame_outbox_published_total").absolute(relay.published);
     metrics::counter!("arreglame_outbox_failures_total").absolute(relay.failures);
     metrics::gauge!("arreglame_outbox_parked").set(relay.parked as f64);
+
+    // The rollout's two arms, each from its own rows (a failed read keeps the last values).
+    if let Ok(rollout) = super::rollout::Rollout::load(state).await {
+        rollout.export();
+    }
 
     let snapshot = super::ActorsSnapshot::collect(state).await;
     metrics::gauge!("arreglame_live_actors", "kind" => "city").set(snapshot.cities.len() as f64);

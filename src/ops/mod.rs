@@ -14,6 +14,7 @@ mod attention;
 mod error;
 mod history;
 pub mod metrics;
+mod rollout;
 mod snapshot;
 mod trail;
 
@@ -99,6 +100,7 @@ pub fn routes(state: OpsContext) -> Router {
         .route("/ops/map", get(map))
         .route("/ops/attention", get(attention))
         .route("/ops/history", get(history))
+        .route("/ops/rollout", get(rollout))
         .route("/ops/requests/{id}/trail", get(trail));
     if !state.metrics_elsewhere {
         router = router.route("/metrics", get(protected_metrics));
@@ -227,6 +229,14 @@ async fn history(
     State(state): State<OpsContext>,
 ) -> Result<Json<history::History>, OpsError> {
     Ok(Json(history::History::load(&state.store).await?))
+}
+
+/// The gradual rollout's two arms, each from its own rows (docs/migration.md).
+async fn rollout(
+    _op: Operator,
+    State(state): State<OpsContext>,
+) -> Result<Json<rollout::Rollout>, OpsError> {
+    Ok(Json(rollout::Rollout::load(&state).await?))
 }
 
 /// The dispatch decisions of one request: "why was nothing assigned?"

@@ -148,8 +148,8 @@ impl Store {
                ),
                decided as (
                  select date_trunc('minute', "respondedAt") as minute,
-                        count(*) filter (where outcome in ('ACCEPTED', 'REJECTED', 'EXPIRED')) as decided,
-                        count(*) filter (where outcome = 'ACCEPTED') as accepted
+                        count(*) filter (where outcome in ('ACCEPTED', 'REJECTED', 'EXPIRED', 'RELEASED', 'NO_SHOW')) as decided,
+                        count(*) filter (where outcome in ('ACCEPTED', 'RELEASED', 'NO_SHOW')) as accepted
                  from offers, since where "respondedAt" >= since.t group by 1
                )
                select b.minute, coalesce(c.n, 0) as created, coalesce(a.n, 0) as assigned,

@@ -87,7 +87,9 @@ pub struct OfferSent {
 #[serde(rename_all = "camelCase")]
 pub struct OfferSettled {
     pub offer_id: Uuid,
-    pub worker_id: Uuid,
+    /// Added by the database in the transition's statement (the worker who held it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<Uuid>,
     pub outcome: OfferOutcome,
     pub reason: Option<String>,
 }

@@ -7,11 +7,13 @@ mod dashboard;
 pub mod events;
 mod fleet;
 mod identities;
+pub mod legacy;
 mod outbox;
 pub mod outbox_batch;
 mod payouts;
 mod pricing_tables;
 mod requests;
+mod rollout;
 pub mod system_config;
 mod transition;
 mod workers;
@@ -30,10 +32,12 @@ pub use cities::CityRow;
 pub use dashboard::{AttentionKind, AttentionRow, AttentionWindow, MinuteRow};
 pub use fleet::FleetCounts;
 pub use identities::{CandidateSkip, WorkerProfile};
+pub use legacy::{AdoptionError, DatabaseKind, Reverted};
 pub use outbox::{insert_outbox_event, OutboxEvent};
 pub use payouts::Payout;
 pub use pricing_tables::PricingRows;
 pub use requests::{NewServiceRequest, RequestPage, ServiceRequest};
+pub use rollout::ArmRow;
 pub use system_config::{Settings, SettingsWatch};
 pub use transition::{CancelledBy, Change, NewOffer, OfferOutcome, OfferRow, StrikeKind, TAKEN};
 pub use workers::{JobInHand, PendingOfferView};
@@ -56,6 +60,9 @@ const SEEDS: &[(&str, &str)] = &[
         include_str!("../../seeds/04_demo_people.sql"),
     ),
 ];
+
+/// The seed file of demo customers and workers, left out on an adopted legacy database.
+const DEMO_PEOPLE: &str = "04_demo_people.sql";
 
 /// Errors at the storage boundary.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +131,9 @@ pub struct Store {
 /// notification lock). Commits within 5 ms coalesce into one NOTIFY.
 #[derive(Debug)]
 struct OutboxSignal {
+    /// Statements that wrote outbox rows through this store: the relay claims after a
+    /// local wake only if this moved since its last claim.
+    written: std::sync::atomic::AtomicU64,
     local: Notify,
     remote: Notify,
     sender_started: OnceLock<()>,
@@ -135,6 +145,7 @@ struct OutboxSignal {
 impl Default for OutboxSignal {
     fn default() -> Self {
         OutboxSignal {
+            written: std::sync::atomic::AtomicU64::new(0),
             local: Notify::new(),
             remote: Notify::new(),
             sender_started: OnceLock::new(),
@@ -169,6 +180,10 @@ impl Store {
             .max_connections(max_connections)
             .min_connections(1)
             .acquire_timeout(acquire_timeout)
+            // No liveness ping before every acquire (one extra round trip per statement):
+            // a dead connection fails its statement, is dropped, and the caller's retry or
+            // the next acquire gets a fresh one.
+            .test_before_acquire(false)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect(database_url)
@@ -186,6 +201,9 @@ impl Store {
 
     /// Called after every commit that wrote outbox rows.
     pub fn outbox_written(&self) {
+        self.outbox
+            .written
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.outbox.local.notify_one();
         self.outbox.remote.notify_one();
         self.outbox.sender_started.get_or_init(|| {
@@ -220,6 +238,15 @@ impl Store {
         self.outbox.local.notified().await
     }
 
+    /// How many outbox-writing commits this store has made (see [`Store::outbox_written`]).
+    /// Read before a claim: a commit counted after the read may or may not be in the claim,
+    /// but one counted before it always is.
+    pub fn outbox_writes(&self) -> u64 {
+        self.outbox
+            .written
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The pool itself, for fixtures in the tests and benches only (feature
     /// `test-support`, which the crate's dev-dependency on itself turns on): the engine's
     /// every statement is a named method of this module.
@@ -229,37 +256,52 @@ impl Store {
         &self.pool
     }
 
+    /// Applies pending migrations. A legacy (NestJS/Prisma) database is first adopted in
+    /// place ([`legacy`]), which leaves it at the schema of the baseline migration.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        self.adopt_legacy().await.map_err(|e| match e {
+            AdoptionError::Database(e) | AdoptionError::Step { source: e, .. } => {
+                sqlx::migrate::MigrateError::Execute(e)
+            }
+            other => sqlx::migrate::MigrateError::Source(Box::new(other)),
+        })?;
         MIGRATOR.run(&self.pool).await
     }
 
-    /// Reverts the latest applied migration (the rollback plan); returns its version.
-    pub async fn revert_latest_migration(&self) -> Result<Option<i64>, anyhow::Error> {
-        let applied: Vec<i64> = match sqlx::query_scalar(
-            "select version from _sqlx_migrations where success order by version",
-        )
-        .fetch_all(&self.pool)
-        .await
-        {
-            Ok(v) => v,
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e.into()),
-        };
+    /// Reverts the latest applied migration (the rollback plan). On an adopted legacy
+    /// database the migrations after the adoption baseline go first, then the adoption's
+    /// steps one by one, back to the legacy schema.
+    pub async fn revert_latest_migration(&self) -> Result<Option<Reverted>, anyhow::Error> {
+        let adopted = self.is_adopted_legacy().await?;
+        let applied: Vec<i64> = self
+            .applied_migrations()
+            .await?
+            .into_iter()
+            .filter(|v| !adopted || *v > legacy::ADOPTION_BASELINE)
+            .collect();
         let Some(&latest) = applied.last() else {
-            return Ok(None);
+            return Ok(self.revert_adoption_step().await?);
         };
-        let target = applied.iter().rev().nth(1).copied().unwrap_or(0);
+        let floor = if adopted {
+            legacy::ADOPTION_BASELINE
+        } else {
+            0
+        };
+        let target = applied.iter().rev().nth(1).copied().unwrap_or(floor);
         MIGRATOR.undo(&self.pool, target).await?;
-        Ok(Some(latest))
+        Ok(Some(Reverted::Migration(latest)))
     }
 
     /// Applies the seed files. Each insert is `on conflict do nothing`, so seeding twice
     /// leaves the same data and never overwrites values an operator tuned.
     pub async fn seed(&self) -> Result<(), sqlx::Error> {
+        // An adopted production database gets the configuration, not the demo people.
+        let adopted = self.is_adopted_legacy().await?;
         let mut tx = self.pool.begin().await?;
         for (name, sql) in SEEDS {
+            if adopted && *name == DEMO_PEOPLE {
+                continue;
+            }
             tracing::debug!(seed = name, "applying seed");
             sqlx::raw_sql(sql).execute(&mut *tx).await?;
         }

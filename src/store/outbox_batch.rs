@@ -27,6 +27,11 @@ impl Store {
         self.pool.begin().await
     }
 
+    /// See [`anything_to_claim`].
+    pub async fn outbox_has_unclaimed(&self, deferred: &[i64]) -> Result<bool, sqlx::Error> {
+        anything_to_claim(&self.pool, deferred).await
+    }
+
     /// Backlog, lag and parked rows (the partial index `where processed = false` keeps it
     /// off the processed history).
     pub async fn outbox_figures(&self) -> Result<OutboxFigures, sqlx::Error> {
@@ -82,6 +87,18 @@ pub async fn claim(
     .bind(limit)
     .bind(deferred)
     .fetch_all(conn)
+    .await
+}
+
+/// Whether any row waits to be claimed (outside `deferred`): a single read, no transaction,
+/// so a wake with nothing to do costs one statement, not an empty claim transaction.
+pub async fn anything_to_claim(pool: &sqlx::PgPool, deferred: &[i64]) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"select exists (select 1 from outbox_events
+                          where processed = false and "parkedAt" is null and id <> all($1))"#,
+    )
+    .bind(deferred)
+    .fetch_one(pool)
     .await
 }
 

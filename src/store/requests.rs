@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{insert_outbox_event, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::{Cents, Status};
 
 /// One row of `service_requests`.
@@ -115,17 +115,41 @@ impl Store {
         &self,
         new: &NewServiceRequest,
     ) -> Result<(ServiceRequest, bool), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // One statement: the insert and, only if it inserted, its outbox row. The id is
+        // chosen here so the event's payload is complete before the round trip.
+        let id = Uuid::now_v7();
+        let state = super::events::RequestState {
+            request_id: id,
+            customer_id: Some(new.customer_id),
+            city_id: Some(new.city_id.clone()),
+            status: new.status,
+            version: 1,
+            assignment_attempts: 0,
+            worker_timeout_at: None,
+            assigned_worker_id: None,
+        };
+        let payload = serde_json::to_value(super::events::RequestEvent {
+            state,
+            detail: &super::events::Created {
+                price_total_cents: Some(new.price_total.0),
+                pricing_engine: Some(new.pricing_engine.clone()),
+            },
+        })
+        .expect("event payloads always serialize");
         let inserted: Option<ServiceRequest> = sqlx::query_as(
-            r#"insert into service_requests
-                 ("customerId", "cityId", latitude, longitude, address, description, "squareMeters",
-                  "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
-                  "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey",
-                  "scheduledStart", "scheduledEnd", status)
-               values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                       $18, $19, $20)
-               on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
-               returning *"#,
+            r#"with r as (
+                 insert into service_requests
+                   (id, "customerId", "cityId", latitude, longitude, address, description, "squareMeters",
+                    "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
+                    "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey",
+                    "scheduledStart", "scheduledEnd", status)
+                 values ($21, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                         $18, $19, $20)
+                 on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
+                 returning *),
+               e as (insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", type, payload)
+                     select 'service_request', r.id::text, r.version, 'ServiceRequestCreated', $22 from r)
+               select * from r"#,
         )
         .bind(new.customer_id)
         .bind(&new.city_id)
@@ -147,11 +171,11 @@ impl Store {
         .bind(new.slot.map(|(start, _)| start))
         .bind(new.slot.map(|(_, end)| end))
         .bind(new.status.as_str())
-        .fetch_optional(&mut *tx)
+        .bind(id)
+        .bind(&payload)
+        .fetch_optional(&self.pool)
         .await?;
-
         let Some(request) = inserted else {
-            tx.rollback().await?;
             let existing: ServiceRequest = sqlx::query_as(
                 r#"select * from service_requests where "customerId" = $1 and "idempotencyKey" = $2"#,
             )
@@ -161,24 +185,6 @@ impl Store {
             .await?;
             return Ok((existing, false));
         };
-
-        let payload = super::events::RequestEvent::payload(
-            &request,
-            &super::events::Created {
-                price_total_cents: request.price_total_cents,
-                pricing_engine: request.pricing_engine.clone(),
-            },
-        );
-        insert_outbox_event(
-            &mut tx,
-            super::events::SERVICE_REQUEST,
-            &request.id.to_string(),
-            request.version,
-            "ServiceRequestCreated",
-            &payload,
-        )
-        .await?;
-        tx.commit().await?;
         self.outbox_written();
         Ok((request, true))
     }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::Store;
 use crate::domain::{
     offer_policy::{CandidateRanking, OfferMode, RankingWeights},
-    Ratio,
+    Ratio, RolloutPercentage,
 };
 
 /// Typed view of `system_config`. A missing or invalid value keeps its default (or, on a
@@ -57,6 +57,8 @@ pub struct Settings {
     /// How long a "now" job is assumed to occupy a worker, for the overlap check with
     /// their booked jobs.
     pub immediate_job_duration: Duration,
+    /// The share of requests this engine dispatches (the guide's gradual rollout).
+    pub dispatch_rollout: RolloutPercentage,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             max_slot: Duration::from_secs(8 * 3600),
             booking_horizon: Duration::from_secs(30 * 24 * 3600),
             immediate_job_duration: Duration::from_secs(120 * 60),
+            dispatch_rollout: RolloutPercentage::ALL,
         }
     }
 }
@@ -196,6 +199,7 @@ impl Settings {
                 }
                 self.booking_horizon = Duration::from_secs_f64(days * 24.0 * 3600.0);
             }
+            "dispatch_rollout_percentage" => self.dispatch_rollout = rollout_percentage(v)?,
             _ => {} // Keys of other components (or of the old system) are not ours to judge.
         }
         Ok(())
@@ -257,6 +261,13 @@ fn fraction(v: &str) -> Result<Ratio, String> {
         return Err("expected a fraction between 0.0 and 1.0".into());
     }
     Ok(r)
+}
+
+fn rollout_percentage(v: &str) -> Result<RolloutPercentage, String> {
+    v.parse::<u8>()
+        .ok()
+        .and_then(RolloutPercentage::new)
+        .ok_or_else(|| "expected a whole percentage between 0 and 100".into())
 }
 
 fn cron(v: &str) -> Result<String, String> {
@@ -436,5 +447,31 @@ mod tests {
         );
         assert_eq!(kept, s);
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+}
+
+#[cfg(test)]
+mod rollout_tests {
+    use super::*;
+
+    #[test]
+    fn the_rollout_percentage_is_a_whole_number_from_0_to_100() {
+        let one = |v: &str| {
+            let rows = BTreeMap::from([("dispatch_rollout_percentage".to_string(), v.to_string())]);
+            Settings::from_rows(&Settings::default(), &rows)
+        };
+        let (s, problems) = one(" 10 ");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s.dispatch_rollout.percent(), 10);
+        assert_eq!(one("0").0.dispatch_rollout.percent(), 0);
+        for bad in ["101", "-1", "10.5", "ten"] {
+            let (s, problems) = one(bad);
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(
+                s.dispatch_rollout,
+                RolloutPercentage::ALL,
+                "{bad} keeps the default"
+            );
+        }
     }
 }

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::{
     events::{self, RequestEvent},
-    insert_outbox_event, ServiceRequest, Store, StoreError,
+    ServiceRequest, Store, StoreError,
 };
 use crate::domain::{offer_policy::CandidateScore, Cents, Command};
 
@@ -246,99 +246,123 @@ impl Store {
         result
     }
 
-    /// The transaction of one transition: the version-guarded update, then the writer of
-    /// this change (its offer or payout rows, and what its event records), then exactly
-    /// one outbox row.
+    /// One transition, one statement: a data-modifying CTE that makes the version-guarded
+    /// update and, only when it matched, the rows the change implies (offer, payout,
+    /// strike) and exactly one outbox row, all in one round trip and one implicit
+    /// transaction. The payload is built here from the state the update sets (the same
+    /// values are bound to it); what only the database knows (the workers whose offers a
+    /// change withdraws, a cancelled payout) is merged into it by the statement.
     async fn apply_transition(
         &self,
         current: &ServiceRequest,
         to: crate::domain::Status,
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
-        let waiting = std::time::Instant::now();
-        let mut tx = self.pool.begin().await?;
-        // A pooled connection and BEGIN: under load, the wait for a free connection.
-        metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")
-            .record(waiting.elapsed().as_secs_f64());
-        let Some(updated) = update_request(&mut tx, current, to, &change).await? else {
-            tx.rollback().await?;
-            return Err(self.missing_or_conflict(current).await);
-        };
-        let payload = match &change {
-            Change::OfferSent(offer) => {
-                let detail = write_offer_sent(&mut tx, &updated, offer).await?;
-                RequestEvent::payload(&updated, &detail)
+        let next = next_state(current, to, &change);
+        let payload = payload_of(current, &next, &change);
+        let (cancelled_by, cancel_reason, cancel_fee) = match &change {
+            Change::Cancelled { by, reason, fee } => {
+                (Some(by.as_str()), reason.clone(), Some(fee.0))
             }
+            _ => (None, None, None),
+        };
+        let unassigned_reason = match &change {
+            Change::GaveUp { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        let sql = statement_for(&change);
+        let query = sqlx::query_as::<_, ServiceRequest>(sql)
+            .bind(current.id)
+            .bind(current.version)
+            .bind(to.as_str())
+            .bind(next.assignment_attempts)
+            .bind(next.worker_timeout_at)
+            .bind(next.assigned_worker_id)
+            .bind(cancelled_by)
+            .bind(cancel_reason)
+            .bind(cancel_fee)
+            .bind(unassigned_reason)
+            .bind(change.event_type())
+            .bind(payload);
+        let query = match &change {
+            Change::OfferSent(offer) => query
+                .bind(offer.id)
+                .bind(offer.worker_id)
+                .bind(offer.attempt)
+                .bind(offer.expires_at)
+                .bind(offer.distance_meters)
+                .bind(offer.radius_meters)
+                .bind(offer.candidates_considered)
+                .bind(
+                    (!offer.candidate_scores.is_empty())
+                        .then_some(sqlx::types::Json(offer.candidate_scores.clone())),
+                ),
             Change::OfferSettled {
                 offer_id,
                 outcome,
                 reason,
                 ..
-            } => {
-                let detail =
-                    write_offer_settled(&mut tx, &updated, *offer_id, *outcome, reason).await?;
-                RequestEvent::payload(&updated, &detail)
-            }
+            } => query
+                .bind(*offer_id)
+                .bind(outcome.as_str())
+                .bind(reason.clone()),
             Change::OfferAccepted {
                 offer_id,
                 worker_id,
-            } => {
-                let detail = write_offer_accepted(&mut tx, &updated, *offer_id, *worker_id).await?;
-                RequestEvent::payload(&updated, &detail)
+            } => query.bind(*offer_id).bind(*worker_id).bind(TAKEN),
+            Change::Cancelled { .. } => {
+                query.bind(current.status == crate::domain::Status::Completed)
             }
-            Change::GaveUp { reason } => {
-                let detail = events::Unassigned {
-                    withdrawn_from_worker_id: withdraw_pending_offer(&mut tx, &updated).await?,
-                    reason: reason.clone(),
-                };
-                RequestEvent::payload(&updated, &detail)
-            }
-            Change::Cancelled { by, reason, fee } => {
-                let detail = write_cancelled(&mut tx, current, &updated, *by, reason, *fee).await?;
-                RequestEvent::payload(&updated, &detail)
-            }
-            Change::DispatchOpened => RequestEvent::payload(
-                &updated,
-                &events::DispatchOpened {
-                    scheduled_start: updated.scheduled_start,
-                    scheduled_end: updated.scheduled_end,
-                },
-            ),
             Change::AssignmentReleased {
                 worker_id,
                 kind,
                 reason,
-            } => {
-                let detail =
-                    write_assignment_released(&mut tx, &updated, *worker_id, *kind, reason).await?;
-                RequestEvent::payload(&updated, &detail)
-            }
-            Change::JobStarted => RequestEvent::payload(&updated, &events::JobStarted {}),
+            } => query
+                .bind(*worker_id)
+                .bind(kind.offer_outcome().as_str())
+                .bind(reason.clone())
+                .bind(kind.as_str()),
             Change::JobCompleted { payout_release_at } => {
-                let detail = write_job_completed(&mut tx, &updated, *payout_release_at).await?;
-                RequestEvent::payload(&updated, &detail)
+                query.bind(next.payout_id).bind(*payout_release_at)
             }
+            Change::GaveUp { .. } | Change::DispatchOpened | Change::JobStarted => query,
         };
-        insert_outbox_event(
-            &mut tx,
-            events::SERVICE_REQUEST,
-            &updated.id.to_string(),
-            updated.version,
-            change.event_type(),
-            &payload,
-        )
-        .await?;
-        tx.commit().await?;
+        let started = std::time::Instant::now();
+        let updated = query.fetch_optional(&self.pool).await?;
+        // Acquiring a pooled connection and the statement's round trip: under load, mostly
+        // the wait for a free connection.
+        metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let Some(updated) = updated else {
+            return Err(self.why_nothing_changed(current, &change).await);
+        };
         self.outbox_written();
         Ok(updated)
     }
 
-    async fn missing_or_conflict(&self, current: &ServiceRequest) -> StoreError {
+    /// Zero rows updated: the request is gone, moved on (a lost race), or the change's own
+    /// guard refused (its offer is no longer pending; a dispute after the window closed).
+    async fn why_nothing_changed(&self, current: &ServiceRequest, change: &Change) -> StoreError {
         match sqlx::query_scalar::<_, i32>("select version from service_requests where id = $1")
             .bind(current.id)
             .fetch_optional(&self.pool)
             .await
         {
+            Ok(Some(version)) if version == current.version => match change {
+                Change::OfferSettled { offer_id, .. } => StoreError::NotFound {
+                    what: "pending offer",
+                    id: offer_id.to_string(),
+                },
+                Change::OfferAccepted { offer_id, .. } => StoreError::NotFound {
+                    what: "pending offer for this worker",
+                    id: offer_id.to_string(),
+                },
+                Change::Cancelled { .. } => StoreError::WindowClosed,
+                _ => StoreError::ConcurrencyConflict {
+                    id: current.id,
+                    expected_version: current.version,
+                },
+            },
             Ok(Some(_)) => StoreError::ConcurrencyConflict {
                 id: current.id,
                 expected_version: current.version,
@@ -372,296 +396,275 @@ impl Store {
     }
 }
 
-/// The version-guarded update every change makes; `None` when the row moved on (or is gone).
-async fn update_request(
-    tx: &mut sqlx::PgConnection,
-    current: &ServiceRequest,
-    to: crate::domain::Status,
-    change: &Change,
-) -> Result<Option<ServiceRequest>, sqlx::Error> {
-    let (attempts_delta, timeout_at, assignee) = match change {
+/// What a transition sets on the request's row, decided before the statement so the
+/// update and the event's payload carry the same values.
+struct NextState {
+    assignment_attempts: i32,
+    worker_timeout_at: Option<DateTime<Utc>>,
+    assigned_worker_id: Option<Uuid>,
+    /// The payout a completion creates (its id is chosen here, for the payload).
+    payout_id: Uuid,
+}
+
+fn next_state(current: &ServiceRequest, to: crate::domain::Status, change: &Change) -> NextState {
+    use chrono::SubsecRound;
+    let worker_timeout_at = match change {
         // A parallel batch shares one deadline; a later offer never shortens it.
-        Change::OfferSent(offer) => (
-            1,
-            Some(
-                current
-                    .worker_timeout_at
-                    .map_or(offer.expires_at, |t| t.max(offer.expires_at)),
-            ),
-            None,
+        Change::OfferSent(offer) => Some(
+            current
+                .worker_timeout_at
+                .map_or(offer.expires_at, |t| t.max(offer.expires_at)),
         ),
         Change::OfferSettled {
             others_pending: true,
             ..
-        } => (0, current.worker_timeout_at, None),
-        Change::OfferAccepted { worker_id, .. } => (0, None, Some(*worker_id)),
-        _ => (0, None, None),
-    };
-    let releases_assignee = matches!(change, Change::AssignmentReleased { .. });
-    let (cancelled_by, cancel_reason, cancel_fee) = match change {
-        Change::Cancelled { by, reason, fee } => (Some(by.as_str()), reason.clone(), Some(fee.0)),
-        _ => (None, None, None),
-    };
-    let unassigned_reason = match change {
-        Change::GaveUp { reason } => Some(reason.clone()),
+        } => current.worker_timeout_at,
         _ => None,
-    };
-    sqlx::query_as(
-        r#"update service_requests set
-             status = $3,
-             version = version + 1,
-             "assignmentAttempts" = "assignmentAttempts" + $4,
-             "workerTimeoutAt" = $5,
-             "assignedWorkerId" = case when $11 then null else coalesce($6, "assignedWorkerId") end,
-             "assignedAt" = case when $3 = 'ASSIGNED' then now() when $11 then null else "assignedAt" end,
-             "startedAt" = case when $3 = 'IN_PROGRESS' then now() else "startedAt" end,
-             "completedAt" = case when $3 = 'COMPLETED' then now() else "completedAt" end,
-             "cancelledAt" = case when $3 = 'CANCELLED' then now() else "cancelledAt" end,
-             "cancelledBy" = coalesce($7, "cancelledBy"),
-             "cancellationReason" = coalesce($8, "cancellationReason"),
-             "cancellationFeeCents" = coalesce($9, "cancellationFeeCents"),
-             "unassignedReason" = coalesce($10, "unassignedReason"),
-             "updatedAt" = now()
-           where id = $1 and version = $2
-           returning *"#,
-    )
-    .bind(current.id)
-    .bind(current.version)
-    .bind(to.as_str())
-    .bind(attempts_delta)
-    .bind(timeout_at)
-    .bind(assignee)
-    .bind(cancelled_by)
-    .bind(cancel_reason)
-    .bind(cancel_fee)
-    .bind(unassigned_reason)
-    .bind(releases_assignee)
-    .fetch_optional(tx)
-    .await
-}
-
-/// OfferSent: the offer row.
-async fn write_offer_sent(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-    offer: &NewOffer,
-) -> Result<events::OfferSent, StoreError> {
-    sqlx::query(
-        r#"insert into offers (id, "requestId", "workerId", attempt, "expiresAt",
-                               "distanceMeters", "radiusMeters", "candidatesConsidered",
-                               "candidateScores")
-           values ($1, $2, $3, $4, $5, $6, $7, $8, $9)"#,
-    )
-    .bind(offer.id)
-    .bind(updated.id)
-    .bind(offer.worker_id)
-    .bind(offer.attempt)
-    .bind(offer.expires_at)
-    .bind(offer.distance_meters)
-    .bind(offer.radius_meters)
-    .bind(offer.candidates_considered)
-    .bind(
-        (!offer.candidate_scores.is_empty())
-            .then_some(sqlx::types::Json(offer.candidate_scores.as_slice())),
-    )
-    .execute(tx)
-    .await?;
-    Ok(events::OfferSent {
-        offer_id: offer.id,
-        worker_id: offer.worker_id,
-        attempt: offer.attempt,
-        expires_at: offer.expires_at,
-        distance_meters: offer.distance_meters,
-        radius_meters: offer.radius_meters,
-    })
-}
-
-/// OfferRejected / OfferExpired: that offer settled.
-async fn write_offer_settled(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-    offer_id: Uuid,
-    outcome: OfferOutcome,
-    reason: &Option<String>,
-) -> Result<events::OfferSettled, StoreError> {
-    let worker_id =
-        settle_pending_offer(tx, updated.id, Some(offer_id), outcome, reason.as_deref())
-            .await?
-            .first()
-            .copied()
-            .ok_or_else(|| StoreError::NotFound {
-                what: "pending offer",
-                id: offer_id.to_string(),
-            })?;
-    Ok(events::OfferSettled {
-        offer_id,
-        worker_id,
-        outcome,
-        reason: reason.clone(),
-    })
-}
-
-/// WorkerAssigned: the offer accepted, by the worker it was made to.
-async fn write_offer_accepted(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-    offer_id: Uuid,
-    worker_id: Uuid,
-) -> Result<events::WorkerAssigned, StoreError> {
-    let accepted_by =
-        settle_pending_offer(tx, updated.id, Some(offer_id), OfferOutcome::Accepted, None).await?;
-    if accepted_by.first() != Some(&worker_id) {
-        // Dropping the transaction rolls it back.
-        return Err(StoreError::NotFound {
-            what: "pending offer for this worker",
-            id: offer_id.to_string(),
-        });
     }
-    // Parallel offers: the others of the batch are withdrawn in the same transaction.
-    let withdrawn_from_worker_ids =
-        settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, Some(TAKEN)).await?;
-    Ok(events::WorkerAssigned {
-        offer_id,
-        worker_id,
-        withdrawn_from_worker_ids,
-    })
+    // What the column keeps (microseconds), so the payload says exactly what the row does.
+    .map(|t| t.trunc_subsecs(6));
+    let assigned_worker_id = match change {
+        Change::OfferAccepted { worker_id, .. } => Some(*worker_id),
+        Change::AssignmentReleased { .. } => None,
+        _ => current.assigned_worker_id,
+    };
+    debug_assert!(to != crate::domain::Status::Assigned || assigned_worker_id.is_some());
+    NextState {
+        assignment_attempts: current.assignment_attempts
+            + i32::from(matches!(change, Change::OfferSent(_))),
+        worker_timeout_at,
+        assigned_worker_id,
+        payout_id: Uuid::now_v7(),
+    }
+}
+
+/// The event's payload as far as it is known before the statement: the state after the
+/// change and what the change records (the statement adds what only the database knows).
+fn payload_of(current: &ServiceRequest, next: &NextState, change: &Change) -> serde_json::Value {
+    let mut after = current.clone();
+    after.status = current
+        .status
+        .apply(change.command())
+        .unwrap_or(current.status);
+    after.version = current.version + 1;
+    after.assignment_attempts = next.assignment_attempts;
+    after.worker_timeout_at = next.worker_timeout_at;
+    after.assigned_worker_id = next.assigned_worker_id;
+    match change {
+        Change::OfferSent(offer) => RequestEvent::payload(
+            &after,
+            &events::OfferSent {
+                offer_id: offer.id,
+                worker_id: offer.worker_id,
+                attempt: offer.attempt,
+                expires_at: offer.expires_at,
+                distance_meters: offer.distance_meters,
+                radius_meters: offer.radius_meters,
+            },
+        ),
+        Change::OfferSettled {
+            offer_id,
+            outcome,
+            reason,
+            ..
+        } => RequestEvent::payload(
+            &after,
+            &events::OfferSettled {
+                offer_id: *offer_id,
+                worker_id: None,
+                outcome: *outcome,
+                reason: reason.clone(),
+            },
+        ),
+        Change::OfferAccepted {
+            offer_id,
+            worker_id,
+        } => RequestEvent::payload(
+            &after,
+            &events::WorkerAssigned {
+                offer_id: *offer_id,
+                worker_id: *worker_id,
+                withdrawn_from_worker_ids: Vec::new(),
+            },
+        ),
+        Change::GaveUp { reason } => RequestEvent::payload(
+            &after,
+            &events::Unassigned {
+                withdrawn_from_worker_id: None,
+                reason: reason.clone(),
+            },
+        ),
+        Change::Cancelled { by, reason, fee } => RequestEvent::payload(
+            &after,
+            &events::Cancelled {
+                payout_cancelled_id: None,
+                withdrawn_from_worker_id: None,
+                cancelled_by: *by,
+                reason: reason.clone(),
+                cancellation_fee_cents: fee.0,
+            },
+        ),
+        Change::DispatchOpened => RequestEvent::payload(
+            &after,
+            &events::DispatchOpened {
+                scheduled_start: current.scheduled_start,
+                scheduled_end: current.scheduled_end,
+            },
+        ),
+        Change::AssignmentReleased {
+            worker_id,
+            kind,
+            reason,
+        } => RequestEvent::payload(
+            &after,
+            &events::AssignmentReleased {
+                worker_id: *worker_id,
+                offer_id: None,
+                kind: *kind,
+                reason: reason.clone(),
+            },
+        ),
+        Change::JobStarted => RequestEvent::payload(&after, &events::JobStarted {}),
+        Change::JobCompleted { payout_release_at } => RequestEvent::payload(
+            &after,
+            &events::JobCompleted {
+                payout_id: next.payout_id,
+                payout_amount_cents: current.worker_net_cents,
+                payout_release_at: *payout_release_at,
+            },
+        ),
+    }
 }
 
 /// The reason recorded on (and sent with) offers withdrawn because another worker of the
 /// batch accepted first.
 pub const TAKEN: &str = "taken";
 
-/// AssignmentReleased: the accepted offer marked RELEASED or NO_SHOW, the strike recorded.
-async fn write_assignment_released(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-    worker_id: Uuid,
-    kind: StrikeKind,
-    reason: &Option<String>,
-) -> Result<events::AssignmentReleased, StoreError> {
-    let offer_id: Option<Uuid> = sqlx::query_scalar(
-        r#"update offers set outcome = $3, "rejectReason" = $4
-           where "requestId" = $1 and "workerId" = $2 and outcome = 'ACCEPTED'
-           returning id"#,
-    )
-    .bind(updated.id)
-    .bind(worker_id)
-    .bind(kind.offer_outcome().as_str())
-    .bind(reason.as_deref())
-    .fetch_optional(&mut *tx)
-    .await?;
-    sqlx::query(
-        r#"insert into worker_strikes ("workerId", "requestId", kind, reason) values ($1, $2, $3, $4)"#,
-    )
-    .bind(worker_id)
-    .bind(updated.id)
-    .bind(kind.as_str())
-    .bind(reason.as_deref())
-    .execute(tx)
-    .await?;
-    Ok(events::AssignmentReleased {
-        worker_id,
-        offer_id,
-        kind,
-        reason: reason.clone(),
-    })
-}
+/// The version-guarded update every transition makes ($1 id, $2 version the caller saw,
+/// $3 status, $4 attempts, $5 offer deadline, $6 assignee, $7–$9 cancellation, $10 why
+/// unassigned). `$6` null clears the assignment time too (a released assignment).
+const UPDATE: &str = r#"update service_requests set
+      status = $3,
+      version = version + 1,
+      "assignmentAttempts" = $4,
+      "workerTimeoutAt" = $5,
+      "assignedWorkerId" = $6,
+      "assignedAt" = case when $3 = 'ASSIGNED' then now() when $6::uuid is null then null else "assignedAt" end,
+      "startedAt" = case when $3 = 'IN_PROGRESS' then now() else "startedAt" end,
+      "completedAt" = case when $3 = 'COMPLETED' then now() else "completedAt" end,
+      "cancelledAt" = case when $3 = 'CANCELLED' then now() else "cancelledAt" end,
+      "cancelledBy" = coalesce($7, "cancelledBy"),
+      "cancellationReason" = coalesce($8, "cancellationReason"),
+      "cancellationFeeCents" = coalesce($9, "cancellationFeeCents"),
+      "unassignedReason" = coalesce($10, "unassignedReason"),
+      "updatedAt" = now()
+    where id = $1 and version = $2"#;
 
-/// Withdraws the request's pending offers, if any; a worker who held one (the event names
-/// one; with parallel offers the actor tells every holder).
-async fn withdraw_pending_offer(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    Ok(
-        settle_pending_offer(tx, updated.id, None, OfferOutcome::Withdrawn, None)
-            .await?
-            .first()
-            .copied(),
+/// Withdraws every pending offer of the request (when the update matched).
+const WITHDRAW_PENDING: &str = r#"w as (update offers set outcome = 'WITHDRAWN', "respondedAt" = now()
+      where "requestId" = $1 and outcome is null and exists (select 1 from u)
+      returning "workerId", attempt),"#;
+
+/// The first withdrawn worker, as `withdrawnFromWorkerId`.
+const FIRST_WITHDRAWN: &str = r#"coalesce((select jsonb_build_object('withdrawnFromWorkerId', "workerId")
+      from w order by attempt limit 1), '{}'::jsonb)"#;
+
+/// The statement of one kind of change: `guard` narrows the update, `ctes` are the rows it
+/// implies, `extra` is merged into the payload ($12), the outbox row's type is $11.
+fn build_statement(guard: &str, ctes: &str, extra: &str) -> String {
+    format!(
+        r#"with u as ({UPDATE} {guard} returning *),
+    {ctes}
+    e as (insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", type, payload)
+          select 'service_request', u.id::text, u.version, $11, $12::jsonb || {extra} from u)
+    select u.* from u"#
     )
 }
 
-/// ServiceRequestCancelled: a pending offer withdrawn; for a dispute of a completed job,
-/// its payout cancelled, only while the payout is still held (window open).
-async fn write_cancelled(
-    tx: &mut sqlx::PgConnection,
-    current: &ServiceRequest,
-    updated: &ServiceRequest,
-    by: CancelledBy,
-    reason: &Option<String>,
-    fee: Cents,
-) -> Result<events::Cancelled, StoreError> {
-    let mut payout_cancelled_id = None;
-    if current.status == crate::domain::Status::Completed {
-        let held: Option<Uuid> = sqlx::query_scalar(
-            r#"update payouts set status = 'CANCELLED', version = version + 1
-               where "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()
-               returning id"#,
+fn statement_for(change: &Change) -> &'static str {
+    use std::sync::LazyLock;
+    static OFFER_SENT: LazyLock<String> = LazyLock::new(|| {
+        build_statement(
+            "",
+            r#"o as (insert into offers (id, "requestId", "workerId", attempt, "expiresAt",
+                      "distanceMeters", "radiusMeters", "candidatesConsidered", "candidateScores")
+          select $13, u.id, $14, $15, $16, $17, $18, $19, $20 from u),"#,
+            "'{}'::jsonb",
         )
-        .bind(updated.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        payout_cancelled_id = Some(held.ok_or(StoreError::WindowClosed)?);
+    });
+    static OFFER_SETTLED: LazyLock<String> = LazyLock::new(|| {
+        build_statement(
+            r#"and exists (select 1 from offers where id = $13 and "requestId" = $1 and outcome is null)"#,
+            r#"o as (update offers set outcome = $14, "respondedAt" = now(), "rejectReason" = $15
+          where id = $13 and outcome is null and exists (select 1 from u)
+          returning "workerId"),"#,
+            r#"jsonb_build_object('workerId', (select "workerId" from o))"#,
+        )
+    });
+    static OFFER_ACCEPTED: LazyLock<String> = LazyLock::new(|| {
+        build_statement(
+            r#"and exists (select 1 from offers
+                   where id = $13 and "requestId" = $1 and "workerId" = $14 and outcome is null)"#,
+            // Parallel offers: the rest of the batch is withdrawn in the same statement.
+            r#"a as (update offers set outcome = 'ACCEPTED', "respondedAt" = now()
+          where id = $13 and exists (select 1 from u) returning id),
+    w as (update offers set outcome = 'WITHDRAWN', "respondedAt" = now(), "rejectReason" = $15
+          where "requestId" = $1 and outcome is null and id <> $13 and exists (select 1 from u)
+          returning "workerId", attempt),"#,
+            r#"coalesce((select jsonb_build_object('withdrawnFromWorkerIds', jsonb_agg("workerId" order by attempt))
+          from w having count(*) > 0), '{}'::jsonb)"#,
+        )
+    });
+    static GAVE_UP: LazyLock<String> =
+        LazyLock::new(|| build_statement("", WITHDRAW_PENDING, FIRST_WITHDRAWN));
+    static CANCELLED: LazyLock<String> = LazyLock::new(|| {
+        // $13: a dispute of a completed job, allowed only while its payout is still held.
+        build_statement(
+            r#"and (not $13 or exists (select 1 from payouts
+                   where "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()))"#,
+            &format!(
+                r#"{WITHDRAW_PENDING}
+    p as (update payouts set status = 'CANCELLED', version = version + 1
+          where $13 and "requestId" = $1 and status = 'PENDING' and "releaseAt" > now()
+            and exists (select 1 from u)
+          returning id),"#
+            ),
+            &format!(
+                r#"{FIRST_WITHDRAWN}
+          || coalesce((select jsonb_build_object('payoutCancelledId', id) from p), '{{}}'::jsonb)"#
+            ),
+        )
+    });
+    static PLAIN: LazyLock<String> = LazyLock::new(|| build_statement("", "", "'{}'::jsonb"));
+    static ASSIGNMENT_RELEASED: LazyLock<String> = LazyLock::new(|| {
+        build_statement(
+            "",
+            r#"o as (update offers set outcome = $14, "rejectReason" = $15
+          where "requestId" = $1 and "workerId" = $13 and outcome = 'ACCEPTED'
+            and exists (select 1 from u)
+          returning id),
+    s as (insert into worker_strikes ("workerId", "requestId", kind, reason)
+          select $13, u.id, $16, $15 from u),"#,
+            r#"jsonb_build_object('offerId', (select id from o))"#,
+        )
+    });
+    static JOB_COMPLETED: LazyLock<String> = LazyLock::new(|| {
+        // The worker's payout, held until the cancellation window closes.
+        build_statement(
+            "",
+            r#"p as (insert into payouts (id, "requestId", "workerId", "amountCents", currency, "releaseAt")
+          select $13, u.id, u."assignedWorkerId", coalesce(u."workerNetCents", 0), u.currency, $14 from u),"#,
+            "'{}'::jsonb",
+        )
+    });
+    match change {
+        Change::OfferSent(_) => &OFFER_SENT,
+        Change::OfferSettled { .. } => &OFFER_SETTLED,
+        Change::OfferAccepted { .. } => &OFFER_ACCEPTED,
+        Change::GaveUp { .. } => &GAVE_UP,
+        Change::Cancelled { .. } => &CANCELLED,
+        Change::AssignmentReleased { .. } => &ASSIGNMENT_RELEASED,
+        Change::JobCompleted { .. } => &JOB_COMPLETED,
+        Change::DispatchOpened | Change::JobStarted => &PLAIN,
     }
-    Ok(events::Cancelled {
-        payout_cancelled_id,
-        withdrawn_from_worker_id: withdraw_pending_offer(tx, updated).await?,
-        cancelled_by: by,
-        reason: reason.clone(),
-        cancellation_fee_cents: fee.0,
-    })
-}
-
-/// JobCompleted: the worker's payout, held until the cancellation window closes.
-async fn write_job_completed(
-    tx: &mut sqlx::PgConnection,
-    updated: &ServiceRequest,
-    payout_release_at: DateTime<Utc>,
-) -> Result<events::JobCompleted, StoreError> {
-    let worker = updated.assigned_worker_id.ok_or(StoreError::Constraint {
-        constraint: "service_requests_assignee_check".into(),
-    })?;
-    let payout_id: Uuid = sqlx::query_scalar(
-        r#"insert into payouts ("requestId", "workerId", "amountCents", currency, "releaseAt")
-           values ($1, $2, $3, $4, $5)
-           returning id"#,
-    )
-    .bind(updated.id)
-    .bind(worker)
-    .bind(updated.worker_net_cents.unwrap_or(0))
-    .bind(&updated.currency)
-    .bind(payout_release_at)
-    .fetch_one(tx)
-    .await?;
-    Ok(events::JobCompleted {
-        payout_id,
-        payout_amount_cents: updated.worker_net_cents,
-        payout_release_at,
-    })
-}
-
-/// Settles the request's pending offers (a given one, or every one pending) and returns
-/// the workers who held them, in attempt order; empty when none was pending.
-async fn settle_pending_offer(
-    tx: &mut sqlx::PgConnection,
-    request_id: Uuid,
-    offer_id: Option<Uuid>,
-    outcome: OfferOutcome,
-    reason: Option<&str>,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_as(
-        r#"update offers set outcome = $3, "respondedAt" = now(), "rejectReason" = $4
-           where "requestId" = $1 and ($2::uuid is null or id = $2) and outcome is null
-           returning "workerId", attempt"#,
-    )
-    .bind(request_id)
-    .bind(offer_id)
-    .bind(outcome.as_str())
-    .bind(reason)
-    .fetch_all(tx)
-    .await
-    .map(|mut rows: Vec<(Uuid, i32)>| {
-        rows.sort_by_key(|(_, attempt)| *attempt);
-        rows.into_iter().map(|(worker, _)| worker).collect()
-    })
 }

@@ -814,3 +814,99 @@ async fn every_operation_is_timed_by_name_and_type_and_every_error_counted_by_co
     let took = delta(sum, &["operation=\"MetricsEstimate\""]);
     assert!(took > 0.0 && took < 60.0, "{took}");
 }
+
+/// Issue 15: a customer books a slot over GraphQL; bad slots are `BAD_USER_INPUT` and
+/// create nothing; when the assigned worker gives the job back, the customer's
+/// subscription sees it go back to dispatch.
+#[tokio::test]
+async fn a_booked_slot_is_scheduled_bad_slots_are_refused_and_the_subscription_sees_a_worker_cancel(
+) {
+    use chrono::{Duration, SubsecRound, Utc};
+    let app = TestApp::spawn().await;
+    let customer = app.token(Role::Customer, CUSTOMER);
+    let booking = |start: chrono::DateTime<Utc>, end: chrono::DateTime<Utc>| {
+        let mut input = create_input(None);
+        input["input"]["scheduledStart"] = json!(start.to_rfc3339());
+        input["input"]["scheduledEnd"] = json!(end.to_rfc3339());
+        input
+    };
+    const BOOK: &str = r#"mutation($input: CreateServiceRequestInput!) {
+      createServiceRequest(input: $input) { id status scheduledStart scheduledEnd }
+    }"#;
+    let saturday_10 = (Utc::now() + Duration::days(4)).trunc_subsecs(0);
+    let answer = app
+        .gql(
+            Some(&customer),
+            BOOK,
+            booking(saturday_10, saturday_10 + Duration::hours(2)),
+        )
+        .await;
+    let booked = &answer["data"]["createServiceRequest"];
+    assert_eq!(booked["status"], "SCHEDULED", "{answer}");
+    let start: chrono::DateTime<Utc> = booked["scheduledStart"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start, saturday_10);
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from service_requests")
+            .fetch_one(app.store().pool())
+            .await
+            .unwrap()
+    };
+    let before = rows().await;
+    let now = Utc::now();
+    let mut half = create_input(None);
+    half["input"]["scheduledStart"] = json!(saturday_10.to_rfc3339());
+    for (bad, why) in [
+        (
+            booking(now - Duration::hours(1), now + Duration::hours(1)),
+            "in the past",
+        ),
+        (
+            booking(saturday_10, saturday_10 - Duration::hours(1)),
+            "after scheduledStart",
+        ),
+        (
+            booking(saturday_10, saturday_10 + Duration::hours(9)),
+            "max_slot_hours",
+        ),
+        (
+            booking(
+                now + Duration::days(45),
+                now + Duration::days(45) + Duration::hours(1),
+            ),
+            "booking_horizon_days",
+        ),
+        (half, "both or neither"),
+    ] {
+        let answer = app.gql(Some(&customer), BOOK, bad).await;
+        assert_eq!(error_code(&answer), "BAD_USER_INPUT", "{answer}");
+        let message = answer["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    assert_eq!(rows().await, before, "a refused booking writes nothing");
+
+    // A job wanted now: assigned, then given back by the worker.
+    let dispatcher = app.handle.state.dispatcher.clone();
+    let worker = app.worker_online(LON + 0.001, LAT).await;
+    let id = create(&app, &customer).await;
+    let mut sub = Subscription::open(&app, &customer, id).await;
+    let offer = wait_offer(&app, id).await;
+    dispatcher.accept_offer(worker, id, offer).await.unwrap();
+    loop {
+        if sub.next_status().await == "ASSIGNED" {
+            break;
+        }
+    }
+    dispatcher
+        .cancel_assignment(worker, id, Some("sick".into()))
+        .await
+        .unwrap();
+    let released = loop {
+        let v = sub.next_message().await;
+        let update = v["payload"]["data"]["serviceRequestUpdated"].clone();
+        if update["event"] == "AssignmentReleased" {
+            break update;
+        }
+    };
+    assert_eq!(released["status"], "PENDING", "{released}");
+    assert!(released["assignedWorker"].is_null(), "{released}");
+}

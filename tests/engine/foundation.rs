@@ -14,7 +14,7 @@ use crate::helpers::*;
 /// when `../shared` is beside the checkout).
 const GUIDE_SQL: &str = include_str!("../fixtures/guide_queries.sql");
 
-fn guide_statements() -> Vec<String> {
+pub(crate) fn guide_statements() -> Vec<String> {
     GUIDE_SQL
         .split(';')
         .map(|s| {
@@ -173,8 +173,19 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap()
     };
-    // One migration at a time, newest first: booked slots, the identity migration, then
-    // the dispute edge.
+    let rollout_function = |store: Store| async move {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_proc where proname = 'arreglame_rollout_bucket'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // One migration at a time, newest first: the rollout bucket, booked slots, the
+    // identity migration, then the dispute edge.
+    assert_eq!(rollout_function(store.clone()).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(rollout_function(store.clone()).await, 0);
     assert_eq!(strikes_table(store.clone()).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
     assert_eq!(strikes_table(store.clone()).await, 0);

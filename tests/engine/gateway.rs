@@ -971,3 +971,108 @@ async fn connections_beyond_the_cap_are_refused_before_the_upgrade() {
         other => panic!("expected 503, got {:?}", other.map(|(_, r)| r.status())),
     }
 }
+
+/// Issue 15 over the real socket: a booked offer carries its slot and the worker is reminded
+/// once assigned; `cancel_assignment` gives a job back before it starts and is refused once
+/// it has; with `offer_mode` switched to parallel at run time, the worker who loses the
+/// race is told the job was `taken`.
+#[tokio::test]
+async fn booked_offers_reminders_cancel_assignment_and_taken_over_the_socket() {
+    use chrono::{Duration as Minutes, SubsecRound, Utc};
+    let app = spawn_app().await;
+    let mut first = WorkerApp::online(&app, LON + 0.001, LAT).await;
+    let mut second = WorkerApp::online(&app, LON + 0.002, LAT).await;
+    // Booked to start in 30 minutes: dispatched at once (the lead is 15 hours), and the
+    // hour-ahead reminder is already due when the worker accepts.
+    let start = (Utc::now() + Minutes::minutes(30)).trunc_subsecs(0);
+    let end = start + Minutes::hours(2);
+    let new = arreglame::store::NewServiceRequest {
+        slot: Some((start, end)),
+        ..new_request(CUSTOMER, LON, LAT)
+    };
+    let (booked, _) = app.store().create_request(&new).await.unwrap();
+    app.handle
+        .state
+        .dispatcher
+        .ensure_actor(booked.id)
+        .await
+        .unwrap();
+    let offer = first.push("offer").await["data"].clone();
+    let slot_of = |v: &Value| -> chrono::DateTime<Utc> { v.as_str().unwrap().parse().unwrap() };
+    assert_eq!(slot_of(&offer["job"]["scheduledStart"]), start);
+    assert_eq!(slot_of(&offer["job"]["scheduledEnd"]), end);
+    let accepted = first
+        .call(
+            "accept_offer",
+            json!({"offerId": offer["offerId"], "requestId": booked.id, "idempotencyKey": "b-1"}),
+        )
+        .await;
+    assert_eq!(ok(&accepted)["status"], "ASSIGNED");
+    let reminder = first.push("job_reminder").await["data"].clone();
+    assert_eq!(uuid_of(&reminder["requestId"]), booked.id);
+    assert_eq!(slot_of(&reminder["scheduledStart"]), start);
+
+    // Someone else cannot give it back; the assignee can, before the slot starts.
+    let refused = second
+        .call("cancel_assignment", json!({"requestId": booked.id}))
+        .await;
+    assert_eq!(error_code(&refused), "NOT_YOUR_JOB");
+    let back = first
+        .call(
+            "cancel_assignment",
+            json!({"requestId": booked.id, "reason": "double booked"}),
+        )
+        .await;
+    assert_eq!(ok(&back)["status"], "PENDING");
+    let again = second.push("offer").await["data"].clone();
+    assert_eq!(uuid_of(&again["requestId"]), booked.id);
+    let accepted = second
+        .call(
+            "accept_offer",
+            json!({"offerId": again["offerId"], "requestId": booked.id, "idempotencyKey": "b-2"}),
+        )
+        .await;
+    assert_eq!(ok(&accepted)["status"], "ASSIGNED");
+    let started = second
+        .call("start_job", json!({"requestId": booked.id}))
+        .await;
+    assert_eq!(ok(&started)["status"], "IN_PROGRESS");
+    let late = second
+        .call("cancel_assignment", json!({"requestId": booked.id}))
+        .await;
+    assert_eq!(error_code(&late), "ILLEGAL_STATE");
+
+    // Ops switch to parallel offers without a restart.
+    sqlx::query("update system_config set value = 'parallel' where key = 'offer_mode'")
+        .execute(app.store().pool())
+        .await
+        .unwrap();
+    let dispatcher = app.handle.state.dispatcher.clone();
+    wait_until(PATIENCE, || async {
+        dispatcher.settings().offer_mode == arreglame::domain::offer_policy::OfferMode::Parallel
+    })
+    .await;
+    let mut third = WorkerApp::online(&app, LON + 0.003, LAT).await;
+    let request = create_request(&app, LON, LAT).await;
+    let to_first = first.push("offer").await["data"].clone();
+    let to_third = third.push("offer").await["data"].clone();
+    assert_eq!(uuid_of(&to_first["requestId"]), request);
+    assert_eq!(uuid_of(&to_third["requestId"]), request);
+    let won = third
+        .call(
+            "accept_offer",
+            json!({"offerId": to_third["offerId"], "requestId": request, "idempotencyKey": "p-1"}),
+        )
+        .await;
+    assert_eq!(ok(&won)["status"], "ASSIGNED");
+    let withdrawn = first.push("offer_withdrawn").await["data"].clone();
+    assert_eq!(withdrawn["offerId"], to_first["offerId"]);
+    assert_eq!(withdrawn["reason"], "taken");
+    let lost = first
+        .call(
+            "accept_offer",
+            json!({"offerId": to_first["offerId"], "requestId": request, "idempotencyKey": "p-2"}),
+        )
+        .await;
+    assert_eq!(error_code(&lost), "OFFER_NOT_PENDING");
+}

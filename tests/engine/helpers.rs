@@ -261,6 +261,32 @@ impl DispatchHarness {
         row
     }
 
+    /// Creates a request booked for `slot` at (lon, lat) and starts its actor: SCHEDULED
+    /// when its dispatch time (`slot.0 - dispatch_lead`) is still ahead, else PENDING.
+    #[allow(dead_code)] // used by the home-services suite
+    pub async fn create_booked(
+        &self,
+        lon: f64,
+        lat: f64,
+        slot: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    ) -> ServiceRequest {
+        let lead = self.dispatcher.settings().dispatch_lead;
+        let dispatch_at = arreglame::domain::booking::dispatch_at(slot.0, lead);
+        let status = if dispatch_at > chrono::Utc::now() {
+            arreglame::domain::Status::Scheduled
+        } else {
+            arreglame::domain::Status::Pending
+        };
+        let new = NewServiceRequest {
+            slot: Some(slot),
+            status,
+            ..new_request(CUSTOMER, lon, lat)
+        };
+        let (row, _) = self.store.create_request(&new).await.unwrap();
+        self.dispatcher.ensure_actor(row.id).await.unwrap();
+        row
+    }
+
     /// The next notice a worker gets.
     pub async fn next_notice(&mut self) -> WorkerNotice {
         self.notices.recv().await.expect("gateway closed")

@@ -44,6 +44,7 @@ async fn ops_endpoints_refuse_without_an_ops_token() {
         "/ops/map",
         "/ops/attention",
         "/ops/history",
+        "/ops/rollout",
         "/ops/requests/00000000-0000-4000-8000-000000000001/trail",
         "/metrics",
     ] {
@@ -325,6 +326,7 @@ async fn every_ops_response_follows_one_json_convention() {
         "/ops/map".to_string(),
         "/ops/attention".to_string(),
         "/ops/history".to_string(),
+        "/ops/rollout".to_string(),
         format!("/ops/requests/{request}/trail"),
     ] {
         let response = get(&app, &path, Some(&ops)).await;
@@ -332,6 +334,19 @@ async fn every_ops_response_follows_one_json_convention() {
         let body: Value = response.json().await.unwrap();
         if path == "/ops/attention" {
             assert_eq!(body["items"][0]["kind"], "UNASSIGNED", "{body}");
+        }
+        if path == "/ops/rollout" {
+            // Both arms, side by side; at the default 100 % every request is the engine's.
+            assert_eq!(body["percentage"], 100, "{body}");
+            let arms: Vec<&str> = body["arms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["arm"].as_str().unwrap())
+                .collect();
+            assert_eq!(arms, ["ENGINE", "LEGACY"], "{body}");
+            assert_eq!(body["arms"][0]["created"], 2, "{body}");
+            assert_eq!(body["arms"][1]["created"], 0, "{body}");
         }
         walk(&path, &body, &mut problems);
     }

@@ -24,6 +24,8 @@ import {
   ErrorData,
   GoOnlineData,
   JobUpdateData,
+  JobReminderData,
+  AssignmentRevokedData,
   LocationData,
   OfferData,
   OfferWithdrawnData,
@@ -132,6 +134,10 @@ export interface WorkerClientEvents {
   offerWithdrawn: [data: OfferWithdrawnData];
   assignmentConfirmed: [data: AssignmentConfirmedData];
   jobUpdate: [data: JobUpdateData];
+  /** A booked job of ours starts soon (job_reminder_minutes before its slot). */
+  jobReminder: [data: JobReminderData];
+  /** A job of ours was taken back (reason `no_show`). */
+  assignmentRevoked: [data: AssignmentRevokedData];
   /** An error frame that answers no pending request (e.g. a refused location, or no replyTo). */
   errorFrame: [error: WorkerProtocolError];
   /** The socket closed. */
@@ -302,6 +308,10 @@ export class WorkerClient extends EventEmitter<WorkerClientEvents> {
   completeJob(requestId: string): Promise<Answers["complete_job"]> {
     return this.request("complete_job", { requestId });
   }
+  /** Gives an accepted job back before starting it (a strike against the worker). */
+  cancelAssignment(requestId: string, reason?: string): Promise<Answers["cancel_assignment"]> {
+    return this.request("cancel_assignment", reason === undefined ? { requestId } : { requestId, reason });
+  }
   /**
    * Refreshes the token on the live session. The answer is a full auth_ok; the heartbeat
    * keeps its timer and period.
@@ -441,6 +451,12 @@ export class WorkerClient extends EventEmitter<WorkerClientEvents> {
         return;
       case "job_update":
         this.emit("jobUpdate", frame.data as JobUpdateData);
+        return;
+      case "job_reminder":
+        this.emit("jobReminder", frame.data as JobReminderData);
+        return;
+      case "assignment_revoked":
+        this.emit("assignmentRevoked", frame.data as AssignmentRevokedData);
         return;
       default:
         this.emit("unknownFrame", text); // a newer engine: ignore unknown types

@@ -10,6 +10,7 @@ export type WireTimestamp = string;
 export type Uuid = string;
 
 export type RequestStatus =
+  | "SCHEDULED"
   | "PENDING"
   | "OFFERING"
   | "ASSIGNED"
@@ -37,6 +38,7 @@ export const ERROR_CODES = [
   "NOT_FOUND",
   "IDEMPOTENCY_KEY_REUSED",
   "NO_MATCHING_SKILLS",
+  "SLOT_STARTED",
   "CONFLICT",
   "UNAVAILABLE",
   "INTERNAL",
@@ -98,6 +100,11 @@ export interface RejectOfferData {
 export interface JobRef {
   requestId: Uuid;
 }
+export interface CancelAssignmentData {
+  requestId: Uuid;
+  /** Kept with the strike the cancellation records against the worker. */
+  reason?: string;
+}
 
 /** Every app → engine message type and its `data`. */
 export interface ClientMessages {
@@ -110,6 +117,7 @@ export interface ClientMessages {
   reject_offer: RejectOfferData;
   start_job: JobRef;
   complete_job: JobRef;
+  cancel_assignment: CancelAssignmentData;
   ping: undefined;
 }
 export type ClientMessageType = keyof ClientMessages;
@@ -178,6 +186,9 @@ export interface JobSummary {
   area: string;
   latitude: number;
   longitude: number;
+  /** The booked slot; null for a job wanted now. */
+  scheduledStart: WireTimestamp | null;
+  scheduledEnd: WireTimestamp | null;
 }
 export interface OfferData {
   /** 64-bit on the wire; exact in a JavaScript number up to 2^53 (ms since 1970 fits). */
@@ -188,7 +199,7 @@ export interface OfferData {
   expiresAt: WireTimestamp;
   job: JobSummary;
 }
-export type WithdrawnReason = "expired" | "cancelled" | "unassigned" | (string & {});
+export type WithdrawnReason = "expired" | "cancelled" | "unassigned" | "taken" | (string & {});
 export interface OfferWithdrawnData {
   offerId: Uuid;
   requestId: Uuid;
@@ -202,6 +213,16 @@ export interface JobUpdateData {
   requestId: Uuid;
   status: RequestStatus | (string & {});
 }
+export interface JobReminderData {
+  requestId: Uuid;
+  scheduledStart: WireTimestamp;
+  scheduledEnd: WireTimestamp;
+}
+export type RevokedReason = "no_show" | (string & {});
+export interface AssignmentRevokedData {
+  requestId: Uuid;
+  reason: RevokedReason;
+}
 
 /** Every engine → app message type and its `data`. */
 export interface ServerMessages {
@@ -213,6 +234,8 @@ export interface ServerMessages {
   offer_withdrawn: OfferWithdrawnData;
   assignment_confirmed: AssignmentConfirmedData;
   job_update: JobUpdateData;
+  job_reminder: JobReminderData;
+  assignment_revoked: AssignmentRevokedData;
 }
 export type ServerMessageType = keyof ServerMessages;
 
@@ -234,5 +257,6 @@ export interface Answers {
   reject_offer: Required<OfferResult>;
   start_job: JobResult;
   complete_job: JobResult;
+  cancel_assignment: JobResult;
   ping: PongData;
 }

@@ -146,3 +146,23 @@ test("a bad message gets a typed error frame with its code and replyTo; the sess
   await w.client.ping();
   assert.equal(w.client.state, "ready");
 });
+
+test("a booked offer carries its slot, the assignee is reminded, and cancelAssignment gives the job back", async () => {
+  const w = await live.worker();
+  await w.client.connect();
+  await w.client.goOnline({ ...BA, skills: ["lawn_mowing"] });
+  // Starts in 30 minutes: dispatched at once, and the hour-ahead reminder is due on accept.
+  const start = new Date(Math.floor(Date.now() / 1000) * 1000 + 30 * 60_000);
+  const end = new Date(start.getTime() + 2 * 3600_000);
+  const requestId = await live.engine().createRequest({ scheduledStart: start.toISOString(), scheduledEnd: end.toISOString() });
+  live.cleanupRequest(requestId);
+  const [offer] = await w.events.next("offer", (o) => o.requestId === requestId);
+  assert.equal(Date.parse(offer.job.scheduledStart ?? ""), start.getTime());
+  assert.equal(Date.parse(offer.job.scheduledEnd ?? ""), end.getTime());
+  assert.equal((await w.client.acceptOffer(offer)).status, "ASSIGNED");
+  const [reminder] = await w.events.next("jobReminder", (d) => d.requestId === requestId);
+  assert.equal(Date.parse(reminder.scheduledStart), start.getTime());
+  assert.deepEqual(await w.client.cancelAssignment(requestId, "double booked"), { requestId, status: "PENDING" });
+  // Nobody else is online: the request ends UNASSIGNED, and there is nothing to give back.
+  await assert.rejects(w.client.cancelAssignment(requestId), (e: unknown) => e instanceof WorkerProtocolError && e.code === "ILLEGAL_STATE");
+});

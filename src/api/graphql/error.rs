@@ -93,7 +93,8 @@ impl From<CommandError> for ApiError {
             | CommandError::WindowClosed
             | CommandError::SlotStarted
             | CommandError::Conflict
-            | CommandError::Unavailable => ApiError::Conflict(e.to_string()),
+            | CommandError::Unavailable
+            | CommandError::NotInRollout => ApiError::Conflict(e.to_string()),
             CommandError::InvalidInput(_) => ApiError::BadUserInput(e.to_string()),
             CommandError::Internal(detail) => ApiError::Internal(detail),
         }

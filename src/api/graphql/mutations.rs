@@ -177,11 +177,17 @@ async fn create(
         .await
         .map_err(ApiError::from)?;
     span.record("request_id", tracing::field::display(row.id));
-    if created || row.status.is_open_for_dispatch() {
+    // Outside the rollout percentage the legacy dispatcher takes it (docs/migration.md).
+    if (created || row.status.is_open_for_dispatch()) && state.dispatcher.dispatches(row.id) {
         // The request is committed: the customer gets it whatever happens to its actor
         // now. One that cannot start (the database just went away, say) is brought back
         // by the WorkerAssignmentCron backstop within a sweep.
-        if let Err(e) = state.dispatcher.ensure_actor(row.id).await {
+        let started = if created {
+            state.dispatcher.start_dispatch(row.clone()).await
+        } else {
+            state.dispatcher.ensure_actor(row.id).await
+        };
+        if let Err(e) = started {
             tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
                     "request committed but its actor did not start; the backstop will start it");
         }

@@ -285,6 +285,21 @@ struct Relay {
     /// When the relay started: NATS connects in the background, so a round that finds no
     /// broker yet in the first seconds is the normal start, not worth a WARN.
     started: std::time::Instant,
+    /// Why the relay last woke, and what it knew at its last claim: a claim is made only
+    /// when there may be something to claim (no empty claim transactions).
+    wake: Wake,
+    writes_at_last_claim: Option<u64>,
+    last_claim_full: bool,
+}
+
+/// What woke the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// This engine committed outbox rows (the store told the relay directly).
+    LocalCommit,
+    /// Another engine's NOTIFY, the safety poll, a retry coming due, or the start: only the
+    /// table can say whether there is work.
+    Elsewhere,
 }
 
 /// How long after start a missing NATS connection is still "connecting", not an outage.
@@ -414,7 +429,25 @@ impl Relay {
             broker_up,
             failed_rounds: 0,
             started: std::time::Instant::now(),
+            wake: Wake::Elsewhere,
+            writes_at_last_claim: None,
+            last_claim_full: false,
         }
+    }
+
+    /// Whether the next claim may find rows: after a local wake, only if this engine wrote
+    /// since the last claim began (or that claim was full); otherwise the table is asked
+    /// with one plain read first.
+    async fn worth_claiming(&mut self, skip: &[i64]) -> Result<bool, sqlx::Error> {
+        let writes = self.store.outbox_writes();
+        let worth = match self.wake {
+            Wake::LocalCommit => self.last_claim_full || self.writes_at_last_claim != Some(writes),
+            Wake::Elsewhere => self.store.outbox_has_unclaimed(skip).await?,
+        };
+        if worth {
+            self.writes_at_last_claim = Some(writes);
+        }
+        Ok(worth)
     }
 
     /// The loop: a pipeline of batches in flight. Each step settles the oldest batch
@@ -463,6 +496,8 @@ impl Relay {
                 pipeline.clear();
                 behind = false;
                 let pause = self.failed(&error);
+                // The rolled-back rows are unclaimed again: ask the table next time.
+                self.wake = Wake::Elsewhere;
                 self.pause(pause, &mut shutdown).await
             } else {
                 self.recovered();
@@ -536,13 +571,21 @@ impl Relay {
         let batch_size = settings.outbox_batch_size.max(1);
         let mut skip = self.deferrals.waiting(Instant::now());
         skip.extend_from_slice(also_skip);
+        if !self.worth_claiming(&skip).await? {
+            self.last_claim_full = false;
+            return Ok(None);
+        }
         let mut tx = self.store.begin_outbox_batch().await?;
         let claimed = outbox_batch::claim(&mut tx, batch_size, &skip).await?;
+        let full = claimed.len() as i64 >= batch_size;
+        self.last_claim_full = full;
+        // What the claim did not see waits for the next wake: later claims are local-wake
+        // gated by the write counter read before this one.
+        self.wake = Wake::LocalCommit;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(None);
         }
-        let full = claimed.len() as i64 >= batch_size;
         let sending = match self.broker.as_mut() {
             Some(broker) => broker.send(&claimed).await,
             None => Sending::in_process(claimed.len()),
@@ -606,12 +649,14 @@ impl Relay {
         if let Some(due) = self.deferrals.next_due() {
             deadline = deadline.min(due);
         }
-        tokio::select! {
-            _ = self.store.outbox_committed() => true,
-            _ = self.new_rows.notified() => true,
-            _ = tokio::time::sleep_until(deadline.into()) => true,
-            changed = shutdown.changed() => changed.is_ok() && !*shutdown.borrow(),
-        }
+        let (wake, carry_on) = tokio::select! {
+            _ = self.store.outbox_committed() => (Wake::LocalCommit, true),
+            _ = self.new_rows.notified() => (Wake::Elsewhere, true),
+            _ = tokio::time::sleep_until(deadline.into()) => (Wake::Elsewhere, true),
+            changed = shutdown.changed() => (Wake::Elsewhere, changed.is_ok() && !*shutdown.borrow()),
+        };
+        self.wake = wake;
+        carry_on
     }
 
     /// Sleeps out an outage backoff, or less if NATS comes back. False on shutdown.

@@ -19,6 +19,8 @@ export class Recorder {
       "offerWithdrawn",
       "assignmentConfirmed",
       "jobUpdate",
+      "jobReminder",
+      "assignmentRevoked",
       "errorFrame",
       "disconnected",
       "reconnecting",

@@ -1,0 +1,1 @@
+-- Nothing to undo: the columns the backfill wrote go with step 2's revert.

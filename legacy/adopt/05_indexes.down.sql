@@ -1,0 +1,11 @@
+drop index concurrently if exists customers_email_key;
+drop index concurrently if exists worker_profiles_city_id_last_active_at_idx;
+drop index concurrently if exists worker_profiles_last_active_at_idx;
+drop index concurrently if exists worker_profiles_city_id_idx;
+drop index concurrently if exists service_requests_assigned_worker_slot_idx;
+drop index concurrently if exists service_requests_assigned_worker_id_idx;
+drop index concurrently if exists service_requests_customer_id_created_at_idx;
+drop index concurrently if exists service_requests_city_id_status_idx;
+drop index concurrently if exists service_requests_status_worker_timeout_at_idx;
+drop index concurrently if exists service_requests_engine_status_idx;
+drop index concurrently if exists service_requests_customer_idempotency_key_idx;

@@ -1,0 +1,1 @@
+drop function if exists arreglame_rollout_bucket(uuid);

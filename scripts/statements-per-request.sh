@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# SQL statements per created request over its whole life (create, offer, accept, start,
+# complete, and the relay publishing its events), counted by pg_stat_statements on a
+# durable PostgreSQL (fsync and synchronous_commit on) that this script starts itself.
+#
+#   scripts/statements-per-request.sh [ARREGLAME_BIN]     (default target/debug/arreglame)
+#
+# It initialises a cluster in target/pg-durable (port 55433, as the postgres user when run
+# as root), migrates and seeds a fresh database, starts `serve` on it, resets the
+# statistics, runs the simulator (every offer accepted, no cancellations, every job
+# completed), waits for the relay to catch up, and prints one JSON object: requests
+# created and completed, statements (top-level calls, pings included) per created
+# request, transactions per created request, and the busiest statements. The
+# simulator's own provisioning and read-back statements are left out by text.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bin="${1:-target/debug/arreglame}"
+[ -x "$bin" ] || { echo "statements-per-request: $bin not found (cargo build first)" >&2; exit 2; }
+port="${STATEMENTS_PG_PORT:-55433}"
+data="$PWD/target/pg-durable"
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
+run_as=()
+[ "$(id -u)" = 0 ] && run_as=(su postgres -s /bin/sh -c)
+as_pg() { if [ ${#run_as[@]} -gt 0 ]; then "${run_as[@]}" "$*"; else sh -c "$*"; fi; }
+server="postgres://postgres@127.0.0.1:$port"
+if ! pg_isready -q -h 127.0.0.1 -p "$port"; then
+  if [ ! -f "$data/PG_VERSION" ]; then
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres "$data"
+    as_pg "$pg_bin/initdb -D $data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null"
+  fi
+  as_pg "$pg_bin/pg_ctl -D $data -l $data/server.log -w -t 60 -o '-p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top -c max_connections=200' start >/dev/null"
+fi
+db="statements_$$"
+psql "$server/postgres" -qc "create database $db" >/dev/null
+trap 'kill "${engine:-}" 2>/dev/null || true; wait 2>/dev/null || true; psql "$server/postgres" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true' EXIT
+url="$server/$db"
+psql "$url" -qc "create extension if not exists pg_stat_statements" >/dev/null
+export DATABASE_URL="$url" JWT_SECRET="${JWT_SECRET:-dev-secret-change-me}" LOG_LEVEL=warn
+unset NATS_URL
+"$bin" migrate >/dev/null
+"$bin" seed >/dev/null
+web_port=$((20000 + $$ % 20000))
+PORT="$web_port" "$bin" serve >"target/statements-engine.log" 2>&1 &
+engine=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$web_port/health" >/dev/null && break; sleep 0.2; done
+requests="${STATEMENTS_REQUESTS_PER_SECOND:-5}"
+seconds="${STATEMENTS_SECONDS:-20}"
+# Workers connect and go online before the reset: their statements are not per request.
+psql "$url" -qc "select pg_stat_statements_reset()" >/dev/null
+xacts_before="$(psql "$url" -Atc "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()")"
+"$bin" simulate --url "http://127.0.0.1:$web_port" --workers 30 --customers 5 --rate "$requests" \
+  --duration "${seconds}s" --accept-rate 1 --cancel-rate 0 --job-seconds 1 --drain-seconds 10 --json \
+  >target/statements-sim.json
+sleep 3 # the relay's last batch
+psql "$url" -At <<SQL
+with engine as (
+  select query, calls from pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database())
+    and query !~* 'pg_stat_statements|insert into (worker_profiles|customers)|from pg_database'
+), created as (select count(*) as n from service_requests),
+   completed as (select count(*) as n from service_requests where status = 'COMPLETED'),
+   xacts as (select xact_commit + xact_rollback - $xacts_before as n from pg_stat_database where datname = current_database())
+select json_build_object(
+  'created', (select n from created),
+  'completed', (select n from completed),
+  'statements_per_created_request', round((select sum(calls) from engine) / nullif((select n from created), 0), 2),
+  'transactions_per_created_request', round((select n from xacts)::numeric / nullif((select n from created), 0), 2),
+  'busiest', (select json_agg(json_build_object('calls', calls, 'query', left(regexp_replace(query, '\s+', ' ', 'g'), 90)) order by calls desc)
+              from (select * from engine order by calls desc limit 12) t))
+SQL
