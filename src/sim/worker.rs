@@ -207,9 +207,11 @@ impl Worker {
             online: false,
             next_id: 0,
         };
-        let mut location =
-            tokio::time::interval(Duration::from_secs_f64(self.fleet.args.location_every));
-        location.tick().await;
+        // Each worker's fixes start at a random phase: a fleet that connected together
+        // would otherwise send all its locations in the same instant every period.
+        let every = Duration::from_secs_f64(self.fleet.args.location_every);
+        let phase = every.mul_f64(self.rng.next_f64());
+        let mut location = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
         // Locations keep the session alive when they come often enough; a ping timer per
         // worker is only needed when they do not.
         let mut ping =
