@@ -140,14 +140,19 @@ mod tests {
         }
     }
 
+    /// A fully eager worker who keeps `reliability` of their jobs.
+    fn worker(reliability: f64) -> Traits {
+        Traits {
+            reliability,
+            eagerness: 1.0,
+            unreliable: reliability < 1.0,
+        }
+    }
+
     #[test]
     fn acceptance_halves_at_the_half_distance_and_keeps_falling() {
         let b = behaviour();
-        let t = Traits {
-            reliability: 1.0,
-            eagerness: 1.0,
-            unreliable: false,
-        };
+        let t = worker(1.0);
         assert!((b.accept_probability(&t, 0.0) - 0.9).abs() < 1e-9);
         assert!((b.accept_probability(&t, 2_000.0) - 0.45).abs() < 1e-9);
         assert!(b.accept_probability(&t, 6_000.0) < b.accept_probability(&t, 4_000.0));
@@ -187,15 +192,7 @@ mod tests {
     #[test]
     fn a_worker_who_lets_a_job_go_cancels_it_now_or_misses_its_slot() {
         let b = behaviour();
-        let flaky = Traits {
-            reliability: 0.0,
-            eagerness: 1.0,
-            unreliable: true,
-        };
-        let solid = Traits {
-            reliability: 1.0,
-            ..flaky
-        };
+        let (flaky, solid) = (worker(0.0), worker(1.0));
         let mut rng = Rng::new(1);
         assert_eq!(b.commitment(&flaky, false, &mut rng), Commitment::Cancel);
         assert_eq!(b.commitment(&flaky, true, &mut rng), Commitment::NoShow);

@@ -98,20 +98,20 @@ pub struct RejectOffer {
 }
 client_frame!(RejectOffer, "reject_offer");
 
-/// `start_job`, `complete_job` and `cancel_assignment` name the job by its request.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StartJob {
-    pub request_id: Uuid,
+/// A job step: the job named by its request, nothing else.
+macro_rules! job_step {
+    ($ty:ident, $kind:literal) => {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $ty {
+            pub request_id: Uuid,
+        }
+        client_frame!($ty, $kind);
+    };
 }
-client_frame!(StartJob, "start_job");
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CompleteJob {
-    pub request_id: Uuid,
-}
-client_frame!(CompleteJob, "complete_job");
+job_step!(StartJob, "start_job");
+job_step!(CompleteJob, "complete_job");
 
 /// The worker gives an accepted job back (issue 15): it counts against them.
 #[derive(Serialize)]
