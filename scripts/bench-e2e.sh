@@ -53,7 +53,10 @@ for rate in $rates; do
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
   echo "== rate $rate/s, $workers workers, $duration (warm-up $warmup)" >&2
   summary="target/bench-e2e-sim-$rate.json"
-  "$bin" simulate --url "http://127.0.0.1:$PORT" --workers "$workers" --customers 200 \
+  # At most one create per second per customer: the engine's per-caller quote quota
+  # (PRICING_RATE_PER_MINUTE 120, burst 30) would otherwise refuse creates as RATE_LIMITED.
+  customers=$(( rate > 200 ? rate : 200 ))
+  "$bin" simulate --url "http://127.0.0.1:$PORT" --workers "$workers" --customers "$customers" \
     --duration "$duration" --warmup "$warmup" --rate "$rate" --accept-rate 0.8 --cancel-rate 0 \
     --job-seconds 5 --location-every 4 --drain-seconds 30 --json --check >"$summary" &
   sim=$!

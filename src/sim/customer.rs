@@ -74,6 +74,20 @@ struct PageVariables {
 #[derive(Deserialize)]
 struct Answer<T> {
     data: Option<T>,
+    #[serde(default)]
+    errors: Vec<GraphqlError>,
+}
+
+#[derive(Deserialize)]
+struct GraphqlError {
+    #[serde(default)]
+    extensions: Option<ErrorExtensions>,
+}
+
+#[derive(Deserialize)]
+struct ErrorExtensions {
+    #[serde(default)]
+    code: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -184,9 +198,19 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uui
         inflight.spawn(async move {
             let id = create(&client, &fleet2, &token, planned.input).await;
             let answered = Instant::now();
-            let Some(id) = id else {
-                fleet2.stats.create_errors.fetch_add(1, Ordering::Relaxed);
-                return None;
+            let id = match id {
+                Ok(id) => id,
+                Err(code) => {
+                    fleet2.stats.create_errors.fetch_add(1, Ordering::Relaxed);
+                    *fleet2
+                        .stats
+                        .error_codes
+                        .lock()
+                        .unwrap()
+                        .entry(code)
+                        .or_default() += 1;
+                    return None;
+                }
             };
             fleet2.stats.created.fetch_add(1, Ordering::Relaxed);
             let seen = Created {
@@ -237,23 +261,40 @@ async fn post<V: Serialize>(
         .await
 }
 
+/// Creates one request; on failure, what went wrong: the GraphQL error code, or the
+/// transport's failure.
 async fn create(
     client: &reqwest::Client,
     fleet: &Fleet,
     token: &str,
     input: CreateInput,
-) -> Option<Uuid> {
+) -> Result<Uuid, String> {
     let body = GraphqlRequest {
         query: CREATE,
         variables: CreateVariables { i: input },
     };
-    let answer: Answer<CreateData> = post(client, fleet, token, &body)
-        .await
-        .ok()?
+    let response = post(client, fleet, token, &body).await.map_err(|e| {
+        if e.is_timeout() {
+            "create TIMEOUT"
+        } else {
+            "create HTTP_FAILED"
+        }
+        .to_string()
+    })?;
+    let status = response.status();
+    let answer: Answer<CreateData> = response
         .json()
         .await
-        .ok()?;
-    Some(answer.data?.create_service_request?.id)
+        .map_err(|_| format!("create HTTP_{}", status.as_u16()))?;
+    if let Some(node) = answer.data.and_then(|d| d.create_service_request) {
+        return Ok(node.id);
+    }
+    let code = answer
+        .errors
+        .into_iter()
+        .find_map(|e| e.extensions?.code)
+        .unwrap_or_else(|| "UNKNOWN".into());
+    Err(format!("create {code}"))
 }
 
 /// Cancels, as their customers, the requests still open at the end of a run (so a next
