@@ -59,7 +59,7 @@ pub enum Command {
     /// Insert system configuration, multipliers, cities and demo people. Idempotent.
     Seed,
     /// Run a simulated fleet of workers (WebSocket) and customers (GraphQL) against an engine.
-    Simulate(crate::sim::SimArgs),
+    Simulate(Box<crate::sim::SimArgs>),
     /// Print the GraphQL schema (SDL); docs/schema.graphql is this output.
     Schema,
     /// Print a JWT signed with JWT_SECRET, for development and tests.
@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Schema => unreachable!("handled before reading the environment"),
         Command::Simulate(args) => {
-            crate::sim::simulate(args, &config.database_url, &config.jwt_secret).await?
+            crate::sim::simulate(*args, &config.database_url, &config.jwt_secret).await?
         }
         Command::Token { .. } => unreachable!("handled before reading the environment"),
     }

@@ -1,85 +1,212 @@
-//! Simulated customers: real GraphQL clients creating requests at a steady total rate.
+//! Simulated customers: real GraphQL clients creating requests open-loop (issue 13).
+//!
+//! Request `n` is due at `start + n / rate`, and is sent then whether or not earlier
+//! creates have been answered: a slow engine makes answers late, never requests fewer
+//! (a closed loop, or a ticker that drops missed ticks, quietly offers less load than asked
+//! and hides the queueing it causes). Latencies count from the due time, so time spent
+//! waiting to be sent is the engine's delay too (coordinated omission, as wrk2 corrects it).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{random_point, report::Bars, Fleet, Rng};
+use super::{behaviour::mix, random_point, report::Bars, Created, Fleet, Rng};
 use crate::auth::Role;
 
 const CREATE: &str =
     "mutation($i: CreateServiceRequestInput!) { createServiceRequest(input: $i) { id status } }";
+const CANCEL: &str =
+    "mutation($id: ID!) { cancelServiceRequest(id: $id, reason: \"simulated\") { status } }";
+const STATUSES: &str = "query($a: String) { myServiceRequests(first: 100, after: $a) { edges { node { id status } } pageInfo { hasNextPage endCursor } } }";
 
-/// Creates requests at `rate` per second, round-robin over the customers, for `duration`.
-/// Returns (request id, owning customer) of every created request.
-pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars) -> Vec<(Uuid, Uuid)> {
+/// The description tag that carries a request's index in the run to the worker's offer
+/// frame, so that a worker's answer to request n is the same draw in every compared mode.
+const TAG: &str = "(simulado #";
+
+/// The request index tagged in an offer's description.
+pub fn index_in(description: &str) -> Option<u64> {
+    let rest = &description[description.find(TAG)? + TAG.len()..];
+    rest[..rest.find(')')?].parse().ok()
+}
+
+#[derive(Serialize)]
+struct GraphqlRequest<'a, V: Serialize> {
+    query: &'a str,
+    variables: V,
+}
+
+#[derive(Serialize)]
+struct CreateVariables {
+    i: CreateInput,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateInput {
+    latitude: f64,
+    longitude: f64,
+    address: &'static str,
+    description: String,
+    square_meters: f64,
+    /// Booked requests only: an engine without slots rejects the unknown fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_start: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_end: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct IdVariables {
+    id: Uuid,
+}
+
+#[derive(Serialize)]
+struct PageVariables {
+    a: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Answer<T> {
+    data: Option<T>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateData {
+    create_service_request: Option<Node>,
+}
+
+#[derive(Deserialize)]
+struct Node {
+    id: Uuid,
+    #[serde(default)]
+    status: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusData {
+    my_service_requests: Page,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Page {
+    edges: Vec<Edge>,
+    page_info: PageInfo,
+}
+
+#[derive(Deserialize)]
+struct Edge {
+    node: Node,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageInfo {
+    has_next_page: bool,
+    end_cursor: Option<String>,
+}
+
+/// What request `n` of a run is: the same in every run with the same seed.
+struct Planned {
+    input: CreateInput,
+    booked: bool,
+    cancel: bool,
+}
+
+fn plan(fleet: &Fleet, n: u64) -> Planned {
+    let args = &fleet.args;
+    let mut rng = Rng::new(mix(args.seed, 0xC057, n));
+    let (lon, lat) = random_point(&fleet.city, &mut rng);
+    let m2 = 20.0 + rng.next_f64() * 480.0;
+    let booked = rng.next_f64() < args.booked_share;
+    let cancel = rng.next_f64() < args.cancel_rate;
+    let (scheduled_start, scheduled_end) = if booked {
+        let start =
+            Utc::now() + chrono::Duration::milliseconds((args.slot_in_seconds * 1e3) as i64);
+        let end = start + chrono::Duration::milliseconds((args.slot_seconds * 1e3) as i64);
+        (Some(start), Some(end))
+    } else {
+        (None, None)
+    };
+    Planned {
+        input: CreateInput {
+            latitude: lat,
+            longitude: lon,
+            address: "Calle simulada 123",
+            description: format!("Corte de pasto {TAG}{n})"),
+            square_meters: (m2 * 10.0).round() / 10.0,
+            scheduled_start,
+            scheduled_end,
+        },
+        booked,
+        cancel,
+    }
+}
+
+/// Creates `rate` requests per second from `start` for `duration`, round-robin over the
+/// customers, each at its due time. Returns (request id, owning customer) of every created
+/// request.
+pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uuid, Uuid)> {
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(1024)
         .build()
         .expect("http client");
-    let tokens: Vec<(Uuid, String)> = fleet
+    let tokens: Vec<(Uuid, Arc<str>)> = fleet
         .customer_ids
         .iter()
-        .map(|c| (*c, fleet.token(Role::Customer, *c)))
+        .map(|c| (*c, fleet.token(Role::Customer, *c).into()))
         .collect();
-    let period = Duration::from_secs_f64(1.0 / fleet.args.rate.max(0.001));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = Instant::now() + fleet.args.duration;
+    let rate = fleet.args.rate.max(0.001);
+    let due_count = (fleet.args.duration.as_secs_f64() * rate).ceil() as u64;
+    let measured_from = start + fleet.args.effective_warmup();
     let mut inflight = tokio::task::JoinSet::new();
     let mut created = Vec::new();
-    let mut n = 0usize;
-    let mut rng = Rng::new(0xC0FFEE);
-    while Instant::now() < end && !fleet.stop_creating.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let (customer, token) = tokens[n % tokens.len()].clone();
-        n += 1;
-        let (lon, lat) = random_point(&fleet.city, &mut rng);
-        let m2 = 20.0 + rng.next_f64() * 480.0;
-        let cancel = rng.next_f64() < fleet.args.cancel_rate;
+    for n in 0..due_count {
+        if fleet.stop_creating.load(Ordering::Relaxed) {
+            break;
+        }
+        let intended = start + Duration::from_secs_f64(n as f64 / rate);
+        // Late (the loop was starved)? Send at once: the due time stays the reference.
+        tokio::time::sleep_until(intended.into()).await;
+        fleet.stats.due.fetch_add(1, Ordering::Relaxed);
+        let (customer, token) = tokens[n as usize % tokens.len()].clone();
+        let planned = plan(&fleet, n);
         let (client, fleet2) = (client.clone(), fleet.clone());
+        let measured = intended >= measured_from;
         inflight.spawn(async move {
-            let input = json!({"i": {"latitude": lat, "longitude": lon, "address": "Calle simulada 123",
-                "description": "Corte de pasto (simulado)", "squareMeters": (m2 * 10.0).round() / 10.0}});
-            let sent = Instant::now();
-            let answer = client
-                .post(format!("{}/graphql", fleet2.args.url))
-                .bearer_auth(&token)
-                .json(&json!({"query": CREATE, "variables": input}))
-                .send()
-                .await;
+            let id = create(&client, &fleet2, &token, planned.input).await;
             let answered = Instant::now();
-            let id = match answer {
-                Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["data"]["createServiceRequest"]["id"].as_str().and_then(|s| s.parse::<Uuid>().ok())),
-                Err(_) => None,
+            let Some(id) = id else {
+                fleet2.stats.create_errors.fetch_add(1, Ordering::Relaxed);
+                return None;
             };
-            match id {
-                Some(id) => {
-                    fleet2.stats.created.fetch_add(1, Ordering::Relaxed);
-                    fleet2.stats.created_at.lock().unwrap().insert(id, (sent, answered));
-                    if cancel {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        let q = "mutation($id: ID!) { cancelServiceRequest(id: $id, reason: \"simulated\") { status } }";
-                        let _ = client
-                            .post(format!("{}/graphql", fleet2.args.url))
-                            .bearer_auth(&token)
-                            .json(&json!({"query": q, "variables": {"id": id}}))
-                            .send()
-                            .await;
-                        fleet2.stats.cancels_sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some((id, customer))
-                }
-                None => {
-                    fleet2.stats.create_errors.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
+            fleet2.stats.created.fetch_add(1, Ordering::Relaxed);
+            let seen = Created {
+                intended,
+                answered,
+                booked: planned.booked,
+                measured,
+            };
+            fleet2.stats.created_at.lock().unwrap().insert(id, seen);
+            fleet2.stats.owners.lock().unwrap().insert(id, customer);
+            if planned.cancel {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let body = GraphqlRequest {
+                    query: CANCEL,
+                    variables: IdVariables { id },
+                };
+                let _ = post(&client, &fleet2, &token, &body).await;
+                fleet2.stats.cancels_sent.fetch_add(1, Ordering::Relaxed);
             }
+            Some((id, customer))
         });
         while let Some(done) = inflight.try_join_next() {
             if let Ok(Some(pair)) = done {
@@ -96,49 +223,121 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars) -> Vec<(Uuid, Uuid)> {
     created
 }
 
+async fn post<V: Serialize>(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    token: &str,
+    body: &GraphqlRequest<'_, V>,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{}/graphql", fleet.args.url))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+}
+
+async fn create(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    token: &str,
+    input: CreateInput,
+) -> Option<Uuid> {
+    let body = GraphqlRequest {
+        query: CREATE,
+        variables: CreateVariables { i: input },
+    };
+    let answer: Answer<CreateData> = post(client, fleet, token, &body)
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(answer.data?.create_service_request?.id)
+}
+
+/// Cancels, as their customers, the requests still open at the end of a run (so a next
+/// run does not dispatch them). Best effort: one that moved on meanwhile refuses.
+pub async fn cancel_open(fleet: &Fleet, finals: &HashMap<Uuid, String>) {
+    let open: Vec<Uuid> = finals
+        .iter()
+        .filter(|(_, s)| {
+            matches!(
+                s.as_str(),
+                "SCHEDULED" | "PENDING" | "OFFERING" | "ASSIGNED"
+            )
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let owners: HashMap<Uuid, Uuid> = fleet.stats.owners.lock().unwrap().clone();
+    let client = reqwest::Client::new();
+    for id in open {
+        let Some(customer) = owners.get(&id) else {
+            continue;
+        };
+        let token = fleet.token(Role::Customer, *customer);
+        let body = GraphqlRequest {
+            query: CANCEL,
+            variables: IdVariables { id },
+        };
+        let _ = post(&client, fleet, &token, &body).await;
+    }
+}
+
 /// Reads every created request's status back over GraphQL, as its customer.
 pub async fn final_statuses(fleet: &Fleet, created: &[(Uuid, Uuid)]) -> HashMap<Uuid, String> {
     let client = reqwest::Client::new();
-    let mut by_customer: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    let mut by_customer: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
     for (request, customer) in created {
-        by_customer.entry(*customer).or_default().push(*request);
+        by_customer.entry(*customer).or_default().insert(*request);
     }
     let mut out = HashMap::new();
-    for (customer, requests) in by_customer {
+    for (customer, wanted) in by_customer {
         let token = fleet.token(Role::Customer, customer);
         // Page through the customer's requests (newest first).
         let mut after: Option<String> = None;
-        let wanted: std::collections::HashSet<Uuid> = requests.into_iter().collect();
         loop {
-            let q = "query($a: String) { myServiceRequests(first: 100, after: $a) { edges { node { id status } } pageInfo { hasNextPage endCursor } } }";
-            let Ok(resp) = client
-                .post(format!("{}/graphql", fleet.args.url))
-                .bearer_auth(&token)
-                .json(&json!({"query": q, "variables": {"a": after}}))
-                .send()
+            let body = GraphqlRequest {
+                query: STATUSES,
+                variables: PageVariables { a: after.take() },
+            };
+            let Ok(resp) = post(&client, fleet, &token, &body).await else {
+                break;
+            };
+            let Some(page) = resp
+                .json::<Answer<StatusData>>()
                 .await
+                .ok()
+                .and_then(|a| a.data)
+                .map(|d| d.my_service_requests)
             else {
                 break;
             };
-            let Ok(v) = resp.json::<Value>().await else {
-                break;
-            };
-            let page = &v["data"]["myServiceRequests"];
-            for edge in page["edges"].as_array().into_iter().flatten() {
-                if let (Some(id), Some(status)) = (
-                    edge["node"]["id"].as_str().and_then(|s| s.parse().ok()),
-                    edge["node"]["status"].as_str(),
-                ) {
-                    if wanted.contains(&id) {
-                        out.insert(id, status.to_string());
-                    }
+            for edge in page.edges {
+                if wanted.contains(&edge.node.id) {
+                    out.insert(edge.node.id, edge.node.status);
                 }
             }
-            if page["pageInfo"]["hasNextPage"] != true {
+            if !page.page_info.has_next_page {
                 break;
             }
-            after = page["pageInfo"]["endCursor"].as_str().map(str::to_string);
+            after = page.page_info.end_cursor;
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_index_travels_in_the_description() {
+        assert_eq!(index_in("Corte de pasto (simulado #42)"), Some(42));
+        assert_eq!(index_in("Corte de pasto"), None);
+        assert_eq!(index_in("(simulado #x)"), None);
+    }
 }

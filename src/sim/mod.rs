@@ -3,16 +3,23 @@
 //! customers (rows in the database at `DATABASE_URL`, tokens signed with `JWT_SECRET`), so
 //! it runs against any freshly seeded engine; `serve --demo-fleet N` runs one in-process.
 //!
-//! Workers random-walk inside the city's service area (a location every 4 s), accept offers
-//! at the given rate (reject otherwise), and start and complete jobs after a simulated
-//! time. Customers create requests at a steady total rate. After the run, every request's
-//! final status is read back over GraphQL, and `--check` cross-checks the database.
+//! Workers random-walk inside the city's service area (a location every 4 s) and answer
+//! offers by a behaviour model (`behaviour.rs`: acceptance falling with distance, think
+//! time, reliability); they start and complete jobs after a simulated time. Customers are
+//! open-loop (issue 13): each create is sent at its intended time, whatever the engine's
+//! answers, and every latency counts from that intended time. After the run, every
+//! request's final status is read back over GraphQL, and `--check` cross-checks the
+//! database. `--compare` (`compare.rs`) runs the same seeded scenario once per dispatch mode.
 
+mod behaviour;
+pub mod compare;
 mod customer;
 pub mod report;
+mod wire;
 mod worker;
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
@@ -20,12 +27,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::collections::HashMap;
-
 use clap::Args;
+use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use report::Summary;
+pub use behaviour::{mix, Answer, Behaviour, Commitment, Traits};
+pub use compare::Mode;
+pub use report::{gini, Summary};
 
 use crate::{
     auth::{Role, TokenKeys},
@@ -47,19 +55,57 @@ pub struct SimArgs {
     pub customers: usize,
     #[arg(long, default_value = "buenos-aires")]
     pub city: String,
-    /// How long customers keep creating requests (e.g. 60s, 5m).
+    /// How long customers keep creating requests (e.g. 60s, 5m), warm-up included.
     #[arg(long, default_value = "60s", value_parser = crate::auth::parse_ttl)]
     pub duration: Duration,
-    /// Requests per second across all customers.
+    /// The first part of the run left out of the latency figures and rates (a cold engine
+    /// and fresh connections are not what is measured). 0s measures everything.
+    #[arg(long, default_value = "5s", value_parser = crate::auth::parse_ttl)]
+    pub warmup: Duration,
+    /// Requests per second across all customers, sent open-loop at their intended times.
     #[arg(long, default_value_t = 2.0)]
     pub rate: f64,
-    /// Share of offers a worker accepts (the rest are rejected).
+    /// Seeds every random draw: positions, requests, workers' traits and answers.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Chance that a worker accepts an offer at 0 m (the rest are rejected).
     #[arg(long, default_value_t = 0.8)]
     pub accept_rate: f64,
+    /// Distance (m) at which the chance of accepting halves; 0: distance does not matter.
+    #[arg(long, default_value_t = 0.0)]
+    pub accept_half_distance_m: f64,
+    /// Share of offers a worker never answers (they time out).
+    #[arg(long, default_value_t = 0.0)]
+    pub ignore_share: f64,
+    /// Mean seconds a worker takes to answer an offer (exponential, cut at 4x); 0 answers
+    /// at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub think_seconds: f64,
+    /// Share of workers who are unreliable: they keep only 30-60 % of the jobs they
+    /// accept, cancelling a job wanted now and not showing up for a booked one.
+    #[arg(long, default_value_t = 0.0)]
+    pub unreliable_share: f64,
+    /// Share of requests booked ahead (`scheduledStart`/`scheduledEnd`) instead of now.
+    #[arg(long, default_value_t = 0.0)]
+    pub booked_share: f64,
+    /// A booked slot starts this many seconds after its create.
+    #[arg(long, default_value_t = 40.0)]
+    pub slot_in_seconds: f64,
+    /// Length of a booked slot in seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub slot_seconds: f64,
+    /// With `--compare`: the engine's offer timeout for the run (`worker_timeout_minutes`);
+    /// 0 leaves the engine's.
+    #[arg(long, default_value_t = 0.0)]
+    pub offer_timeout_seconds: f64,
+    /// With `--compare`: seconds after a slot's start before a worker who has not started
+    /// is a no-show (`no_show_grace_minutes`).
+    #[arg(long, default_value_t = 6.0)]
+    pub no_show_grace_seconds: f64,
     /// Share of requests their customer cancels a second after creating them.
     #[arg(long, default_value_t = 0.05)]
     pub cancel_rate: f64,
-    /// Seconds a simulated job takes, from acceptance to completion.
+    /// Seconds a simulated job takes, from acceptance (or the slot's start) to completion.
     #[arg(long, default_value_t = 5.0)]
     pub job_seconds: f64,
     /// Seconds between location updates of each worker.
@@ -68,6 +114,11 @@ pub struct SimArgs {
     /// Seconds to wait after the run for open requests to settle.
     #[arg(long, default_value_t = 20.0)]
     pub drain_seconds: f64,
+    /// Run the same seeded scenario once per dispatch mode against the engine and print the
+    /// modes side by side, e.g. `sequential,parallel,adaptive,ranked` (needs DATABASE_URL:
+    /// the modes are switched in `system_config`, and restored afterwards).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub compare: Vec<Mode>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -76,31 +127,97 @@ pub struct SimArgs {
     pub check: bool,
 }
 
+impl Default for SimArgs {
+    /// The command line's defaults (one source: clap's), for tests and the demo fleet.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: SimArgs,
+        }
+        <Defaults as clap::Parser>::parse_from(["simulate"]).args
+    }
+}
+
+impl SimArgs {
+    pub fn behaviour(&self) -> Behaviour {
+        Behaviour {
+            accept_near: self.accept_rate,
+            accept_half_distance_m: self.accept_half_distance_m,
+            ignore_share: self.ignore_share,
+            think_seconds: self.think_seconds,
+            unreliable_share: self.unreliable_share,
+        }
+    }
+
+    /// The warm-up actually left out: none when it would leave nothing to measure.
+    pub fn effective_warmup(&self) -> Duration {
+        if self.warmup < self.duration {
+            self.warmup
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// One created request, as its customer saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    /// When the create was due (open loop: latencies count from here, not from the send).
+    pub intended: Instant,
+    pub answered: Instant,
+    /// Booked ahead: dispatch waits for its slot, so its latencies are not dispatch's.
+    pub booked: bool,
+    /// Due after the warm-up.
+    pub measured: bool,
+}
+
 /// Shared counters and timings of one run.
 #[derive(Default)]
 pub struct Stats {
+    /// Creates due so far (sent or not yet answered).
+    pub due: AtomicU64,
     pub created: AtomicU64,
     pub create_errors: AtomicU64,
     pub cancels_sent: AtomicU64,
     pub offers: AtomicU64,
     pub accepts_sent: AtomicU64,
     pub rejects_sent: AtomicU64,
+    /// Offers left to expire by the behaviour model.
+    pub ignored: AtomicU64,
+    /// Offers withdrawn before the worker had answered (another worker took the job).
+    pub withdrawn_before_answer: AtomicU64,
+    /// Assignment confirmations (a request re-dispatched after a cancellation counts again).
     pub assigned: AtomicU64,
     pub completed: AtomicU64,
+    /// `cancel_assignment` sent by workers.
+    pub worker_cancellations: AtomicU64,
+    /// `assignment_revoked` with reason `no_show` received by workers.
+    pub no_shows: AtomicU64,
+    /// Of those, revoked from a worker who meant to show up (it had not missed anything
+    /// yet: the engine's no-show deadline had passed before the job reached it).
+    pub no_shows_while_keeping: AtomicU64,
     pub error_frames: AtomicU64,
     pub reconnects: AtomicU64,
     pub locations: AtomicU64,
-    pub connected: AtomicU64,
-    /// Per request: when the customer sent the create mutation and when it got the answer.
-    pub created_at: Mutex<HashMap<Uuid, (Instant, Instant)>>,
+    /// Workers the engine answered `ok` to `go_online` (online by the engine's word).
+    pub online: AtomicU64,
+    /// Per request: when it was due, answered, whether it is booked and measured.
+    pub created_at: Mutex<HashMap<Uuid, Created>>,
+    /// Request id → the customer who created it.
+    pub owners: Mutex<HashMap<Uuid, Uuid>>,
     /// Offer id → when the worker received it.
     pub offer_seen: Mutex<HashMap<Uuid, Instant>>,
     /// Request id → when its first offer frame reached a worker.
     pub first_offer_at: Mutex<HashMap<Uuid, Instant>>,
-    /// Request id → when the assignment confirmation reached the worker.
+    /// Request id → when the (first) assignment confirmation reached the worker.
     pub assigned_at: Mutex<HashMap<Uuid, Instant>>,
     /// Milliseconds from offer arrival to assignment confirmation (accepted offers).
     pub offer_to_accept_ms: Mutex<Vec<f64>>,
+    /// `job.distanceMeters` of every confirmed assignment.
+    pub assigned_distance_m: Mutex<Vec<f64>>,
+    /// Requests whose worker received `job_reminder`.
+    pub reminded: Mutex<HashSet<Uuid>>,
     /// Error frames received, by code (a late accept after a cancellation is expected).
     pub error_codes: Mutex<HashMap<String, u64>>,
 }
@@ -108,6 +225,7 @@ pub struct Stats {
 /// Everything the fleet needs to run.
 pub struct Fleet {
     pub args: SimArgs,
+    pub behaviour: Behaviour,
     pub city: CityInfo,
     pub keys: TokenKeys,
     pub worker_ids: Vec<Uuid>,
@@ -115,8 +233,9 @@ pub struct Fleet {
     pub stats: Arc<Stats>,
     /// Set when customers stop creating requests.
     pub stop_creating: Arc<AtomicBool>,
-    /// Set when workers should disconnect.
-    pub stop_all: Arc<AtomicBool>,
+    /// Turns true when workers should go offline and disconnect: each session waits on it
+    /// (no per-worker polling timer).
+    pub stop: watch::Sender<bool>,
 }
 
 /// Creates the simulated workers and customers in the database (tagged by name, so a
@@ -137,13 +256,14 @@ pub async fn provision(store: &Store, args: &SimArgs, jwt_secret: &str) -> anyho
     let customer_ids = store.provision_customers(&run[..8], args.customers).await?;
     Ok(Fleet {
         args: args.clone(),
+        behaviour: args.behaviour(),
         city,
         keys: TokenKeys::new(jwt_secret),
         worker_ids,
         customer_ids,
         stats: Arc::new(Stats::default()),
         stop_creating: Arc::new(AtomicBool::new(false)),
-        stop_all: Arc::new(AtomicBool::new(false)),
+        stop: watch::channel(false).0,
     })
 }
 
@@ -156,19 +276,21 @@ impl Fleet {
     /// run drains and every request's final status is read back.
     pub async fn run(self: Arc<Self>, progress: bool) -> anyhow::Result<Summary> {
         let bars = report::Bars::new(progress, &self);
-        let mut tasks = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
         for (i, id) in self.worker_ids.iter().enumerate() {
-            tasks.push(tokio::spawn(worker::run(self.clone(), *id, i as u64)));
+            tasks.spawn(worker::run(self.clone(), *id, i as u64));
         }
-        // Let the fleet come online before customers start.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while (self.stats.connected.load(Ordering::Relaxed) as usize) < self.worker_ids.len()
+        // Customers start once the engine has answered every go_online (or after a minute:
+        // a fleet that cannot all come online is still measured, and `online` says so).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (self.stats.online.load(Ordering::Relaxed) as usize) < self.worker_ids.len()
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let online = self.stats.online.load(Ordering::Relaxed) as usize;
         let started = Instant::now();
-        let created = customer::run_all(self.clone(), &bars).await;
+        let created = customer::run_all(self.clone(), &bars, started).await;
         self.stop_creating.store(true, Ordering::Relaxed);
         let running = started.elapsed();
 
@@ -181,7 +303,7 @@ impl Fleet {
                 .filter(|s| {
                     matches!(
                         s.as_str(),
-                        "PENDING" | "OFFERING" | "ASSIGNED" | "IN_PROGRESS"
+                        "SCHEDULED" | "PENDING" | "OFFERING" | "ASSIGNED" | "IN_PROGRESS"
                     )
                 })
                 .count();
@@ -191,18 +313,36 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
-        self.stop_all.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.abort();
-        }
+        let ended = Instant::now();
+        // Workers go offline properly: a dropped socket would keep them online (and
+        // offerable) for the engine's 30 s reconnect grace, into whatever runs next.
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
         bars.finish();
-        Ok(Summary::build(&self, &finals, running))
+        Ok(Summary::build(&self, &finals, running, ended, online))
     }
 }
 
-/// `arreglame simulate`: provision, run, print, optionally cross-check.
+/// `arreglame simulate`: provision, run, print, optionally cross-check; with `--compare`,
+/// one run per dispatch mode.
 pub async fn simulate(args: SimArgs, database_url: &str, jwt_secret: &str) -> anyhow::Result<()> {
     let store = Store::connect(database_url, 4).await?;
+    if !args.compare.is_empty() {
+        let report = compare::compare(&store, &args, jwt_secret, !args.json).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.table());
+        }
+        if report.modes.iter().any(|m| !m.check.ok) {
+            anyhow::bail!("the database disagrees with a mode's summary");
+        }
+        return Ok(());
+    }
     let fleet = Arc::new(provision(&store, &args, jwt_secret).await?);
     let summary = fleet.clone().run(!args.json).await?;
     let check = if args.check {
@@ -237,13 +377,10 @@ pub async fn demo(url: String, workers: usize, store: Store, jwt_secret: String,
         city,
         duration: Duration::from_secs(365 * 24 * 3600),
         rate: (workers as f64 / 25.0).max(0.2),
-        accept_rate: 0.8,
-        cancel_rate: 0.05,
         job_seconds: 20.0,
-        location_every: 4.0,
         drain_seconds: 0.0,
         json: true,
-        check: false,
+        ..SimArgs::default()
     };
     match provision(&store, &args, &jwt_secret).await {
         Ok(fleet) => {
@@ -257,7 +394,7 @@ pub async fn demo(url: String, workers: usize, store: Store, jwt_secret: String,
 }
 
 /// Small deterministic PRNG per task (no shared RNG lock on the hot path).
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {

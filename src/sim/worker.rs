@@ -1,226 +1,549 @@
-//! One simulated worker: a real WebSocket client of `/ws/worker` (docs/worker-protocol.md).
+//! One simulated worker: a real WebSocket client of `/ws/worker` (docs/worker-protocol.md),
+//! answering offers by the behaviour model.
 
 use std::{
+    collections::{HashMap, HashSet},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
+use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
 use uuid::Uuid;
 
-use super::{random_point, Fleet, Rng};
+use super::{
+    behaviour::{mix, Answer, Commitment, Traits},
+    random_point,
+    wire::{self, ClientFrame},
+    Fleet, Rng, Stats,
+};
 use crate::auth::Role;
+
+/// Engine frames are a few hundred bytes. tungstenite's default 128 KiB read buffer is
+/// zero-filled on every read: with 10k sockets that alone cost the simulator a core.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The skills every simulated worker has (the provisioned profiles carry the same).
+const SKILLS: &[&str] = &["lawn_mowing", "gardening", "cleaning"];
+/// A worker who gives a job back does it this long after accepting.
+const CANCEL_AFTER: Duration = Duration::from_secs(1);
+/// The `id` of the go_online message, so its answer is recognised.
+const ONLINE_ID: &str = "online";
+
+/// One worker across its sessions: who it is, where it is, what it has seen.
+struct Worker {
+    fleet: Arc<Fleet>,
+    id: Uuid,
+    index: u64,
+    traits: Traits,
+    /// Walks and backoff jitter (answers have their own per-request streams).
+    rng: Rng,
+    position: (f64, f64),
+    last_seq: u64,
+}
 
 /// Follows a worker for the whole run, reconnecting with backoff when the engine restarts.
 pub async fn run(fleet: Arc<Fleet>, worker_id: Uuid, index: u64) {
-    let mut rng = Rng::new(index + 1);
-    let mut position = random_point(&fleet.city, &mut rng);
-    let mut last_seq = 0u64;
+    let seed = fleet.args.seed;
+    let position = random_point(&fleet.city, &mut Rng::new(mix(seed, 0x9051, index)));
+    let mut stop = fleet.stop.subscribe();
+    let mut w = Worker {
+        traits: fleet.behaviour.traits(seed, index),
+        rng: Rng::new(mix(seed, 0x3A1C, index)),
+        fleet,
+        id: worker_id,
+        index,
+        position,
+        last_seq: 0,
+    };
     let mut backoff = Duration::from_millis(200);
     let mut first = true;
-    while !fleet.stop_all.load(Ordering::Relaxed) {
+    while !*stop.borrow() {
         if !first {
-            fleet.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            w.fleet.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         first = false;
-        if session(&fleet, worker_id, &mut rng, &mut position, &mut last_seq)
-            .await
-            .is_ok()
-        {
+        if w.session(&mut stop).await.is_ok() {
             backoff = Duration::from_millis(200);
         }
-        if fleet.stop_all.load(Ordering::Relaxed) {
+        if *stop.borrow() {
             break;
         }
         // Jittered exponential backoff, capped at 5 s.
-        let jitter = Duration::from_millis((rng.next_f64() * 200.0) as u64);
-        tokio::time::sleep(backoff + jitter).await;
+        let jitter = Duration::from_millis((w.rng.next_f64() * 200.0) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = stop.changed() => break,
+        }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-fn envelope(kind: &str, id: &str, data: Value) -> Message {
-    Message::text(json!({"v": 1, "type": kind, "id": id, "data": data}).to_string())
-}
-
-/// What a job timer reports back to the session loop.
-enum JobStep {
+/// Something the worker does later: after thinking, at the slot's start, after the job.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Answer { offer: Uuid, accept: bool },
     Start(Uuid),
     Complete(Uuid),
+    Cancel(Uuid),
 }
 
-async fn session(
-    fleet: &Fleet,
-    worker_id: Uuid,
-    rng: &mut Rng,
-    position: &mut (f64, f64),
-    last_seq: &mut u64,
-) -> anyhow::Result<()> {
-    let url = format!("{}/ws/worker", fleet.args.url.replacen("http", "ws", 1));
-    let (ws, _) = tokio_tungstenite::connect_async(url).await?;
-    let (mut tx, mut rx) = ws.split();
-    let token = fleet.token(Role::Worker, worker_id);
-    tx.send(envelope(
-        "auth",
-        "auth",
-        json!({"token": token, "lastSeq": *last_seq}),
-    ))
-    .await?;
-    let mut heartbeat = Duration::from_secs(15);
-    // Wait for auth_ok (or a close).
-    loop {
-        let Some(msg) = rx.next().await else {
-            anyhow::bail!("closed during auth")
-        };
-        if let Message::Text(t) = msg? {
-            let v: Value = serde_json::from_str(&t)?;
-            if v["type"] == "auth_ok" {
-                if let Some(ms) = v["data"]["heartbeatIntervalMs"].as_u64() {
-                    heartbeat = Duration::from_millis(ms.max(1000));
-                }
-                break;
-            }
-        }
-    }
-    tx.send(envelope(
-        "go_online",
-        "online",
-        json!({"lat": position.1, "lon": position.0, "skills": ["lawn_mowing", "gardening", "cleaning"]}),
-    ))
-    .await?;
-    fleet.stats.connected.fetch_add(1, Ordering::Relaxed);
-    let _connected = ConnectedGuard(fleet);
-
-    let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel::<JobStep>();
-    // Jobs this session is driving (a replayed job_update must not start a second timer).
-    let mut scheduled = std::collections::HashSet::new();
-    let mut location = tokio::time::interval(Duration::from_secs_f64(fleet.args.location_every));
-    location.tick().await;
-    let mut ping = tokio::time::interval(heartbeat);
-    ping.tick().await;
-    let mut stop_check = tokio::time::interval(Duration::from_millis(250));
-    let mut next_id = 0u64;
-    let mut id = || {
-        next_id += 1;
-        format!("m{next_id}")
-    };
-    loop {
-        tokio::select! {
-            msg = rx.next() => {
-                let Some(msg) = msg else { return Ok(()) };
-                let text = match msg? {
-                    Message::Text(t) => t,
-                    Message::Close(_) => return Ok(()),
-                    _ => continue,
-                };
-                let v: Value = match serde_json::from_str(&text) { Ok(v) => v, Err(_) => continue };
-                match v["type"].as_str().unwrap_or("") {
-                    "offer" => {
-                        let d = &v["data"];
-                        let (Some(offer), Some(request)) = (uuid(&d["offerId"]), uuid(&d["requestId"])) else { continue };
-                        *last_seq = (*last_seq).max(d["seq"].as_u64().unwrap_or(0));
-                        on_offer(fleet, offer, request);
-                        tx.send(envelope("ack_offer", &id(), json!({"offerId": offer}))).await?;
-                        if rng.next_f64() < fleet.args.accept_rate {
-                            fleet.stats.accepts_sent.fetch_add(1, Ordering::Relaxed);
-                            let key = format!("accept-{offer}");
-                            tx.send(envelope("accept_offer", &id(), json!({"offerId": offer, "requestId": request, "idempotencyKey": key}))).await?;
-                        } else {
-                            fleet.stats.rejects_sent.fetch_add(1, Ordering::Relaxed);
-                            tx.send(envelope("reject_offer", &id(), json!({"offerId": offer, "requestId": request, "reason": "simulated rejection"}))).await?;
-                        }
-                    }
-                    "assignment_confirmed" => {
-                        let d = &v["data"];
-                        let (Some(offer), Some(request)) = (uuid(&d["offerId"]), uuid(&d["requestId"])) else { continue };
-                        on_assigned(fleet, offer, request);
-                        if scheduled.insert(request) {
-                            schedule_job(fleet, &jobs_tx, request, true);
-                        }
-                    }
-                    "job_update" => {
-                        let Some(request) = uuid(&v["data"]["requestId"]) else { continue };
-                        match v["data"]["status"].as_str().unwrap_or("") {
-                            "COMPLETED" => { fleet.stats.completed.fetch_add(1, Ordering::Relaxed); }
-                            // Replayed after a reconnect: pick the job up where it was.
-                            "ASSIGNED" if scheduled.insert(request) => schedule_job(fleet, &jobs_tx, request, true),
-                            "IN_PROGRESS" if scheduled.insert(request) => schedule_job(fleet, &jobs_tx, request, false),
-                            _ => {}
-                        }
-                    }
-                    "error" => {
-                        fleet.stats.error_frames.fetch_add(1, Ordering::Relaxed);
-                        let code = v["data"]["code"].as_str().unwrap_or("UNKNOWN").to_string();
-                        *fleet.stats.error_codes.lock().unwrap().entry(code).or_default() += 1;
-                    }
-                    _ => {}
-                }
-            }
-            Some(step) = jobs_rx.recv() => {
-                match step {
-                    JobStep::Start(r) => tx.send(envelope("start_job", &id(), json!({"requestId": r}))).await?,
-                    JobStep::Complete(r) => tx.send(envelope("complete_job", &id(), json!({"requestId": r}))).await?,
-                }
-            }
-            _ = location.tick() => {
-                // A random walk of up to ~150 m, kept inside the service area.
-                let (lon, lat) = *position;
-                let next = (lon + (rng.next_f64() - 0.5) * 0.003, lat + (rng.next_f64() - 0.5) * 0.003);
-                if fleet.city.serves(next.0, next.1) {
-                    *position = next;
-                }
-                fleet.stats.locations.fetch_add(1, Ordering::Relaxed);
-                let data = json!({"lat": position.1, "lon": position.0, "accuracy": 8.0, "timestamp": chrono::Utc::now()});
-                tx.send(envelope("location", &id(), data)).await?;
-            }
-            _ = ping.tick() => tx.send(envelope("ping", &id(), Value::Null)).await?,
-            _ = stop_check.tick() => {
-                if fleet.stop_all.load(Ordering::Relaxed) {
-                    let _ = tx.send(Message::Close(None)).await;
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-/// Starts (when `from_start`) and completes the job after the simulated job time.
-fn schedule_job(
-    fleet: &Fleet,
-    jobs: &mpsc::UnboundedSender<JobStep>,
+/// An offer on the worker's screen.
+#[derive(Debug, Clone, Copy)]
+struct Shown {
     request: Uuid,
-    from_start: bool,
-) {
-    let jobs = jobs.clone();
-    let half = Duration::from_secs_f64(fleet.args.job_seconds / 2.0);
-    tokio::spawn(async move {
-        tokio::time::sleep(half).await;
-        if from_start {
-            let _ = jobs.send(JobStep::Start(request));
-        }
-        tokio::time::sleep(half).await;
-        let _ = jobs.send(JobStep::Complete(request));
-    });
+    /// The request's index in the run (from its description), when readable.
+    request_index: Option<u64>,
+    distance_m: f64,
+    slot_start: Option<DateTime<Utc>>,
 }
 
-struct ConnectedGuard<'a>(&'a Fleet);
+/// One connection's state.
+struct Session {
+    actions: mpsc::UnboundedSender<Action>,
+    /// Offers received and not yet answered (an ignored one is dropped at once).
+    undecided: HashMap<Uuid, Shown>,
+    /// Offers accepted, until confirmed.
+    accepted: HashMap<Uuid, Shown>,
+    /// Offers ever seen on this connection: a resent offer is shown once.
+    seen: HashSet<Uuid>,
+    /// Jobs this session drives (a replayed job_update must not start a second timer).
+    jobs: HashSet<Uuid>,
+    /// Jobs among them the worker means to do (its behaviour said keep).
+    keeping: HashSet<Uuid>,
+    online: bool,
+    next_id: u64,
+}
 
-impl Drop for ConnectedGuard<'_> {
-    fn drop(&mut self) {
-        self.0.stats.connected.fetch_sub(1, Ordering::Relaxed);
+impl Session {
+    /// The next message id, `<type>-<n>`: an error frame's `replyTo` then says what it
+    /// refused.
+    fn id(&mut self, kind: &str) -> String {
+        self.next_id += 1;
+        format!("{kind}-{}", self.next_id)
+    }
+
+    /// Keeps an offer on screen while the worker thinks, then answers it.
+    fn hold(&mut self, offer: Uuid, shown: Shown, after: Duration, accept: bool) {
+        self.undecided.insert(offer, shown);
+        self.later(after, Action::Answer { offer, accept });
+    }
+
+    fn later(&self, after: Duration, action: Action) {
+        let tx = self.actions.clone();
+        if after.is_zero() {
+            let _ = tx.send(action);
+            return;
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = tx.send(action);
+        });
     }
 }
 
-fn uuid(v: &Value) -> Option<Uuid> {
-    v.as_str()?.parse().ok()
+type Sink = futures::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Message,
+>;
+
+impl Worker {
+    fn stats(&self) -> &Stats {
+        &self.fleet.stats
+    }
+
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        let url = format!(
+            "{}/ws/worker",
+            self.fleet.args.url.replacen("http", "ws", 1)
+        );
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+        let (mut tx, mut rx) = ws.split();
+        let token = self.fleet.token(Role::Worker, self.id);
+        let auth = wire::Auth {
+            token: &token,
+            last_seq: self.last_seq,
+        };
+        tx.send(auth.frame("auth")).await?;
+        let mut heartbeat = Duration::from_secs(15);
+        // Wait for auth_ok (or a close).
+        loop {
+            let Some(msg) = rx.next().await else {
+                anyhow::bail!("closed during auth")
+            };
+            if let Message::Text(t) = msg? {
+                if let Some(env) = wire::Envelope::parse(&t).filter(|e| e.kind == "auth_ok") {
+                    if let Some(ms) = env
+                        .data::<wire::AuthOk>()
+                        .and_then(|a| a.heartbeat_interval_ms)
+                    {
+                        heartbeat = Duration::from_millis(ms.max(1000));
+                    }
+                    break;
+                }
+            }
+        }
+        let (lon, lat) = self.position;
+        tx.send(
+            wire::GoOnline {
+                lat,
+                lon,
+                skills: SKILLS,
+            }
+            .frame(ONLINE_ID),
+        )
+        .await?;
+
+        let (actions, mut actions_rx) = mpsc::unbounded_channel();
+        let mut s = Session {
+            actions,
+            undecided: HashMap::new(),
+            accepted: HashMap::new(),
+            seen: HashSet::new(),
+            jobs: HashSet::new(),
+            keeping: HashSet::new(),
+            online: false,
+            next_id: 0,
+        };
+        // Each worker's fixes start at a random phase: a fleet that connected together
+        // would otherwise send all its locations in the same instant every period.
+        let every = Duration::from_secs_f64(self.fleet.args.location_every);
+        let phase = every.mul_f64(self.rng.next_f64());
+        let mut location = tokio::time::interval_at(tokio::time::Instant::now() + phase, every);
+        // Locations keep the session alive when they come often enough; a ping timer per
+        // worker is only needed when they do not.
+        let mut ping =
+            (location.period() * 2 > heartbeat).then(|| tokio::time::interval(heartbeat));
+        if let Some(p) = ping.as_mut() {
+            p.tick().await;
+        }
+        let outcome = loop {
+            tokio::select! {
+                msg = rx.next() => {
+                    let text = match msg {
+                        None => break Ok(()),
+                        Some(Err(e)) => break Err(e.into()),
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) => break Ok(()),
+                        Some(Ok(_)) => continue,
+                    };
+                    let Some(env) = wire::Envelope::parse(&text) else { continue };
+                    if let Err(e) = self.on_frame(&mut s, &mut tx, env).await {
+                        break Err(e);
+                    }
+                }
+                Some(action) = actions_rx.recv() => {
+                    if let Err(e) = self.act(&mut s, &mut tx, action).await {
+                        break Err(e);
+                    }
+                }
+                _ = location.tick() => {
+                    if let Err(e) = self.walk(&mut s, &mut tx).await {
+                        break Err(e);
+                    }
+                }
+                _ = async {
+                    match ping.as_mut() {
+                        Some(p) => p.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let id = s.id(wire::Ping::KIND);
+                    if let Err(e) = tx.send(wire::Ping {}.frame(&id)).await {
+                        break Err(e.into());
+                    }
+                }
+                _ = stop.changed() => {
+                    let _ = tx.send(wire::GoOffline {}.frame("offline")).await;
+                    let _ = tx.send(Message::Close(None)).await;
+                    break Ok(());
+                }
+            }
+        };
+        if s.online {
+            self.stats().online.fetch_sub(1, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    async fn walk(&mut self, s: &mut Session, tx: &mut Sink) -> anyhow::Result<()> {
+        // A random walk of up to ~150 m, kept inside the service area.
+        let (lon, lat) = self.position;
+        let next = (
+            lon + (self.rng.next_f64() - 0.5) * 0.003,
+            lat + (self.rng.next_f64() - 0.5) * 0.003,
+        );
+        if self.fleet.city.serves(next.0, next.1) {
+            self.position = next;
+        }
+        self.stats().locations.fetch_add(1, Ordering::Relaxed);
+        let fix = wire::Location {
+            lat: self.position.1,
+            lon: self.position.0,
+            accuracy: 8.0,
+            timestamp: Utc::now(),
+        };
+        let id = s.id(wire::Location::KIND);
+        tx.send(fix.frame(&id)).await?;
+        Ok(())
+    }
+
+    async fn on_frame(
+        &mut self,
+        s: &mut Session,
+        tx: &mut Sink,
+        env: wire::Envelope,
+    ) -> anyhow::Result<()> {
+        match env.kind.as_str() {
+            "ok" if env.reply_to.as_deref() == Some(ONLINE_ID) && !s.online => {
+                s.online = true;
+                self.stats().online.fetch_add(1, Ordering::Relaxed);
+            }
+            "ok" if env
+                .reply_to
+                .as_deref()
+                .is_some_and(|r| r.starts_with(wire::CancelAssignment::KIND)) =>
+            {
+                self.stats()
+                    .worker_cancellations
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            "offer" => {
+                if let Some(offer) = env.data::<wire::Offer>() {
+                    self.on_offer(s, tx, offer).await?;
+                }
+            }
+            "offer_withdrawn" => {
+                if let Some(e) = env.data::<wire::OfferEvent>() {
+                    if s.undecided.remove(&e.offer_id).is_some() {
+                        self.stats()
+                            .withdrawn_before_answer
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    s.accepted.remove(&e.offer_id);
+                }
+            }
+            "assignment_confirmed" => {
+                if let Some(e) = env.data::<wire::OfferEvent>() {
+                    self.on_assigned(s, e.offer_id, e.request_id);
+                }
+            }
+            "job_update" => {
+                if let Some(job) = env.data::<wire::JobEvent>() {
+                    self.on_job_update(s, job);
+                }
+            }
+            "assignment_revoked" => {
+                if let Some(job) = env.data::<wire::JobEvent>() {
+                    s.jobs.remove(&job.request_id);
+                    let meant_to_show = s.keeping.remove(&job.request_id);
+                    if job.reason.as_deref() == Some("no_show") {
+                        self.stats().no_shows.fetch_add(1, Ordering::Relaxed);
+                        if meant_to_show {
+                            self.stats()
+                                .no_shows_while_keeping
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            "job_reminder" => {
+                if let Some(job) = env.data::<wire::JobEvent>() {
+                    self.stats().reminded.lock().unwrap().insert(job.request_id);
+                }
+            }
+            "error" => {
+                let stats = self.stats();
+                stats.error_frames.fetch_add(1, Ordering::Relaxed);
+                let code = env
+                    .data::<wire::ErrorBody>()
+                    .map(|e| e.code)
+                    .unwrap_or_else(|| "UNKNOWN".into());
+                // Keyed by what was refused too: "start_job NOT_YOUR_JOB".
+                let code = match env.reply_to.as_deref().and_then(|r| r.rsplit_once('-')) {
+                    Some((kind, _)) => format!("{kind} {code}"),
+                    None => code,
+                };
+                *stats.error_codes.lock().unwrap().entry(code).or_default() += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_offer(
+        &mut self,
+        s: &mut Session,
+        tx: &mut Sink,
+        offer: wire::Offer,
+    ) -> anyhow::Result<()> {
+        self.last_seq = self.last_seq.max(offer.seq);
+        let ack_id = s.id(wire::AckOffer::KIND);
+        tx.send(
+            wire::AckOffer {
+                offer_id: offer.offer_id,
+            }
+            .frame(&ack_id),
+        )
+        .await?;
+        if !s.seen.insert(offer.offer_id) {
+            return Ok(());
+        }
+        note_offer(self.stats(), offer.offer_id, offer.request_id);
+        let shown = Shown {
+            request: offer.request_id,
+            request_index: super::customer::index_in(&offer.job.description),
+            distance_m: offer.job.distance_meters.unwrap_or(0.0),
+            slot_start: offer.job.scheduled_start,
+        };
+        let mut rng = self.rng_for(shown.request_index, 0);
+        match self
+            .fleet
+            .behaviour
+            .answer(&self.traits, shown.distance_m, &mut rng)
+        {
+            Answer::Ignore => {
+                self.stats().ignored.fetch_add(1, Ordering::Relaxed);
+            }
+            Answer::Accept { after } => s.hold(offer.offer_id, shown, after, true),
+            Answer::Reject { after } => s.hold(offer.offer_id, shown, after, false),
+        }
+        Ok(())
+    }
+
+    /// The stream a decision about one request draws from: the same for this worker and
+    /// that request in every mode of a comparison (`purpose` separates the decisions).
+    fn rng_for(&mut self, request_index: Option<u64>, purpose: u64) -> Rng {
+        match request_index {
+            Some(r) => Rng::new(mix(
+                self.fleet.args.seed ^ purpose.wrapping_mul(0xD1B5_4A32_D192_ED03),
+                self.index,
+                r,
+            )),
+            // A request of another run (a demo fleet's neighbours): this worker's own stream.
+            None => Rng::new(mix(self.rng.next_f64().to_bits(), self.index, purpose)),
+        }
+    }
+
+    fn on_assigned(&mut self, s: &mut Session, offer: Uuid, request: Uuid) {
+        let shown = s.accepted.remove(&offer);
+        note_assigned(self.stats(), offer, request, shown.map(|o| o.distance_m));
+        if !s.jobs.insert(request) {
+            return;
+        }
+        let (index, slot_start) = shown
+            .map(|o| (o.request_index, o.slot_start))
+            .unwrap_or((None, None));
+        let mut rng = self.rng_for(index, 1);
+        match self
+            .fleet
+            .behaviour
+            .commitment(&self.traits, slot_start.is_some(), &mut rng)
+        {
+            Commitment::Keep => {
+                s.keeping.insert(request);
+                self.schedule_job(s, request, slot_start, true)
+            }
+            Commitment::Cancel => s.later(CANCEL_AFTER, Action::Cancel(request)),
+            // Accepted, and then nothing: the engine revokes it after the grace period.
+            Commitment::NoShow => {}
+        }
+    }
+
+    fn on_job_update(&mut self, s: &mut Session, job: wire::JobEvent) {
+        match job.status.as_deref() {
+            Some("COMPLETED") => {
+                s.jobs.remove(&job.request_id);
+                self.stats().completed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("CANCELLED") => {
+                s.jobs.remove(&job.request_id);
+            }
+            // Replayed after a reconnect: pick the job up where it was.
+            Some("ASSIGNED") if s.jobs.insert(job.request_id) => {
+                self.schedule_job(s, job.request_id, None, true)
+            }
+            Some("IN_PROGRESS") if s.jobs.insert(job.request_id) => {
+                self.schedule_job(s, job.request_id, None, false)
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts (when `from_start`) and completes the job: a booked job at its slot's start,
+    /// a job wanted now half the job time after acceptance.
+    fn schedule_job(
+        &self,
+        s: &Session,
+        request: Uuid,
+        slot_start: Option<DateTime<Utc>>,
+        from_start: bool,
+    ) {
+        let half = Duration::from_secs_f64(self.fleet.args.job_seconds / 2.0);
+        let start_in = match slot_start {
+            Some(at) => (at - Utc::now()).to_std().unwrap_or_default(),
+            None => half,
+        };
+        if from_start {
+            s.later(start_in, Action::Start(request));
+            s.later(start_in + half, Action::Complete(request));
+        } else {
+            s.later(half, Action::Complete(request));
+        }
+    }
+
+    async fn act(&mut self, s: &mut Session, tx: &mut Sink, action: Action) -> anyhow::Result<()> {
+        let frame = match action {
+            Action::Answer { offer, accept } => {
+                // Withdrawn meanwhile (taken by another worker, expired, cancelled).
+                let Some(shown) = s.undecided.remove(&offer) else {
+                    return Ok(());
+                };
+                let request_id = shown.request;
+                if accept {
+                    self.stats().accepts_sent.fetch_add(1, Ordering::Relaxed);
+                    s.accepted.insert(offer, shown);
+                    wire::AcceptOffer {
+                        offer_id: offer,
+                        request_id,
+                        idempotency_key: format!("accept-{offer}"),
+                    }
+                    .frame(&s.id(wire::AcceptOffer::KIND))
+                } else {
+                    self.stats().rejects_sent.fetch_add(1, Ordering::Relaxed);
+                    wire::RejectOffer {
+                        offer_id: offer,
+                        request_id,
+                        reason: "simulated rejection",
+                    }
+                    .frame(&s.id(wire::RejectOffer::KIND))
+                }
+            }
+            Action::Start(request) if s.jobs.contains(&request) => wire::StartJob {
+                request_id: request,
+            }
+            .frame(&s.id(wire::StartJob::KIND)),
+            Action::Complete(request) if s.jobs.contains(&request) => wire::CompleteJob {
+                request_id: request,
+            }
+            .frame(&s.id(wire::CompleteJob::KIND)),
+            Action::Cancel(request) if s.jobs.remove(&request) => wire::CancelAssignment {
+                request_id: request,
+                reason: "simulated: something came up",
+            }
+            .frame(&s.id(wire::CancelAssignment::KIND)),
+            // A job that ended meanwhile (cancelled by its customer, revoked).
+            Action::Start(_) | Action::Complete(_) | Action::Cancel(_) => return Ok(()),
+        };
+        tx.send(frame).await?;
+        Ok(())
+    }
 }
 
-fn on_offer(fleet: &Fleet, offer: Uuid, request: Uuid) {
+fn note_offer(s: &Stats, offer: Uuid, request: Uuid) {
     let now = Instant::now();
-    let s = &fleet.stats;
     s.offers.fetch_add(1, Ordering::Relaxed);
     s.offer_seen.lock().unwrap().insert(offer, now);
     s.first_offer_at
@@ -230,15 +553,17 @@ fn on_offer(fleet: &Fleet, offer: Uuid, request: Uuid) {
         .or_insert(now);
 }
 
-fn on_assigned(fleet: &Fleet, offer: Uuid, request: Uuid) {
+fn note_assigned(s: &Stats, offer: Uuid, request: Uuid, distance_m: Option<f64>) {
     let now = Instant::now();
-    let s = &fleet.stats;
     s.assigned.fetch_add(1, Ordering::Relaxed);
     if let Some(seen) = s.offer_seen.lock().unwrap().remove(&offer) {
         s.offer_to_accept_ms
             .lock()
             .unwrap()
             .push(now.duration_since(seen).as_secs_f64() * 1000.0);
+    }
+    if let Some(d) = distance_m {
+        s.assigned_distance_m.lock().unwrap().push(d);
     }
     s.assigned_at.lock().unwrap().entry(request).or_insert(now);
 }
