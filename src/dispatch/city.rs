@@ -823,23 +823,20 @@ mod tests {
             target: 0.9,
             max: 6,
         };
+        let answers = |accepted: bool, times: usize| {
+            for _ in 0..times {
+                city.cast(CityMsg::OfferAnswered {
+                    worker_id: Uuid::nil(),
+                    accepted,
+                })
+                .unwrap();
+            }
+        };
         // Workers of this city and hour accept almost always: one offer is enough.
-        for _ in 0..200 {
-            city.cast(CityMsg::OfferAnswered {
-                worker_id: Uuid::nil(),
-                accepted: true,
-            })
-            .unwrap();
-        }
+        answers(true, 200);
         assert_eq!(reserve_width(&city, adaptive).await.picks.len(), 1);
         // Now they mostly say no: the batch widens (to the two workers still free).
-        for _ in 0..400 {
-            city.cast(CityMsg::OfferAnswered {
-                worker_id: Uuid::nil(),
-                accepted: false,
-            })
-            .unwrap();
-        }
+        answers(false, 400);
         assert_eq!(reserve_width(&city, adaptive).await.picks.len(), 2);
     }
 
