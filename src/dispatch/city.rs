@@ -743,16 +743,7 @@ mod tests {
     async fn a_reserved_worker_is_not_offered_twice_until_released() {
         let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
         let w = Uuid::new_v4();
-        call!(city, |reply| CityMsg::Online {
-            worker_id: w,
-            lon: -58.40,
-            lat: -34.60,
-            skills: vec![],
-            busy_with: None,
-            reply
-        })
-        .unwrap()
-        .unwrap();
+        online(&city, w, -58.40).await;
         let (r1, r2) = (Uuid::new_v4(), Uuid::new_v4());
         let first = reserve_nearest(&city, r1).await;
         assert_eq!(first.unwrap().candidate.worker_id, w);

@@ -599,7 +599,7 @@ impl RequestActor {
                 if state.reminded {
                     no_show
                 } else {
-                    booking::dispatch_at(start, settings.job_reminder_before).min(no_show)
+                    booking::before(start, settings.job_reminder_before).min(no_show)
                 }
             }
             _ => return,
@@ -630,7 +630,7 @@ impl RequestActor {
             }
             Status::Assigned => {
                 let worker_id = state.row.assigned_worker_id;
-                let reminder_due = booking::dispatch_at(start, settings.job_reminder_before);
+                let reminder_due = booking::before(start, settings.job_reminder_before);
                 if let (false, Some(worker_id)) = (state.reminded, worker_id) {
                     if now >= reminder_due {
                         state.reminded = true;

@@ -61,9 +61,27 @@ pub fn check_slot(
     Ok(Some((start, end)))
 }
 
+/// `span` before `at` (a booking's dispatch time, its reminder time).
+pub fn before(at: DateTime<Utc>, span: std::time::Duration) -> DateTime<Utc> {
+    at - Duration::from_std(span).unwrap_or(Duration::zero())
+}
+
 /// When a booking starts being offered to workers.
 pub fn dispatch_at(slot_start: DateTime<Utc>, lead: std::time::Duration) -> DateTime<Utc> {
-    slot_start - Duration::from_std(lead).unwrap_or(Duration::zero())
+    before(slot_start, lead)
+}
+
+/// The status a new request is created in: SCHEDULED for a booking whose dispatch time is
+/// still ahead; PENDING (dispatched at once) for a job wanted now or booked within the lead.
+pub fn initial_status(
+    slot: Option<Slot>,
+    lead: std::time::Duration,
+    now: DateTime<Utc>,
+) -> super::Status {
+    match slot {
+        Some((start, _)) if dispatch_at(start, lead) > now => super::Status::Scheduled,
+        _ => super::Status::Pending,
+    }
 }
 
 /// The time a job blocks a worker's day, widened by the travel buffer on both sides.

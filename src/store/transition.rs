@@ -259,7 +259,7 @@ impl Store {
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
         let next = next_state(current, to, &change);
-        let payload = payload_of(current, &next, &change);
+        let payload = payload_of(current, to, &next, &change);
         let (cancelled_by, cancel_reason, cancel_fee) = match &change {
             Change::Cancelled { by, reason, fee } => {
                 (Some(by.as_str()), reason.clone(), Some(fee.0))
@@ -440,12 +440,14 @@ fn next_state(current: &ServiceRequest, to: crate::domain::Status, change: &Chan
 
 /// The event's payload as far as it is known before the statement: the state after the
 /// change and what the change records (the statement adds what only the database knows).
-fn payload_of(current: &ServiceRequest, next: &NextState, change: &Change) -> serde_json::Value {
+fn payload_of(
+    current: &ServiceRequest,
+    to: crate::domain::Status,
+    next: &NextState,
+    change: &Change,
+) -> serde_json::Value {
     let mut after = current.clone();
-    after.status = current
-        .status
-        .apply(change.command())
-        .unwrap_or(current.status);
+    after.status = to;
     after.version = current.version + 1;
     after.assignment_attempts = next.assignment_attempts;
     after.worker_timeout_at = next.worker_timeout_at;

@@ -271,15 +271,13 @@ impl DispatchHarness {
         slot: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
     ) -> ServiceRequest {
         let lead = self.dispatcher.settings().dispatch_lead;
-        let dispatch_at = arreglame::domain::booking::dispatch_at(slot.0, lead);
-        let status = if dispatch_at > chrono::Utc::now() {
-            arreglame::domain::Status::Scheduled
-        } else {
-            arreglame::domain::Status::Pending
-        };
         let new = NewServiceRequest {
             slot: Some(slot),
-            status,
+            status: arreglame::domain::booking::initial_status(
+                Some(slot),
+                lead,
+                chrono::Utc::now(),
+            ),
             ..new_request(CUSTOMER, lon, lat)
         };
         let (row, _) = self.store.create_request(&new).await.unwrap();

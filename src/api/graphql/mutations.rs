@@ -136,14 +136,7 @@ async fn create(
     };
     let slot = booking::check_slot(input.scheduled_start, input.scheduled_end, now, rules)
         .map_err(|e| ApiError::BadUserInput(e.to_string()))?;
-    // A booking waits as SCHEDULED until its dispatch time; one booked closer than the
-    // lead is dispatched at once.
-    let status = match slot {
-        Some((start, _)) if booking::dispatch_at(start, settings.dispatch_lead) > now => {
-            Status::Scheduled
-        }
-        _ => Status::Pending,
-    };
+    let status = booking::initial_status(slot, settings.dispatch_lead, now);
     let quote = price(ctx, &job).await?;
     let new = NewServiceRequest {
         customer_id: customer,
