@@ -268,6 +268,10 @@ pub struct ReserveBest {
     pub width: OfferWidth,
     /// Never more than this many (the request's remaining offer budget).
     pub at_most: usize,
+    /// Offers of this request already out: the city reserves only what tops them up to
+    /// the width (none when they already fill it), so a parallel batch keeps its width
+    /// after a reject instead of waiting for its slowest worker.
+    pub out: usize,
     /// `Some` ranks the candidates of the first radius step by score; `None` is nearest first.
     pub ranking: Option<RankingWeights>,
     /// Served before requests without it (a request re-dispatched after a no-show or a
@@ -315,7 +319,12 @@ impl CityState {
                 adaptive_width(self.acceptance_now().probability(), target, max)
             }
         }
-        .clamp(1, r.at_most.max(1));
+        .max(1)
+        .saturating_sub(r.out)
+        .min(r.at_most);
+        if width == 0 {
+            return Reserved::default();
+        }
         let search = Search {
             k: r.search.k.max(width),
             ..r.search.clone()
@@ -648,6 +657,7 @@ mod tests {
             request_id,
             width: OfferWidth::Fixed(1),
             at_most: 1,
+            out: 0,
             ranking: None,
             priority: false,
             reply,
@@ -665,6 +675,7 @@ mod tests {
             request_id: Uuid::new_v4(),
             width,
             at_most: 10,
+            out: 0,
             ranking: None,
             priority: false,
             reply,
@@ -784,6 +795,7 @@ mod tests {
                 request_id,
                 width: OfferWidth::Fixed(1),
                 at_most: 1,
+                out: 0,
                 ranking: None,
                 priority,
                 reply: tx.into(),
@@ -831,6 +843,49 @@ mod tests {
         assert_eq!(reserve_width(&city, adaptive).await.picks.len(), 2);
     }
 
+    /// A batch with offers still out is only topped up to its width: a batch of three
+    /// with two out gets one more worker, a full one gets none (and nobody is reserved).
+    #[tokio::test]
+    async fn a_batch_with_offers_out_is_topped_up_to_its_width_and_no_further() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let workers: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        for (i, w) in workers.iter().enumerate() {
+            online(&city, *w, -58.40 + 0.001 * i as f64).await;
+        }
+        let request_id = Uuid::new_v4();
+        async fn top_up(city: &ActorRef<CityMsg>, request_id: Uuid, out: usize) -> Reserved {
+            call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
+                search: search(-58.40, -34.60, 10),
+                request_id,
+                width: OfferWidth::Fixed(3),
+                at_most: 10,
+                out,
+                ranking: None,
+                priority: false,
+                reply,
+            }))
+            .unwrap()
+        }
+        let topped: Vec<Uuid> = top_up(&city, request_id, 2)
+            .await
+            .picks
+            .iter()
+            .map(|p| p.candidate.worker_id)
+            .collect();
+        assert_eq!(topped, workers[..1], "one more, the nearest");
+        assert!(
+            top_up(&city, request_id, 3).await.picks.is_empty(),
+            "already full"
+        );
+        let rest: Vec<Uuid> = reserve_width(&city, OfferWidth::Fixed(3))
+            .await
+            .picks
+            .iter()
+            .map(|p| p.candidate.worker_id)
+            .collect();
+        assert_eq!(rest, workers[1..], "the full top-up reserved nobody");
+    }
+
     /// Scored ranking: a hand-built set of candidates comes back in score order, with each
     /// candidate's parts.
     #[tokio::test]
@@ -865,6 +920,7 @@ mod tests {
             request_id: Uuid::new_v4(),
             width: OfferWidth::Fixed(1),
             at_most: 1,
+            out: 0,
             ranking: Some(weights),
             priority: false,
             reply,

@@ -2,8 +2,8 @@
 //! lives. A booked request (SCHEDULED) waits on its slot timer until its dispatch time. To
 //! dispatch, it asks its city for the best suitable workers (one, or a parallel batch),
 //! persists each offer, pushes it through the gateway and arms one offer timer for the
-//! batch; on reject or timeout it moves on; the first accept wins and the rest of the batch
-//! is withdrawn. It follows the job to completion (a booked job through its reminder and
+//! batch; on reject or timeout it moves on (a parallel batch is topped up to its width at
+//! once); the first accept wins and the other offers out are withdrawn. It follows the job to completion (a booked job through its reminder and
 //! no-show deadline) and stops at a terminal status.
 //!
 //! State is always rebuilt from the database (`pre_start`), never carried over from a
@@ -150,7 +150,9 @@ pub struct RequestState {
     pending: Vec<PendingOffer>,
     /// Batches sent by this incarnation (numbers the next one).
     batches: u32,
-    timer: Option<Timer>,
+    /// One offer timer per batch out (a parallel batch topped up after a reject has
+    /// offers of several batches out, each with its own deadline).
+    timers: Vec<(u32, Timer)>,
     /// Wakes the actor at a booking's dispatch time, reminder time or no-show deadline.
     slot_timer: Option<Timer>,
     /// The assigned worker got the `job_reminder` (this incarnation).
@@ -180,9 +182,19 @@ impl RequestState {
     }
 
     fn disarm(&mut self) {
-        if let Some(t) = self.timer.take() {
+        for (_, t) in self.timers.drain(..) {
             t.abort();
         }
+    }
+
+    /// Drops one batch's timer (it fired, or its offers are settled).
+    fn disarm_batch(&mut self, batch: u32) {
+        self.timers.retain(|(b, t)| {
+            if *b == batch {
+                t.abort();
+            }
+            *b != batch
+        });
     }
 
     fn disarm_slot(&mut self) {
@@ -253,7 +265,7 @@ impl Actor for RequestActor {
             tried,
             pending: Vec::new(),
             batches: 0,
-            timer: None,
+            timers: Vec::new(),
             slot_timer: None,
             reminded: false,
             priority: false,
@@ -580,8 +592,9 @@ impl RequestActor {
         batch: u32,
         after: std::time::Duration,
     ) {
-        state.disarm();
-        state.timer = Some(myself.send_after(after, move || RequestMsg::BatchTimeout { batch }));
+        state.disarm_batch(batch);
+        let timer = myself.send_after(after, move || RequestMsg::BatchTimeout { batch });
+        state.timers.push((batch, timer));
     }
 
     /// Arms the slot timer for the next moment that matters to a booking: its dispatch
@@ -781,7 +794,15 @@ impl RequestActor {
         myself: &ActorRef<RequestMsg>,
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.row.status != Status::Pending {
+        // With offers out (OFFERING) this tops the batch up to its width; sequential mode's
+        // width is the one offer already out, so nothing more is sent.
+        let topping_up = !state.pending.is_empty();
+        let open = match state.row.status {
+            Status::Pending => true,
+            Status::Offering => topping_up,
+            _ => false,
+        };
+        if !open {
             return Ok(());
         }
         let settings = self.ctx.settings.borrow().clone();
@@ -789,13 +810,21 @@ impl RequestActor {
         // `max_assignment_attempts` counts rounds: a parallel round may ask `widest` workers.
         let budget = settings.max_assignment_attempts as i32 * widest as i32;
         loop {
+            // While offers are out nothing gives up: their answers decide.
+            let topping_up = !state.pending.is_empty();
             if state.row.assignment_attempts >= budget {
+                if topping_up {
+                    return Ok(());
+                }
                 return match self.give_up(state, "max attempts reached").await {
                     Err(e) if e.is_conflict() => self.reload(myself, state).await,
                     other => Ok(other?),
                 };
             }
             let (Some(city), Some((lon, lat))) = (state.city.clone(), state.row.position()) else {
+                if topping_up {
+                    return Ok(());
+                }
                 return Ok(self
                     .give_up(state, "request has no served city or position")
                     .await?);
@@ -828,6 +857,7 @@ impl RequestActor {
                         request_id,
                         width,
                         at_most: (budget - state.row.assignment_attempts) as usize,
+                        out: state.pending.len(),
                         ranking,
                         priority: state.priority,
                         reply,
@@ -837,6 +867,9 @@ impl RequestActor {
                 .ok_or("city actor unavailable")?;
             metrics::histogram!("arreglame_worker_finder_duration_seconds")
                 .record(searching.elapsed().as_secs_f64());
+            if reserved.picks.is_empty() && topping_up {
+                return Ok(());
+            }
             if reserved.picks.is_empty() {
                 let km =
                     settings.search_radius_steps_m.last().copied().unwrap_or(0) as f64 / 1000.0;
@@ -992,6 +1025,7 @@ impl RequestActor {
         state: &mut RequestState,
         batch: u32,
     ) -> Result<(), CommandError> {
+        state.disarm_batch(batch);
         let expired: Vec<PendingOffer> = state
             .pending
             .iter()
@@ -1066,8 +1100,12 @@ impl RequestActor {
         }
         if state.pending.is_empty() {
             state.disarm();
-            let _ = myself.send_message(RequestMsg::Dispatch);
+        } else if state.pending.iter().all(|p| p.batch != offer.batch) {
+            state.disarm_batch(offer.batch);
         }
+        // Nothing out: the next batch. Offers still out: a parallel batch is topped up to
+        // its width (a no-op in sequential mode).
+        let _ = myself.send_message(RequestMsg::Dispatch);
         Ok(())
     }
 

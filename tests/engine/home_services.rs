@@ -371,7 +371,7 @@ async fn parallel_offers_two_accept_at_once_exactly_one_wins_and_the_others_are_
 }
 
 #[tokio::test]
-async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout_disconnect_and_cancel(
+async fn a_parallel_batch_is_topped_up_after_a_reject_and_cascades_through_timeout_disconnect_and_cancel(
 ) {
     let settings = Settings {
         offer_mode: OfferMode::Parallel,
@@ -380,7 +380,7 @@ async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout
     };
     let mut h = DispatchHarness::start(settings).await;
     let mut workers = Vec::new();
-    for i in 0..4 {
+    for i in 0..5 {
         workers.push(
             h.worker_online(LON + 0.001 * (i + 1) as f64, LAT, &["lawn_mowing"])
                 .await,
@@ -388,21 +388,17 @@ async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout
     }
     let request = h.create_request(LON, LAT).await;
     let first = [offer(h.next_notice().await), offer(h.next_notice().await)];
-    // One of the batch says no: the other is still out, nothing new is sent.
-    h.dispatcher
-        .reject_offer(workers[0], request.id, first[0].offer_id, None)
-        .await
-        .unwrap();
-    let snapshot = h.dispatcher.snapshot(request.id).await.unwrap();
     assert_eq!(
-        (snapshot.status, snapshot.offers_out),
-        (Status::Offering, 1)
+        [first[0].worker_id, first[1].worker_id],
+        [workers[0], workers[1]]
     );
-    // The batch's timer: the last offer expires, the next two workers are asked together.
+    // The batch's timer: both expire together, the next two workers are asked together.
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(61)).await;
-    assert!(matches!(h.next_notice().await,
-        WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == workers[1] && reason == "expired"));
+    for expected in &workers[..2] {
+        assert!(matches!(h.next_notice().await,
+            WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == *expected && reason == "expired"));
+    }
     let second = [offer(h.next_notice().await), offer(h.next_notice().await)];
     tokio::time::resume();
     assert_eq!(
@@ -410,18 +406,32 @@ async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout
         [workers[2], workers[3]]
     );
     assert_eq!((second[0].attempt, second[1].attempt), (3, 4));
-    // One disconnects: settled as a timeout; the other's offer stays.
+    // One of the batch says no: the batch is topped up with the next nearest at once,
+    // beside the offer still out.
     h.dispatcher
-        .worker_offline("buenos-aires", workers[2])
+        .reject_offer(workers[2], request.id, second[0].offer_id, None)
+        .await
+        .unwrap();
+    let topped = offer(h.next_notice().await);
+    assert_eq!((topped.worker_id, topped.attempt), (workers[4], 5));
+    let snapshot = h.dispatcher.snapshot(request.id).await.unwrap();
+    assert_eq!(
+        (snapshot.status, snapshot.offers_out),
+        (Status::Offering, 2)
+    );
+    // One disconnects: settled as a timeout. Nobody is left to top up with, so the offer
+    // still out decides, and nothing gives up meanwhile.
+    h.dispatcher
+        .worker_offline("buenos-aires", workers[3])
         .await;
     assert!(matches!(h.next_notice().await,
-        WorkerNotice::OfferWithdrawn { worker_id, .. } if worker_id == workers[2]));
+        WorkerNotice::OfferWithdrawn { worker_id, .. } if worker_id == workers[3]));
     wait_until(PATIENCE, || async {
         h.dispatcher
             .snapshot(request.id)
             .await
-            .map(|s| s.offers_out)
-            == Some(1)
+            .map(|s| (s.status, s.offers_out))
+            == Some((Status::Offering, 1))
     })
     .await;
     // The customer cancels: the last one is withdrawn.
@@ -430,7 +440,7 @@ async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout
         .await
         .unwrap();
     assert!(matches!(h.next_notice().await,
-        WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == workers[3] && reason == "cancelled"));
+        WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == workers[4] && reason == "cancelled"));
     let outcomes: Vec<Option<String>> = h
         .store
         .offers_for_request(request.id)
@@ -442,8 +452,9 @@ async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout
     assert_eq!(
         outcomes,
         [
-            Some("REJECTED"),
             Some("EXPIRED"),
+            Some("EXPIRED"),
+            Some("REJECTED"),
             Some("EXPIRED"),
             Some("WITHDRAWN")
         ]
