@@ -583,11 +583,18 @@ impl Actor for CityActor {
             CityMsg::MarkBusy {
                 worker_id,
                 request_id,
-            } => {
-                state
-                    .index
-                    .set_availability(worker_id, Availability::Busy { request_id });
-            }
+            } => match state.index.get(&worker_id).map(|w| w.availability) {
+                // A worker who starts a booked job while holding another request's offer
+                // keeps the hold: that offer is still pending in the database, and marking
+                // them busy would free them for a third request when the booked job ends.
+                // The booked slot keeps overlapping jobs away meanwhile.
+                Some(Availability::HoldingOffer { request_id: held }) if held != request_id => {}
+                _ => {
+                    state
+                        .index
+                        .set_availability(worker_id, Availability::Busy { request_id });
+                }
+            },
             CityMsg::Release {
                 worker_id,
                 request_id,
@@ -779,6 +786,39 @@ mod tests {
         })
         .unwrap();
         assert_eq!(held, Some(Availability::HoldingOffer { request_id: r2 }));
+    }
+
+    /// A worker holding request A's offer starts booked job B: when B is done they still
+    /// hold A's offer (it is pending in the database), so nobody else gets them until A's
+    /// offer settles.
+    #[tokio::test]
+    async fn a_booked_job_started_and_finished_during_an_offer_leaves_the_worker_holding_it() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let w = Uuid::new_v4();
+        online(&city, w, -58.40).await;
+        let (offered, booked, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(reserve_nearest(&city, offered).await.is_some());
+        city.cast(CityMsg::MarkBusy {
+            worker_id: w,
+            request_id: booked,
+        })
+        .unwrap();
+        city.cast(CityMsg::JobDone {
+            worker_id: w,
+            request_id: booked,
+            earned_cents: 1_000,
+        })
+        .unwrap();
+        assert!(
+            reserve_nearest(&city, third).await.is_none(),
+            "still holding the first offer"
+        );
+        city.cast(CityMsg::Release {
+            worker_id: w,
+            request_id: offered,
+        })
+        .unwrap();
+        assert!(reserve_nearest(&city, third).await.is_some());
     }
 
     /// Both reservations are in the mailbox before the city handles either: the priority
