@@ -5,7 +5,7 @@
 //! Business tunables (timeouts, commission, radii) do not live here: they are rows in
 //! `system_config`, reloaded at run time (see `store::system_config`).
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 /// Where the engine runs. Production turns off GraphiQL and introspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct Config {
     /// anonymous.
     pub pricing_rate_per_minute: u32,
     pub pricing_rate_burst: u32,
+    /// `ARREGLAME_CLUSTER=nats`: this node shares the cities with others over NATS
+    /// (docs/scale-out.md). `None`: one node alone, owning every city.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -219,7 +222,45 @@ impl Config {
             })?),
         };
 
+        let cluster = match get("ARREGLAME_CLUSTER").map(|v| v.to_ascii_lowercase()) {
+            None => None,
+            Some(v) if v == "off" || v == "single" || v == "none" => None,
+            Some(v) if v == "nats" => {
+                let nats_url = get("NATS_URL").ok_or(ConfigError::Missing {
+                    name: "NATS_URL",
+                    hint: " (ARREGLAME_CLUSTER=nats needs the NATS servers, comma separated)",
+                })?;
+                let lease = positive("CITY_LEASE_SECONDS", 4)?;
+                let node_id = get("NODE_ID").unwrap_or_else(ClusterConfig::default_node_id);
+                // It is a NATS KV key: letters, digits, '-', '_' and '.'.
+                if node_id.len() > 100
+                    || !node_id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(ConfigError::Invalid {
+                        name: "NODE_ID",
+                        value: node_id,
+                        reason: "expected up to 100 letters, digits, '-', '_' or '.'".into(),
+                    });
+                }
+                Some(ClusterConfig {
+                    node_id,
+                    nats_url,
+                    lease: std::time::Duration::from_secs(lease.into()),
+                })
+            }
+            Some(v) => {
+                return Err(ConfigError::Invalid {
+                    name: "ARREGLAME_CLUSTER",
+                    value: v,
+                    reason: "expected nats (several nodes) or off (one node, the default)".into(),
+                })
+            }
+        };
+
         Ok(Config {
+            cluster,
             metrics_token: get("METRICS_TOKEN"),
             metrics_addr,
             database_url,
@@ -244,6 +285,34 @@ impl Config {
 
     pub fn is_production(&self) -> bool {
         self.app_env == AppEnv::Production
+    }
+}
+
+/// `ARREGLAME_CLUSTER=nats` and what goes with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// `NODE_ID`, by default the host name and the process id.
+    pub node_id: String,
+    /// `NATS_URL`: one server or a comma-separated list of a cluster's servers.
+    pub nats_url: String,
+    /// `CITY_LEASE_SECONDS` (4): how long a city stays owned after its owner's last
+    /// renewal. A dead owner's cities are taken over about this long after it died.
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(4);
+
+    /// The node id when `NODE_ID` is not set: host name and pid, unique on one machine
+    /// and readable on the ops page.
+    pub fn default_node_id() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "node".into());
+        format!("{host}-{}", std::process::id())
     }
 }
 

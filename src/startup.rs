@@ -89,8 +89,14 @@ impl Application {
         let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
 
         let sessions = Arc::new(Sessions::new());
+        let owned = Arc::new(crate::dispatch::ownership::OwnedCities::default());
+        let ownership = match config.cluster {
+            Some(_) => crate::dispatch::ownership::Ownership::Cluster(owned.clone()),
+            None => crate::dispatch::ownership::Ownership::Single,
+        };
         let dispatcher =
-            Dispatcher::start(store.clone(), settings.clone(), sessions.clone()).await?;
+            Dispatcher::start_owning(store.clone(), settings.clone(), sessions.clone(), ownership)
+                .await?;
         let city_ids: Vec<String> = dispatcher.cities().iter().map(|c| c.id.clone()).collect();
         crate::ops::metrics::register_cities(&city_ids);
         let mut background = jobs::cron::spawn_sweeps(
@@ -99,6 +105,37 @@ impl Application {
             settings.clone(),
             shutdown_rx.clone(),
         );
+        let cluster = match &config.cluster {
+            None => None,
+            Some(cluster) => {
+                let client = crate::cluster::connect(&cluster.nats_url, &cluster.node_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("NATS_URL: {e}"))?;
+                let js = async_nats::jetstream::new(client);
+                let servers = cluster.nats_url.split(',').filter(|s| !s.trim().is_empty());
+                let keeper = crate::cluster::lease::LeaseKeeper::open(
+                    &js,
+                    &crate::cluster::lease::LeaseBuckets::default(),
+                    cluster.node_id.clone(),
+                    cluster.lease,
+                    servers.count().min(3),
+                    store.clone(),
+                    city_ids.clone(),
+                    owned.clone(),
+                    Arc::new(crate::cluster::DispatchOwnership(dispatcher.clone())),
+                )
+                .await?;
+                let view = crate::cluster::ClusterView {
+                    node_id: cluster.node_id.clone(),
+                    lease: keeper.lease(),
+                    owned: owned.clone(),
+                    nodes: keeper.nodes_bucket(),
+                };
+                tracing::info!(target: "Cluster", node = %cluster.node_id, lease = ?keeper.lease(), "cluster node: cities by lease");
+                background.push(tokio::spawn(keeper.run(shutdown_rx.clone())));
+                Some(view)
+            }
+        };
         background.push(settings_task);
         let relay = jobs::outbox_relay::spawn(
             store.clone(),
@@ -175,6 +212,7 @@ impl Application {
             sessions: state.sessions.clone(),
             pricing: state.pricing.clone(),
             relay: state.relay.clone(),
+            cluster: cluster.clone(),
         };
         let router = Router::new()
             .merge(api::health_routes(store))

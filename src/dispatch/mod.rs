@@ -6,6 +6,7 @@
 pub mod city;
 pub mod gateway;
 pub mod index;
+pub mod ownership;
 pub mod request;
 mod rollout;
 pub mod supervisor;
@@ -64,6 +65,10 @@ pub enum CommandError {
     /// The request is outside `dispatch_rollout_percentage`: the legacy dispatcher's.
     #[error("this request is dispatched by the legacy system (outside the rollout)")]
     NotInRollout,
+    /// A cluster node that does not own the request's city (now, or any more): another
+    /// node dispatches it. Retryable.
+    #[error("city {city} is dispatched by another node; try again")]
+    NotOwner { city: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -79,6 +84,7 @@ impl From<StoreError> for CommandError {
             },
             StoreError::WindowClosed => CommandError::WindowClosed,
             StoreError::InvalidValue(detail) => CommandError::InvalidInput(detail),
+            StoreError::Fenced { city_id, .. } => CommandError::NotOwner { city: city_id },
             other => CommandError::Internal(other.to_string()),
         }
     }
@@ -201,6 +207,8 @@ pub struct DispatchContext {
     /// Request id of each live request actor, for supervision events.
     pub actor_requests: DashMap<ActorId, Uuid>,
     pub stats: DispatchStats,
+    /// The cities this node dispatches (all of them alone; its leases in a cluster).
+    pub ownership: self::ownership::Ownership,
 }
 
 impl DispatchContext {
@@ -240,6 +248,17 @@ impl Dispatcher {
         settings: SettingsWatch,
         gateway: Arc<dyn WorkerGateway>,
     ) -> anyhow::Result<Dispatcher> {
+        Self::start_owning(store, settings, gateway, self::ownership::Ownership::Single).await
+    }
+
+    /// [`Dispatcher::start`] for a node that dispatches only the cities `ownership` says
+    /// (a cluster node: none until its lease keeper wins some, docs/scale-out.md).
+    pub async fn start_owning(
+        store: Store,
+        settings: SettingsWatch,
+        gateway: Arc<dyn WorkerGateway>,
+        ownership: self::ownership::Ownership,
+    ) -> anyhow::Result<Dispatcher> {
         let mut cities = HashMap::new();
         for row in store.active_cities().await? {
             let info = match CityInfo::from_geojson(row.id.clone(), row.name, &row.service_area) {
@@ -270,6 +289,7 @@ impl Dispatcher {
             registry: DashMap::new(),
             actor_requests: DashMap::new(),
             stats: DispatchStats::default(),
+            ownership,
         });
         let (supervisor, _) =
             Actor::spawn(None, RequestSupervisor { ctx: ctx.clone() }, ()).await?;
@@ -329,6 +349,15 @@ impl Dispatcher {
         self.ctx.cities.get(city_id).map(|c| c.info.clone())
     }
 
+    /// This node lost a city: its request actors stop after the message at hand, writing
+    /// nothing more (the new owner resumes them from the database).
+    pub fn stand_down(&self, city_id: &str) {
+        tracing::info!(target: "Dispatch", city = city_id, "standing down");
+        for actor in self.ctx.registry.iter() {
+            let _ = actor.value().cast(RequestMsg::OwnerChanged);
+        }
+    }
+
     /// Gives every open request without a live actor its actor back. Returns how many.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let mut spawned = 0;
@@ -336,6 +365,7 @@ impl Dispatcher {
         for row in self.ctx.store.open_requests().await? {
             if !self.ctx.registry.contains_key(&row.id)
                 && self.dispatches(row.id)
+                && self.ctx.ownership.owns(row.city_id.as_deref())
                 && self.ensure_actor(row.id).await.is_ok()
             {
                 spawned += 1;

@@ -130,6 +130,9 @@ pub enum RequestMsg {
     /// Fault injection: the handler never returns (a stuck await), so the actor stays
     /// registered but answers nothing; the backstop's heartbeat must replace it.
     InjectStall,
+    /// This node's cities changed (a lease lost): an actor whose city is no longer ours
+    /// stops (checked after every message; this one does nothing else).
+    OwnerChanged,
 }
 
 /// The actor's configuration: the shared dispatch context.
@@ -161,6 +164,9 @@ pub struct RequestState {
     priority: bool,
     /// Where in a trace the actor was started (see `Arguments`).
     origin: TraceLink,
+    /// A write was refused by the city's fence: another node owns the city now, so this
+    /// actor stops after the message at hand, writing nothing more.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl RequestState {
@@ -252,6 +258,11 @@ impl Actor for RequestActor {
                 return Err(e.into());
             }
         };
+        if !self.ctx.ownership.owns(row.city_id.as_deref()) {
+            // A cluster node dispatches only the cities it holds (docs/scale-out.md).
+            self.ctx.forget(request_id, myself.get_id());
+            return Err(format!("{NOT_OWNER}: {}", row.city_id.unwrap_or_default()).into());
+        }
         let tried = tried.into_iter().collect();
         let city = row.city_id.as_ref().and_then(|c| self.ctx.city(c));
         let skill = row
@@ -270,6 +281,7 @@ impl Actor for RequestActor {
             reminded: false,
             priority: false,
             origin,
+            fenced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -301,11 +313,56 @@ impl Actor for RequestActor {
         // Boxed: ractor keeps room for the handler future in every live actor for its whole
         // life, and this one is ~4 KiB. On the heap only while a message is handled, it
         // halves the memory of an idle actor (docs/benchmarks.md, 100k actors).
-        Box::pin(self.on_message(myself, msg, state)).await
+        let handled = Box::pin(self.on_message(myself.clone(), msg, state)).await;
+        if state.fenced.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.ctx.ownership.owns(state.row.city_id.as_deref())
+        {
+            // This node lost the city: stop (not fail: nothing to restart here), and leave
+            // the request to the new owner, which resumes it from the database. The workers
+            // it held here are free for this node's view (the owner's view is the one used).
+            for p in std::mem::take(&mut state.pending) {
+                self.release(state, p.worker_id);
+            }
+            if let Some(worker) = state.row.assigned_worker_id {
+                self.release(state, worker);
+            }
+            tracing::info!(target: "RequestActor", request_id = %state.row.id, "stopped: city owned by another node");
+            myself.stop(Some(NOT_OWNER.into()));
+            return Ok(());
+        }
+        handled
     }
 }
 
+/// Why a request actor does not run on this node.
+pub const NOT_OWNER: &str = "city not owned by this node";
+
 impl RequestActor {
+    /// Every write of the actor: fenced by the city's epoch on a cluster node.
+    async fn write(
+        &self,
+        fenced: &std::sync::atomic::AtomicBool,
+        row: &ServiceRequest,
+        change: Change,
+    ) -> Result<ServiceRequest, StoreError> {
+        let fence = self
+            .ctx
+            .ownership
+            .fence(row.city_id.as_deref())
+            .map_err(|()| StoreError::Fenced {
+                city_id: row.city_id.clone().unwrap_or_default(),
+                epoch: 0,
+            });
+        let result = match fence {
+            Ok(fence) => self.ctx.store.transition_fenced(row, change, fence).await,
+            Err(e) => Err(e),
+        };
+        if matches!(result, Err(StoreError::Fenced { .. })) {
+            fenced.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
     async fn on_message(
         &self,
         myself: ActorRef<RequestMsg>,
@@ -406,6 +463,7 @@ impl RequestActor {
             }
             RequestMsg::InjectPanic => panic!("fault injected into request actor {}", state.row.id),
             RequestMsg::InjectStall => std::future::pending::<()>().await,
+            RequestMsg::OwnerChanged => {}
         }
         if state.row.status.is_terminal() {
             myself.stop(Some(format!("request {}", state.row.status)));
@@ -695,9 +753,7 @@ impl RequestActor {
         state: &mut RequestState,
     ) -> Result<(), ActorProcessingErr> {
         match self
-            .ctx
-            .store
-            .transition(&state.row, Change::DispatchOpened)
+            .write(&state.fenced, &state.row, Change::DispatchOpened)
             .await
         {
             Ok(row) => {
@@ -772,9 +828,8 @@ impl RequestActor {
 
     async fn give_up(&self, state: &mut RequestState, reason: &str) -> Result<(), StoreError> {
         state.row = self
-            .ctx
-            .store
-            .transition(
+            .write(
+                &state.fenced,
                 &state.row,
                 Change::GaveUp {
                     reason: reason.into(),
@@ -903,9 +958,7 @@ impl RequestActor {
                     },
                 };
                 match self
-                    .ctx
-                    .store
-                    .transition(&state.row, Change::OfferSent(offer.clone()))
+                    .write(&state.fenced, &state.row, Change::OfferSent(offer.clone()))
                     .await
                 {
                     Ok(row) => {
@@ -1062,7 +1115,7 @@ impl RequestActor {
             reason,
             others_pending: state.pending.len() > 1,
         };
-        match self.ctx.store.transition(&state.row, change).await {
+        match self.write(&state.fenced, &state.row, change).await {
             Ok(row) => state.row = row,
             Err(e) if e.is_conflict() => {
                 self.reload(myself, state)
@@ -1120,9 +1173,8 @@ impl RequestActor {
     ) -> Result<ServiceRequest, CommandError> {
         check_offer(state, worker_id, offer_id)?;
         let row = self
-            .ctx
-            .store
-            .transition(
+            .write(
+                &state.fenced,
                 &state.row,
                 Change::OfferAccepted {
                     offer_id,
@@ -1224,7 +1276,7 @@ impl RequestActor {
             kind,
             reason,
         };
-        state.row = self.ctx.store.transition(&state.row, change).await?;
+        state.row = self.write(&state.fenced, &state.row, change).await?;
         state.disarm_slot();
         state.reminded = false;
         state.priority = true;
@@ -1264,9 +1316,11 @@ impl RequestActor {
         })?;
         let before = state.row.status;
         let row = self
-            .ctx
-            .store
-            .transition(&state.row, Change::Cancelled { by, reason, fee })
+            .write(
+                &state.fenced,
+                &state.row,
+                Change::Cancelled { by, reason, fee },
+            )
             .await?;
         state.row = row;
         state.disarm();
@@ -1313,7 +1367,7 @@ impl RequestActor {
                 action,
             })?;
         let completing = matches!(change, Change::JobCompleted { .. });
-        state.row = self.ctx.store.transition(&state.row, change).await?;
+        state.row = self.write(&state.fenced, &state.row, change).await?;
         if completing {
             self.tell_city(
                 state,

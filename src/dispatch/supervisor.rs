@@ -74,6 +74,15 @@ pub async fn spawn_request(
             let text = e.to_string();
             if text.contains("not found") {
                 Err(CommandError::NotFound)
+            } else if let Some((_, city)) =
+                text.split_once(&format!("{}: ", super::request::NOT_OWNER))
+            {
+                // ractor quotes the start error: keep the city id alone.
+                let city =
+                    city.trim_end_matches(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'));
+                Err(CommandError::NotOwner {
+                    city: city.to_string(),
+                })
             } else {
                 Err(CommandError::Internal(text))
             }

@@ -146,7 +146,7 @@ impl From<CommandError> for WireError {
             | CommandError::NotInRollout => ErrorCode::IllegalState,
             CommandError::SlotStarted => ErrorCode::SlotStarted,
             CommandError::Conflict => ErrorCode::Conflict,
-            CommandError::Unavailable => ErrorCode::Unavailable,
+            CommandError::Unavailable | CommandError::NotOwner { .. } => ErrorCode::Unavailable,
             CommandError::InvalidInput(_) => ErrorCode::InvalidMessage,
             CommandError::Internal(_) => ErrorCode::Internal,
         };

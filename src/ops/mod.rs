@@ -11,6 +11,7 @@
 //! listener (bind it to a private interface) without auth.
 
 mod attention;
+mod cluster;
 mod error;
 mod history;
 pub mod metrics;
@@ -60,6 +61,8 @@ pub struct OpsContext {
     pub sessions: Arc<Sessions>,
     pub pricing: Arc<Pricing>,
     pub relay: RelayHandle,
+    /// This node's part in a cluster (`ARREGLAME_CLUSTER=nats`), or none alone.
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 /// The dashboard page (no data inside; it fetches with the operator's token).
@@ -101,6 +104,7 @@ pub fn routes(state: OpsContext) -> Router {
         .route("/ops/attention", get(attention))
         .route("/ops/history", get(history))
         .route("/ops/rollout", get(rollout))
+        .route("/ops/cluster", get(cluster_view))
         .route("/ops/requests/{id}/trail", get(trail));
     if !state.metrics_elsewhere {
         router = router.route("/metrics", get(protected_metrics));
@@ -237,6 +241,14 @@ async fn rollout(
     State(state): State<OpsContext>,
 ) -> Result<Json<rollout::Rollout>, OpsError> {
     Ok(Json(rollout::Rollout::load(&state).await?))
+}
+
+/// The nodes, and who owns each city at which epoch (docs/scale-out.md).
+async fn cluster_view(
+    _op: Operator,
+    State(state): State<OpsContext>,
+) -> Result<Json<cluster::Cluster>, OpsError> {
+    Ok(Json(cluster::Cluster::load(&state).await?))
 }
 
 /// The dispatch decisions of one request: "why was nothing assigned?"

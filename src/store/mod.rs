@@ -7,6 +7,7 @@ mod dashboard;
 pub mod events;
 mod fleet;
 mod identities;
+mod leases;
 pub mod legacy;
 mod outbox;
 pub mod outbox_batch;
@@ -32,6 +33,7 @@ pub use cities::CityRow;
 pub use dashboard::{AttentionKind, AttentionRow, AttentionWindow, MinuteRow};
 pub use fleet::FleetCounts;
 pub use identities::{CandidateSkip, WorkerProfile};
+pub use leases::CityLeaseRow;
 pub use legacy::{AdoptionError, DatabaseKind, Reverted};
 pub use outbox::{insert_outbox_event, OutboxEvent};
 pub use payouts::Payout;
@@ -84,6 +86,10 @@ pub enum StoreError {
     /// fault, never a reason to restart anything.
     #[error("invalid value: {0}")]
     InvalidValue(String),
+    /// A cluster node wrote for a city it no longer owns: the city's epoch in
+    /// `city_leases` moved past the one it carries (docs/scale-out.md).
+    #[error("city {city_id} is no longer owned at epoch {epoch}")]
+    Fenced { city_id: String, epoch: i64 },
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }

@@ -224,18 +224,35 @@ impl Store {
     /// Applies `change` to the request as the caller last saw it (`current`). Zero rows
     /// updated means someone else moved the row first: `ConcurrencyConflict`, never an
     /// overwrite. Returns the request as it is after the change.
-    #[tracing::instrument(skip_all, fields(request_id = %current.id, version = current.version, change = change.event_type()))]
     pub async fn transition(
         &self,
         current: &ServiceRequest,
         change: Change,
     ) -> Result<ServiceRequest, StoreError> {
+        self.transition_fenced(current, change, None).await
+    }
+
+    /// [`Store::transition`] by the owner of the request's city in a cluster: it commits
+    /// only while `fence` is still the city's epoch in `city_leases` (checked in the same
+    /// statement), so a node that lost the city writes nothing (`StoreError::Fenced`).
+    /// `None` (one node alone) checks nothing.
+    #[tracing::instrument(name = "transition", skip_all, fields(request_id = %current.id, version = current.version, change = change.event_type()))]
+    pub async fn transition_fenced(
+        &self,
+        current: &ServiceRequest,
+        change: Change,
+        fence: Option<i64>,
+    ) -> Result<ServiceRequest, StoreError> {
         let to = current.status.apply(change.command())?;
         let started = std::time::Instant::now();
-        let result = self.apply_transition(current, to, change).await;
+        let result = self.apply_transition(current, to, change, fence).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(StoreError::ConcurrencyConflict { .. }) => "conflict",
+            Err(StoreError::Fenced { .. }) => {
+                metrics::counter!("arreglame_cluster_stale_writes_refused_total").increment(1);
+                "fenced"
+            }
             Err(_) => "error",
         };
         metrics::histogram!("arreglame_db_query_duration_seconds", "query" => "transition", "outcome" => outcome)
@@ -257,6 +274,7 @@ impl Store {
         current: &ServiceRequest,
         to: crate::domain::Status,
         change: Change,
+        fence: Option<i64>,
     ) -> Result<ServiceRequest, StoreError> {
         let next = next_state(current, to, &change);
         let payload = payload_of(current, to, &next, &change);
@@ -327,6 +345,8 @@ impl Store {
             }
             Change::GaveUp { .. } | Change::DispatchOpened | Change::JobStarted => query,
         };
+        // Always the statement's last parameter (see `build_statement`).
+        let query = query.bind(fence);
         let started = std::time::Instant::now();
         let updated = query.fetch_optional(&self.pool).await?;
         // Acquiring a pooled connection and the statement's round trip: under load, mostly
@@ -334,7 +354,7 @@ impl Store {
         metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let Some(updated) = updated else {
-            return Err(self.why_nothing_changed(current, &change).await);
+            return Err(self.why_nothing_changed(current, &change, fence).await);
         };
         self.outbox_written();
         Ok(updated)
@@ -342,13 +362,30 @@ impl Store {
 
     /// Zero rows updated: the request is gone, moved on (a lost race), or the change's own
     /// guard refused (its offer is no longer pending; a dispute after the window closed).
-    async fn why_nothing_changed(&self, current: &ServiceRequest, change: &Change) -> StoreError {
-        match sqlx::query_scalar::<_, i32>("select version from service_requests where id = $1")
-            .bind(current.id)
-            .fetch_optional(&self.pool)
-            .await
+    async fn why_nothing_changed(
+        &self,
+        current: &ServiceRequest,
+        change: &Change,
+        fence: Option<i64>,
+    ) -> StoreError {
+        match sqlx::query_as::<_, (i32, Option<String>, Option<i64>)>(
+            r#"select s.version, s."cityId", l.epoch
+               from service_requests s left join city_leases l on l."cityId" = s."cityId"
+               where s.id = $1"#,
+        )
+        .bind(current.id)
+        .fetch_optional(&self.pool)
+        .await
         {
-            Ok(Some(version)) if version == current.version => match change {
+            Ok(Some((version, city_id, epoch)))
+                if version == current.version && fence.is_some() && epoch != fence =>
+            {
+                StoreError::Fenced {
+                    city_id: city_id.unwrap_or_default(),
+                    epoch: fence.unwrap_or_default(),
+                }
+            }
+            Ok(Some((version, _, _))) if version == current.version => match change {
                 Change::OfferSettled { offer_id, .. } => StoreError::NotFound {
                     what: "pending offer",
                     id: offer_id.to_string(),
@@ -572,10 +609,15 @@ const FIRST_WITHDRAWN: &str = r#"coalesce((select jsonb_build_object('withdrawnF
       from w order by attempt limit 1), '{}'::jsonb)"#;
 
 /// The statement of one kind of change: `guard` narrows the update, `ctes` are the rows it
-/// implies, `extra` is merged into the payload ($12), the outbox row's type is $11.
-fn build_statement(guard: &str, ctes: &str, extra: &str) -> String {
+/// implies, `extra` is merged into the payload ($12), the outbox row's type is $11. The
+/// fence (a cluster owner's epoch of the request's city, or null) is parameter `$fence`,
+/// the last one: the change's own parameters come between.
+fn build_statement(guard: &str, ctes: &str, extra: &str, fence: usize) -> String {
     format!(
-        r#"with u as ({UPDATE} {guard} returning *),
+        r#"with u as ({UPDATE} {guard}
+      and (${fence}::bigint is null or exists (select 1 from city_leases l
+           where l."cityId" = service_requests."cityId" and l.epoch = ${fence}))
+      returning *),
     {ctes}
     e as (insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", type, payload)
           select 'service_request', u.id::text, u.version, $11, $12::jsonb || {extra} from u)
@@ -592,6 +634,7 @@ fn statement_for(change: &Change) -> &'static str {
                       "distanceMeters", "radiusMeters", "candidatesConsidered", "candidateScores")
           select $13, u.id, $14, $15, $16, $17, $18, $19, $20 from u),"#,
             "'{}'::jsonb",
+            21,
         )
     });
     static OFFER_SETTLED: LazyLock<String> = LazyLock::new(|| {
@@ -601,6 +644,7 @@ fn statement_for(change: &Change) -> &'static str {
           where id = $13 and outcome is null and exists (select 1 from u)
           returning "workerId"),"#,
             r#"jsonb_build_object('workerId', (select "workerId" from o))"#,
+            16,
         )
     });
     static OFFER_ACCEPTED: LazyLock<String> = LazyLock::new(|| {
@@ -615,10 +659,11 @@ fn statement_for(change: &Change) -> &'static str {
           returning "workerId", attempt),"#,
             r#"coalesce((select jsonb_build_object('withdrawnFromWorkerIds', jsonb_agg("workerId" order by attempt))
           from w having count(*) > 0), '{}'::jsonb)"#,
+            16,
         )
     });
     static GAVE_UP: LazyLock<String> =
-        LazyLock::new(|| build_statement("", WITHDRAW_PENDING, FIRST_WITHDRAWN));
+        LazyLock::new(|| build_statement("", WITHDRAW_PENDING, FIRST_WITHDRAWN, 13));
     static CANCELLED: LazyLock<String> = LazyLock::new(|| {
         // $13: a dispute of a completed job, allowed only while its payout is still held.
         build_statement(
@@ -635,9 +680,10 @@ fn statement_for(change: &Change) -> &'static str {
                 r#"{FIRST_WITHDRAWN}
           || coalesce((select jsonb_build_object('payoutCancelledId', id) from p), '{{}}'::jsonb)"#
             ),
+            14,
         )
     });
-    static PLAIN: LazyLock<String> = LazyLock::new(|| build_statement("", "", "'{}'::jsonb"));
+    static PLAIN: LazyLock<String> = LazyLock::new(|| build_statement("", "", "'{}'::jsonb", 13));
     static ASSIGNMENT_RELEASED: LazyLock<String> = LazyLock::new(|| {
         build_statement(
             "",
@@ -648,6 +694,7 @@ fn statement_for(change: &Change) -> &'static str {
     s as (insert into worker_strikes ("workerId", "requestId", kind, reason)
           select $13, u.id, $16, $15 from u),"#,
             r#"jsonb_build_object('offerId', (select id from o))"#,
+            17,
         )
     });
     static JOB_COMPLETED: LazyLock<String> = LazyLock::new(|| {
@@ -657,6 +704,7 @@ fn statement_for(change: &Change) -> &'static str {
             r#"p as (insert into payouts (id, "requestId", "workerId", "amountCents", currency, "releaseAt")
           select $13, u.id, u."assignedWorkerId", coalesce(u."workerNetCents", 0), u.currency, $14 from u),"#,
             "'{}'::jsonb",
+            15,
         )
     });
     match change {

@@ -181,8 +181,19 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap()
     };
-    // One migration at a time, newest first: the rollout bucket, booked slots, the
-    // identity migration, then the dispute edge.
+    let leases_table = |store: Store| async move {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_tables where tablename = 'city_leases'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // One migration at a time, newest first: the city leases, the rollout bucket, booked
+    // slots, the identity migration, then the dispute edge.
+    assert_eq!(leases_table(store.clone()).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(leases_table(store.clone()).await, 0);
     assert_eq!(rollout_function(store.clone()).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
     assert_eq!(rollout_function(store.clone()).await, 0);

@@ -218,11 +218,26 @@ impl DispatchHarness {
 
     /// Starts dispatch on an existing database (a "restarted engine").
     pub async fn start_on(database_url: String, settings: Settings) -> DispatchHarness {
+        Self::start_owning(
+            database_url,
+            settings,
+            arreglame::dispatch::ownership::Ownership::Single,
+        )
+        .await
+    }
+
+    /// Starts dispatch on an existing database as a cluster node that dispatches only the
+    /// cities `ownership` says.
+    pub async fn start_owning(
+        database_url: String,
+        settings: Settings,
+        ownership: arreglame::dispatch::ownership::Ownership,
+    ) -> DispatchHarness {
         init_test_logging();
         let store = warm_store(&database_url, 16).await;
         let (settings, rx) = watch::channel(Arc::new(settings));
         let (gateway, notices) = InProcessGateway::new();
-        let dispatcher = Dispatcher::start(store.clone(), rx, Arc::new(gateway))
+        let dispatcher = Dispatcher::start_owning(store.clone(), rx, Arc::new(gateway), ownership)
             .await
             .unwrap();
         DispatchHarness {

@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["domain", "telemetry", "config", "auth"],
     &["store"],
     &["identity", "pricing", "dispatch"],
-    &["jobs", "gateway", "sim"],
+    &["jobs", "gateway", "sim", "cluster"],
     &["api", "ops"],
     &["startup"],
     &["cli"],

@@ -2,6 +2,7 @@
 //! PostgreSQL (and NATS) started by `scripts/dev-env.sh`. Each test gets a fresh database.
 
 mod api;
+mod cluster;
 mod dispatch;
 mod foundation;
 mod gateway;

@@ -95,6 +95,8 @@ impl From<CommandError> for ApiError {
             | CommandError::Conflict
             | CommandError::Unavailable
             | CommandError::NotInRollout => ApiError::Conflict(e.to_string()),
+            // Another node owns the city: retry shortly (it may be taking over right now).
+            CommandError::NotOwner { .. } => ApiError::Unavailable(e.to_string()),
             CommandError::InvalidInput(_) => ApiError::BadUserInput(e.to_string()),
             CommandError::Internal(detail) => ApiError::Internal(detail),
         }

@@ -1,0 +1,429 @@
+//! City leases: each node's keeper wins, renews and gives up cities in the JetStream KV
+//! bucket `city_owner`, and takes each won city's fence in `city_leases`.
+//!
+//! - **Win**: `create` of the city's key (it fails while another node's key lives). The
+//!   bucket's max age is the lease: a key nobody renews disappears that long after its last
+//!   write. The winner then bumps the city's epoch in PostgreSQL; from that commit on, every
+//!   write of the previous owner's actors is refused.
+//! - **Renew**: every quarter lease, first `city_leases` (the pool is healthy and the epoch
+//!   is still ours), then a revision-checked `update` of the key.
+//! - **Give up by itself**: once the last successful renewal is a lease old on this node's
+//!   own clock, the node stops acting for the city without asking anybody: a node cut off
+//!   from NATS or PostgreSQL, or stopped and woken, never acts on an expired lease. The
+//!   renewal's clock starts before the request is sent, so the node's deadline comes no
+//!   later than the key's expiry at the server.
+//! - **Take over**: a node that sees a city's key gone tries to create it after a delay
+//!   of its rendezvous rank among the live nodes (the `arreglame_nodes` bucket) times a
+//!   step, so the nodes do not stampede and the same node usually wins a given city.
+//! - **Hand over** (graceful stop): the node stops its actors, then deletes its keys, and
+//!   the next node takes each city within a tick.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_nats::jetstream::{self, kv};
+use sha2::{Digest, Sha256};
+use tokio::{sync::watch, time::Instant};
+
+use crate::dispatch::ownership::{OwnedCities, OwnedCity};
+use crate::store::Store;
+
+/// The bucket of city owners (key: city id, value: node id).
+pub const OWNER_BUCKET: &str = "city_owner";
+/// The bucket of live nodes (key: node id), each renewed every tick.
+pub const NODES_BUCKET: &str = "arreglame_nodes";
+
+/// The two buckets' names (tests give each their own; a deployment keeps the defaults).
+#[derive(Debug, Clone)]
+pub struct LeaseBuckets {
+    pub owners: String,
+    pub nodes: String,
+}
+
+impl Default for LeaseBuckets {
+    fn default() -> Self {
+        LeaseBuckets {
+            owners: OWNER_BUCKET.into(),
+            nodes: NODES_BUCKET.into(),
+        }
+    }
+}
+
+/// What a node does when it wins or loses a city.
+#[async_trait::async_trait]
+pub trait CityOwnershipEvents: Send + Sync + 'static {
+    /// This node owns `city_id` from now on, at `epoch`: recover the city's open requests.
+    async fn won(&self, city_id: &str, epoch: i64);
+    /// This node does not own `city_id` any more: stop its request actors, writing nothing.
+    async fn lost(&self, city_id: &str, why: &'static str);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("NATS KV bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+}
+
+/// One node's keeper of city leases.
+pub struct LeaseKeeper {
+    node_id: String,
+    lease: Duration,
+    store: Store,
+    owners: kv::Store,
+    nodes: kv::Store,
+    cities: Vec<String>,
+    owned: Arc<OwnedCities>,
+    events: Arc<dyn CityOwnershipEvents>,
+    /// When each city was first seen without an owner (for the rendezvous delay).
+    absent_since: HashMap<String, Instant>,
+    /// The live nodes, refreshed every few ticks.
+    live_nodes: Vec<String>,
+    nodes_read: Option<Instant>,
+}
+
+impl LeaseKeeper {
+    /// Opens (or creates) the two buckets. An existing `city_owner` bucket keeps its max
+    /// age, which is then the lease (all nodes must agree on it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
+        js: &jetstream::Context,
+        buckets: &LeaseBuckets,
+        node_id: String,
+        lease: Duration,
+        replicas: usize,
+        store: Store,
+        cities: Vec<String>,
+        owned: Arc<OwnedCities>,
+        events: Arc<dyn CityOwnershipEvents>,
+    ) -> Result<LeaseKeeper, LeaseError> {
+        let owners = bucket(js, &buckets.owners, lease, replicas).await?;
+        let lease = match owners.status().await {
+            Ok(status) if status.max_age() != lease && !status.max_age().is_zero() => {
+                tracing::warn!(target: "Cluster", configured = ?lease, bucket = ?status.max_age(),
+                    "city_owner exists with another max age: that is the lease");
+                status.max_age()
+            }
+            _ => lease,
+        };
+        let nodes = bucket(js, &buckets.nodes, lease * 3, replicas).await?;
+        Ok(LeaseKeeper {
+            node_id,
+            lease,
+            store,
+            owners,
+            nodes,
+            cities,
+            owned: owned.clone(),
+            events,
+            absent_since: HashMap::new(),
+            live_nodes: Vec::new(),
+            nodes_read: None,
+        })
+    }
+
+    /// The live-nodes bucket (for `/ops/cluster`).
+    pub fn nodes_bucket(&self) -> kv::Store {
+        self.nodes.clone()
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// How often the keeper looks: an eighth of the lease.
+    pub fn tick_every(&self) -> Duration {
+        self.lease / 8
+    }
+
+    /// Keeps the leases until `shutdown`, then hands every city over.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(self.tick_every());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = every.tick() => self.tick().await,
+                _ = shutdown.changed() => {
+                    self.hand_over().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One look at every city: renew what is ours, give up what expired on our clock,
+    /// try to take what has no owner.
+    pub async fn tick(&mut self) {
+        self.announce().await;
+        for city in self.cities.clone() {
+            match self.owned.get(&city) {
+                Some(held) => self.renew(&city, held).await,
+                None => self.try_take(&city).await,
+            }
+        }
+        metrics::gauge!("arreglame_cluster_cities_owned").set(self.owned.all().len() as f64);
+    }
+
+    async fn renew(&mut self, city: &str, held: OwnedCity) {
+        if held.renewed.elapsed() >= self.lease {
+            self.stand_down(city, "lease expired on this node's clock")
+                .await;
+            return;
+        }
+        if held.renewed.elapsed() < self.lease / 4 {
+            return;
+        }
+        let sent = Instant::now();
+        match self
+            .store
+            .renew_city_lease(city, held.epoch, held.kv_revision)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                self.stand_down(city, "fenced: another node took the city")
+                    .await;
+                return;
+            }
+            Err(e) => {
+                // No renewal without the database: the deadline gives the city up.
+                tracing::warn!(target: "Cluster", city, error = %e, "lease not renewed: database unavailable");
+                return;
+            }
+        }
+        match self
+            .owners
+            .update(city, self.node_id.clone().into(), held.kv_revision)
+            .await
+        {
+            Ok(revision) => {
+                self.owned.hold(
+                    city,
+                    OwnedCity {
+                        kv_revision: revision,
+                        renewed: sent,
+                        renewed_at: chrono::Utc::now(),
+                        ..held
+                    },
+                );
+                metrics::counter!("arreglame_cluster_lease_renewals_total").increment(1);
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                self.stand_down(city, "lost: the key moved on in the KV bucket")
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(target: "Cluster", city, error = %e, "lease not renewed: NATS unavailable");
+            }
+        }
+    }
+
+    async fn try_take(&mut self, city: &str) {
+        match self.owners.entry(city).await {
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                self.absent_since.remove(city);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(target: "Cluster", city, error = %e, "owner not readable");
+                return;
+            }
+        }
+        let since = *self
+            .absent_since
+            .entry(city.to_string())
+            .or_insert_with(Instant::now);
+        let wait = self.tick_every() * self.rank(city) as u32;
+        if since.elapsed() < wait {
+            return;
+        }
+        let sent = Instant::now();
+        let revision = match self.owners.create(city, self.node_id.clone().into()).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
+            Err(e) => {
+                tracing::debug!(target: "Cluster", city, error = %e, "city not taken");
+                return;
+            }
+        };
+        let epoch = match self
+            .store
+            .take_city_lease(city, &self.node_id, revision)
+            .await
+        {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                // Without its fence the city is not ours: let another node have it.
+                tracing::warn!(target: "Cluster", city, error = %e, "won the key but not the fence; giving it back");
+                let _ = self
+                    .owners
+                    .delete_expect_revision(city, Some(revision))
+                    .await;
+                return;
+            }
+        };
+        self.absent_since.remove(city);
+        self.owned.hold(
+            city,
+            OwnedCity {
+                epoch,
+                kv_revision: revision,
+                renewed: sent,
+                renewed_at: chrono::Utc::now(),
+            },
+        );
+        metrics::counter!("arreglame_cluster_cities_won_total").increment(1);
+        tracing::info!(target: "Cluster", city, epoch, node = %self.node_id, "city won");
+        // Recovery can take a while: renewals must not wait for it.
+        let (events, city) = (self.events.clone(), city.to_string());
+        tokio::spawn(async move { events.won(&city, epoch).await });
+    }
+
+    async fn stand_down(&mut self, city: &str, why: &'static str) {
+        if self.owned.drop_city(city) {
+            metrics::counter!("arreglame_cluster_cities_lost_total").increment(1);
+            tracing::warn!(target: "Cluster", city, why, node = %self.node_id, "city given up");
+            self.events.lost(city, why).await;
+        }
+    }
+
+    /// Graceful stop: stop acting for each city first, then free its key so the next node
+    /// takes it at once instead of after the lease.
+    pub async fn hand_over(&mut self) {
+        for (city, held) in self.owned.all() {
+            self.stand_down(&city, "handed over").await;
+            if let Err(e) = self
+                .owners
+                .delete_expect_revision(&city, Some(held.kv_revision))
+                .await
+            {
+                tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease");
+            }
+        }
+        let _ = self.nodes.delete(&self.node_id).await;
+    }
+
+    /// Says this node is alive, and every few ticks reads who else is.
+    async fn announce(&mut self) {
+        let cities: Vec<String> = self.owned.all().into_iter().map(|(c, _)| c).collect();
+        let value = serde_json::json!({ "cities": cities }).to_string();
+        if let Err(e) = self.nodes.put(&self.node_id, value.into()).await {
+            tracing::debug!(target: "Cluster", error = %e, "node not announced");
+        }
+        if self
+            .nodes_read
+            .is_some_and(|at| at.elapsed() < self.lease / 2)
+        {
+            return;
+        }
+        if let Ok(nodes) = live_nodes(&self.nodes).await {
+            self.live_nodes = nodes;
+            self.nodes_read = Some(Instant::now());
+        }
+    }
+
+    /// This node's place for `city` among the live nodes by rendezvous hashing: 0 tries
+    /// at once, 1 a tick later, and so on.
+    fn rank(&self, city: &str) -> usize {
+        let mut nodes = self.live_nodes.clone();
+        if !nodes.contains(&self.node_id) {
+            nodes.push(self.node_id.clone());
+        }
+        rendezvous_rank(&nodes, &self.node_id, city)
+    }
+}
+
+/// The rank of `node` for `city` among `nodes` (highest hash of node and city first).
+pub fn rendezvous_rank(nodes: &[String], node: &str, city: &str) -> usize {
+    let weight = |n: &str| {
+        let digest = Sha256::digest(format!("{n}\u{0}{city}").as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    };
+    let mine = weight(node);
+    nodes
+        .iter()
+        .filter(|n| n.as_str() != node && weight(n) > mine)
+        .count()
+}
+
+/// Every node announced in the nodes bucket.
+pub async fn live_nodes(nodes: &kv::Store) -> Result<Vec<String>, String> {
+    use futures::StreamExt;
+    let keys = nodes.keys().await.map_err(|e| e.to_string())?;
+    let mut all: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
+    all.sort();
+    Ok(all)
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, LeaseError> {
+    if let Ok(existing) = js.get_key_value(name).await {
+        return Ok(existing);
+    }
+    // The bucket's stream as `create_key_value` makes it, created directly: that call first
+    // reads the account's info, which async-nats 0.46 cannot parse from a 2.9 server
+    // (Debian's), and it uses the answer only for 2.11's per-key TTL markers.
+    let error = |e: String| LeaseError::Bucket {
+        bucket: name.to_string(),
+        message: e,
+    };
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        description: Some("arreglame scale-out (docs/scale-out.md)".into()),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| error(e.to_string()))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| error(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_gives_each_city_one_first_node_and_a_full_order() {
+        let nodes: Vec<String> = ["a", "b", "c"].map(String::from).into();
+        for city in ["buenos-aires", "cordoba", "rosario", "mendoza"] {
+            let mut ranks: Vec<usize> = nodes
+                .iter()
+                .map(|n| rendezvous_rank(&nodes, n, city))
+                .collect();
+            ranks.sort();
+            assert_eq!(ranks, [0, 1, 2], "{city}");
+        }
+        // Not every city has the same first node.
+        let firsts: std::collections::HashSet<&String> = [
+            "buenos-aires",
+            "cordoba",
+            "rosario",
+            "mendoza",
+            "salta",
+            "tucuman",
+        ]
+        .iter()
+        .map(|city| {
+            nodes
+                .iter()
+                .find(|n| rendezvous_rank(&nodes, n, city) == 0)
+                .unwrap()
+        })
+        .collect();
+        assert!(firsts.len() > 1);
+    }
+}

@@ -1,0 +1,63 @@
+//! Several engine nodes over one NATS cluster and one PostgreSQL (docs/scale-out.md).
+//!
+//! Each city is owned by one node at a time: a lease in the replicated JetStream KV bucket
+//! `city_owner` ([`lease`]), fenced by an epoch in `city_leases` that every transition of
+//! the owner's request actors checks in its own statement (the dispatcher's side is
+//! `dispatch::ownership`). Without `ARREGLAME_CLUSTER=nats` none of this runs: one node owns
+//! every city and writes unfenced, as before.
+
+pub mod lease;
+
+use std::{sync::Arc, time::Duration};
+
+use crate::dispatch::ownership::OwnedCities;
+
+/// What `/ops/cluster` shows of a cluster node.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub node_id: String,
+    pub lease: Duration,
+    pub owned: Arc<OwnedCities>,
+    pub nodes: async_nats::jetstream::kv::Store,
+}
+
+/// Connects to the NATS servers of `url` (comma separated) for the lease keeper; the
+/// client reconnects by itself for as long as the node runs.
+pub async fn connect(url: &str, node_id: &str) -> Result<async_nats::Client, String> {
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    async_nats::ConnectOptions::new()
+        .name(format!("arreglame-{node_id}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The dispatcher's side of ownership: a won city's open requests are recovered; a lost
+/// city's actors stand down.
+pub struct DispatchOwnership(pub crate::dispatch::Dispatcher);
+
+#[async_trait::async_trait]
+impl lease::CityOwnershipEvents for DispatchOwnership {
+    async fn won(&self, city_id: &str, epoch: i64) {
+        match self.0.recover().await {
+            Ok(recovered) => {
+                tracing::info!(target: "Cluster", city = city_id, epoch, recovered, "city recovered")
+            }
+            // The cron's recovery sweep tries again.
+            Err(e) => {
+                tracing::warn!(target: "Cluster", city = city_id, error = %e, "city recovery failed")
+            }
+        }
+    }
+
+    async fn lost(&self, city_id: &str, _why: &'static str) {
+        self.0.stand_down(city_id);
+    }
+}

@@ -1,0 +1,82 @@
+//! Which cities this node dispatches: all of them alone, or those whose lease it holds in
+//! a cluster (`cluster::lease` writes them; docs/scale-out.md).
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+/// Which cities this node may dispatch, and the fence its writes for each carry.
+#[derive(Debug, Clone)]
+pub enum Ownership {
+    /// One node alone (the default): every city is ours, writes carry no fence.
+    Single,
+    /// A cluster node: only the cities whose lease it holds, at their epoch.
+    Cluster(Arc<OwnedCities>),
+}
+
+impl Ownership {
+    pub fn owns(&self, city_id: Option<&str>) -> bool {
+        match self {
+            Ownership::Single => true,
+            Ownership::Cluster(owned) => city_id.is_some_and(|c| owned.epoch(c).is_some()),
+        }
+    }
+
+    /// The epoch a transition of a request in `city_id` must carry: `Ok(None)` alone,
+    /// `Ok(Some(epoch))` for an owned city, `Err(())` for a city this node does not own
+    /// (write nothing).
+    #[allow(clippy::result_unit_err)]
+    pub fn fence(&self, city_id: Option<&str>) -> Result<Option<i64>, ()> {
+        match self {
+            Ownership::Single => Ok(None),
+            Ownership::Cluster(owned) => city_id.and_then(|c| owned.epoch(c)).map(Some).ok_or(()),
+        }
+    }
+}
+
+/// The cities a cluster node holds now (written by the lease keeper only).
+#[derive(Debug, Default)]
+pub struct OwnedCities {
+    cities: DashMap<String, OwnedCity>,
+}
+
+/// One city held by this node.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnedCity {
+    pub epoch: i64,
+    pub kv_revision: u64,
+    #[serde(skip)]
+    pub renewed: tokio::time::Instant,
+    pub renewed_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl OwnedCities {
+    pub fn epoch(&self, city_id: &str) -> Option<i64> {
+        self.cities.get(city_id).map(|c| c.epoch)
+    }
+
+    pub fn get(&self, city_id: &str) -> Option<OwnedCity> {
+        self.cities.get(city_id).map(|c| c.clone())
+    }
+
+    /// Every held city, by id.
+    pub fn all(&self) -> Vec<(String, OwnedCity)> {
+        let mut all: Vec<_> = self
+            .cities
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    pub fn hold(&self, city_id: &str, city: OwnedCity) {
+        self.cities.insert(city_id.to_string(), city);
+    }
+
+    pub fn drop_city(&self, city_id: &str) -> bool {
+        self.cities.remove(city_id).is_some()
+    }
+}
