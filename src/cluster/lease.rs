@@ -17,6 +17,10 @@
 //!   step, so the nodes do not stampede and the same node usually wins a given city.
 //! - **Hand over** (graceful stop): the node stops its actors, then deletes its keys, and
 //!   the next node takes each city within a tick.
+//! - **Rebalance**: a node holding a city whose first rendezvous node is another live node
+//!   (seen for at least two leases, so a node starting or flapping moves nothing) hands that
+//!   one city over, one city per tick; the preferred node takes it at its next tick. So the
+//!   cities spread over the nodes, and a node that comes back gets its cities back.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -78,6 +82,11 @@ pub struct LeaseKeeper {
     /// The live nodes, refreshed every few ticks.
     live_nodes: Vec<String>,
     nodes_read: Option<Instant>,
+    /// When each live node was first seen (without a break).
+    first_seen: HashMap<String, Instant>,
+    /// When this node last rebalanced each city away: not again for ten leases, so a
+    /// preferred node that cannot take it (no database, say) does not make it bounce.
+    rebalanced: HashMap<String, Instant>,
 }
 
 impl LeaseKeeper {
@@ -117,6 +126,8 @@ impl LeaseKeeper {
             absent_since: HashMap::new(),
             live_nodes: Vec::new(),
             nodes_read: None,
+            first_seen: HashMap::new(),
+            rebalanced: HashMap::new(),
         })
     }
 
@@ -159,6 +170,7 @@ impl LeaseKeeper {
                 None => self.try_take(&city).await,
             }
         }
+        self.rebalance().await;
         metrics::gauge!("arreglame_cluster_cities_owned").set(self.owned.all().len() as f64);
     }
 
@@ -286,6 +298,44 @@ impl LeaseKeeper {
         }
     }
 
+    /// Hands over one held city whose preferred node (rendezvous rank 0) is another node,
+    /// live for at least two leases.
+    async fn rebalance(&mut self) {
+        let settled = |n: &String| {
+            self.first_seen
+                .get(n)
+                .is_some_and(|at| at.elapsed() >= self.lease * 2)
+        };
+        let recently = |city: &String| {
+            self.rebalanced
+                .get(city)
+                .is_some_and(|at| at.elapsed() < self.lease * 10)
+        };
+        let movable = self.owned.all().into_iter().find(|(city, _)| {
+            !recently(city)
+                && self.rank(city) > 0
+                && self.live_nodes.iter().any(|n| {
+                    n != &self.node_id
+                        && settled(n)
+                        && rendezvous_rank(&self.live_nodes, n, city) == 0
+                })
+        });
+        if let Some((city, held)) = movable {
+            self.stand_down(&city, "rebalanced to its preferred node")
+                .await;
+            // Not ours any more: only the preferred node (rank 0) tries at once.
+            self.absent_since.insert(city.clone(), Instant::now());
+            self.rebalanced.insert(city.clone(), Instant::now());
+            if let Err(e) = self
+                .owners
+                .delete_expect_revision(&city, Some(held.kv_revision))
+                .await
+            {
+                tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease");
+            }
+        }
+    }
+
     /// Graceful stop: stop acting for each city first, then free its key so the next node
     /// takes it at once instead of after the lease.
     pub async fn hand_over(&mut self) {
@@ -315,7 +365,13 @@ impl LeaseKeeper {
         {
             return;
         }
-        if let Ok(nodes) = live_nodes(&self.nodes).await {
+        if let Ok(nodes) = live_nodes(&self.nodes, self.lease / 2).await {
+            self.first_seen.retain(|n, _| nodes.contains(n));
+            for n in &nodes {
+                self.first_seen
+                    .entry(n.clone())
+                    .or_insert_with(Instant::now);
+            }
             self.live_nodes = nodes;
             self.nodes_read = Some(Instant::now());
         }
@@ -345,13 +401,24 @@ pub fn rendezvous_rank(nodes: &[String], node: &str, city: &str) -> usize {
         .count()
 }
 
-/// Every node announced in the nodes bucket.
-pub async fn live_nodes(nodes: &kv::Store) -> Result<Vec<String>, String> {
+/// The nodes whose last announcement in the nodes bucket is younger than `fresh` (a node
+/// announces itself every tick; a dead one's key outlives it by the bucket's max age).
+pub async fn live_nodes(nodes: &kv::Store, fresh: Duration) -> Result<Vec<String>, String> {
     use futures::StreamExt;
     let keys = nodes.keys().await.map_err(|e| e.to_string())?;
-    let mut all: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
-    all.sort();
-    Ok(all)
+    let keys: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+    let mut live = Vec::new();
+    for key in keys {
+        if let Ok(Some(entry)) = nodes.entry(key.clone()).await {
+            let age_nanos = now - entry.created.unix_timestamp_nanos();
+            if entry.operation == kv::Operation::Put && age_nanos < fresh.as_nanos() as i128 {
+                live.push(key);
+            }
+        }
+    }
+    live.sort();
+    Ok(live)
 }
 
 async fn bucket(

@@ -70,7 +70,7 @@ impl Cluster {
             });
         };
         let mut nodes = Vec::new();
-        if let Ok(ids) = crate::cluster::lease::live_nodes(&cluster.nodes).await {
+        if let Ok(ids) = crate::cluster::lease::live_nodes(&cluster.nodes, cluster.lease).await {
             for node_id in ids {
                 let entry = cluster.nodes.entry(node_id.clone()).await.ok().flatten();
                 let cities = entry
