@@ -349,6 +349,22 @@ impl Dispatcher {
         self.ctx.cities.get(city_id).map(|c| c.info.clone())
     }
 
+    /// This node dispatches `city_id` now (always, alone; while its lease holds, in a cluster).
+    pub fn owns_city(&self, city_id: Option<&str>) -> bool {
+        self.ctx.ownership.owns(city_id)
+    }
+
+    /// The fence a write for a request of `city_id` carries: `Ok(None)` alone, the city's
+    /// epoch in a cluster, `NotOwner` for a city this node does not own (write nothing).
+    pub fn fence_of(&self, city_id: Option<&str>) -> Result<Option<i64>, CommandError> {
+        self.ctx
+            .ownership
+            .fence(city_id)
+            .map_err(|()| CommandError::NotOwner {
+                city: city_id.unwrap_or_default().to_string(),
+            })
+    }
+
     /// This node lost a city: its request actors stop after the message at hand, writing
     /// nothing more (the new owner resumes them from the database).
     pub fn stand_down(&self, city_id: &str) {

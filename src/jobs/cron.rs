@@ -52,11 +52,14 @@ pub async fn worker_assignment_sweep(
     tracing::info!(target: "WorkerAssignmentCron", "[WorkerAssignmentCron] Checking for worker assignment timeouts...");
     let overdue = store.overdue_offering(1000).await?;
     let mut report = SweepReport::default();
-    // Requests outside the rollout percentage are the legacy dispatcher's: never touched.
-    let ours = |id| dispatcher.dispatches(id);
+    // Requests outside the rollout percentage are the legacy dispatcher's, and in a cluster
+    // those of a city another node owns are that node's: never touched.
+    let ours = |r: &crate::store::ServiceRequest| {
+        dispatcher.dispatches(r.id) && dispatcher.owns_city(r.city_id.as_deref())
+    };
     for row in overdue
         .iter()
-        .filter(|r| !dispatcher.has_actor(r.id) && ours(r.id))
+        .filter(|r| !dispatcher.has_actor(r.id) && ours(r))
     {
         // Every offer of the row's batch expired together; the last one settled moves the
         // request back to PENDING.
@@ -69,7 +72,10 @@ pub async fn worker_assignment_sweep(
                 reason: Some("settled by WorkerAssignmentCron".into()),
                 others_pending: i + 1 < offers.len(),
             };
-            match store.transition(&current, change).await {
+            let Ok(fence) = dispatcher.fence_of(row.city_id.as_deref()) else {
+                break; // the city went to another node meanwhile
+            };
+            match store.transition_fenced(&current, change, fence).await {
                 Ok(next) => {
                     current = next;
                     report.settled += 1;
@@ -77,7 +83,12 @@ pub async fn worker_assignment_sweep(
                         .stats()
                         .offer(OfferEvent::Expired, row.city_id.as_deref());
                 }
-                Err(e) if e.is_conflict() => break, // an actor or another engine got there first
+                // An actor or another engine got there first, or this node lost the city.
+                Err(e)
+                    if e.is_conflict() || matches!(e, crate::store::StoreError::Fenced { .. }) =>
+                {
+                    break
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -92,7 +103,7 @@ pub async fn worker_assignment_sweep(
         )
         .await?
         .into_iter()
-        .filter(|r| ours(r.id))
+        .filter(|r| ours(r))
         .collect();
     (report.revived, report.nudged) = dispatcher.revive_stalled(stalled, HEARTBEAT_WITHIN).await;
     report.respawned = dispatcher.recover().await?;
