@@ -1269,6 +1269,7 @@ fn search((lon, lat): (f64, f64), k: usize) -> Search {
         k,
         exclude: HashSet::new(),
         radius_steps_m: Settings::default().search_radius_steps_m,
+        min_candidates: 1,
         blocks: None,
     }
 }

@@ -26,6 +26,7 @@ insert into system_config (key, value, description) values
     ('ranking_weight_rating', '0.1', 'Weight of the worker''s rating'),
     ('ranking_weight_reliability', '0.25', 'Weight of few cancellations and no-shows (last 30 days)'),
     ('ranking_weight_fairness', '0.1', 'Weight of time since the last job and little earned today'),
+    ('ranking_min_candidates', '3', 'A scored ranking searches the first radius step with at least this many candidates'),
     ('dispatch_lead_minutes', '900', 'A booked request is offered this many minutes before its slot starts'),
     ('travel_buffer_minutes', '30', 'Minutes kept free around a worker''s booked jobs'),
     ('no_show_grace_minutes', '15', 'A worker who has not started this long after the slot start is a no-show'),

@@ -88,6 +88,10 @@ pub struct Search {
     /// The time the job would block (its slot widened by the travel buffer): a worker
     /// with a booked job overlapping it is not a candidate. `None` checks nothing.
     pub blocks: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The first radius step holding at least this many candidates is the one searched
+    /// (the last step if none does): 1 takes the nearest step with anybody; a scored
+    /// ranking asks for a few, so that it has a choice to make.
+    pub min_candidates: usize,
 }
 
 impl Search {
@@ -391,7 +395,14 @@ fn nearest_in_first_step(mut found: Vec<(f64, Uuid)>, search: &Search) -> Vec<Ca
     let Some(&(nearest, _)) = found.first() else {
         return Vec::new();
     };
-    let Some(&step) = search.radius_steps_m.iter().find(|&&r| nearest <= r as f64) else {
+    let wanted = search.min_candidates.clamp(1, search.k.max(1));
+    let within = |r: u32| found.iter().take_while(|(d, _)| *d <= r as f64).count();
+    let Some(&step) = search
+        .radius_steps_m
+        .iter()
+        .find(|&&r| nearest <= r as f64 && within(r) >= wanted)
+        .or_else(|| search.radius_steps_m.last())
+    else {
         return Vec::new();
     };
     found
@@ -417,6 +428,7 @@ pub(crate) fn test_search(lon: f64, lat: f64, k: usize) -> Search {
         k,
         exclude: HashSet::new(),
         radius_steps_m: vec![2_000, 5_000, 10_000],
+        min_candidates: 1,
         blocks: None,
     }
 }
@@ -469,6 +481,31 @@ mod tests {
         assert_eq!(found[0].radius_m, 5_000);
         s.radius_steps_m = vec![1_000, 2_000];
         assert!(idx.find(&s).0.is_empty());
+    }
+
+    /// A scored search asks for a few candidates: one worker within 2 km and two more
+    /// within 5 km give the 5 km step; asking for more than there are gives the last step.
+    #[test]
+    fn a_search_asking_for_several_candidates_widens_to_the_first_step_that_has_them() {
+        let mut idx = WorkerIndex::new(-34.6);
+        let near = Uuid::new_v4();
+        let (mid1, mid2) = (Uuid::new_v4(), Uuid::new_v4());
+        idx.upsert(near, -58.40, -34.601, skills(&[]), None); // ~0.1 km
+        idx.upsert(mid1, -58.40, -34.63, skills(&[]), None); // ~3.3 km
+        idx.upsert(mid2, -58.40, -34.635, skills(&[]), None); // ~3.9 km
+        let mut s = search(-58.40, -34.60, 10);
+        let ids = |found: Vec<Candidate>| -> Vec<(Uuid, u32)> {
+            found.iter().map(|c| (c.worker_id, c.radius_m)).collect()
+        };
+        assert_eq!(ids(idx.find(&s).0), [(near, 2_000)], "nearest step with anybody");
+        s.min_candidates = 3;
+        assert_eq!(
+            ids(idx.find(&s).0),
+            [(near, 5_000), (mid1, 5_000), (mid2, 5_000)]
+        );
+        s.min_candidates = 4;
+        assert_eq!(idx.find(&s).0.len(), 3, "all there is, within the last step");
+        assert_eq!(idx.find(&s).0[0].radius_m, 10_000);
     }
 
     #[test]

@@ -897,6 +897,12 @@ impl RequestActor {
                 k: settings.candidates_per_search,
                 exclude: state.tried.clone(),
                 radius_steps_m: settings.search_radius_steps_m.clone(),
+                // A scored ranking needs a choice: it looks as far as the first step with a
+                // few candidates; nearest-first takes the nearest step with anybody.
+                min_candidates: match settings.candidate_ranking {
+                    CandidateRanking::Nearest => 1,
+                    CandidateRanking::Scored => settings.ranking_min_candidates,
+                },
                 blocks: Some(booking::blocked(job_time, settings.travel_buffer)),
             };
             let request_id = state.row.id;

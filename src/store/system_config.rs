@@ -44,6 +44,8 @@ pub struct Settings {
     pub adaptive_max_batch_size: usize,
     pub candidate_ranking: CandidateRanking,
     pub ranking_weights: RankingWeights,
+    /// A scored ranking searches the first radius step with at least this many candidates.
+    pub ranking_min_candidates: usize,
     /// A booked request dispatches this long before its slot starts.
     pub dispatch_lead: Duration,
     /// Kept free around a worker's booked jobs when offering another one.
@@ -85,6 +87,7 @@ impl Default for Settings {
             adaptive_max_batch_size: 6,
             candidate_ranking: CandidateRanking::Nearest,
             ranking_weights: RankingWeights::default(),
+            ranking_min_candidates: 3,
             dispatch_lead: Duration::from_secs(900 * 60),
             travel_buffer: Duration::from_secs(30 * 60),
             no_show_grace: Duration::from_secs(15 * 60),
@@ -180,6 +183,13 @@ impl Settings {
                 self.ranking_weights.reliability = parse_non_negative(v)?
             }
             "ranking_weight_fairness" => self.ranking_weights.fairness = parse_non_negative(v)?,
+            "ranking_min_candidates" => {
+                let n = positive_int(v)?;
+                if n > 50 {
+                    return Err("expected 1 to 50".into());
+                }
+                self.ranking_min_candidates = n as usize;
+            }
             "dispatch_lead_minutes" => self.dispatch_lead = minutes(v, 60.0 * 24.0 * 60.0)?,
             "travel_buffer_minutes" => self.travel_buffer = minutes(v, 24.0 * 60.0)?,
             "no_show_grace_minutes" => self.no_show_grace = positive_minutes(v)?,
@@ -421,6 +431,7 @@ mod tests {
                 ("adaptive_target_accept_probability", "0.95"),
                 ("candidate_ranking", "scored"),
                 ("ranking_weight_reliability", "0.5"),
+                ("ranking_min_candidates", "4"),
                 ("dispatch_lead_minutes", "1440"),
                 ("travel_buffer_minutes", "45"),
                 ("no_show_grace_minutes", "0.1"),
@@ -433,6 +444,7 @@ mod tests {
         assert_eq!(s.offer_batch_size, 4);
         assert_eq!(s.candidate_ranking, CandidateRanking::Scored);
         assert_eq!(s.ranking_weights.reliability, 0.5);
+        assert_eq!(s.ranking_min_candidates, 4);
         assert_eq!(s.dispatch_lead, Duration::from_secs(24 * 3600));
         assert_eq!(s.no_show_grace, Duration::from_secs(6));
         assert_eq!(s.booking_horizon, Duration::from_secs(14 * 24 * 3600));
@@ -443,10 +455,11 @@ mod tests {
                 ("offer_batch_size", "0"),
                 ("adaptive_target_accept_probability", "1"),
                 ("candidate_ranking", "random"),
+                ("ranking_min_candidates", "0"),
             ]),
         );
         assert_eq!(kept, s);
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 5, "{problems:?}");
     }
 }
 
