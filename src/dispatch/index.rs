@@ -497,14 +497,22 @@ mod tests {
         let ids = |found: Vec<Candidate>| -> Vec<(Uuid, u32)> {
             found.iter().map(|c| (c.worker_id, c.radius_m)).collect()
         };
-        assert_eq!(ids(idx.find(&s).0), [(near, 2_000)], "nearest step with anybody");
+        assert_eq!(
+            ids(idx.find(&s).0),
+            [(near, 2_000)],
+            "nearest step with anybody"
+        );
         s.min_candidates = 3;
         assert_eq!(
             ids(idx.find(&s).0),
             [(near, 5_000), (mid1, 5_000), (mid2, 5_000)]
         );
         s.min_candidates = 4;
-        assert_eq!(idx.find(&s).0.len(), 3, "all there is, within the last step");
+        assert_eq!(
+            idx.find(&s).0.len(),
+            3,
+            "all there is, within the last step"
+        );
         assert_eq!(idx.find(&s).0[0].radius_m, 10_000);
     }
 

@@ -356,3 +356,95 @@ async fn a_node_dispatches_only_the_cities_it_owns_and_recovers_a_won_city_alone
     assert_eq!((row.version, row.status), (version, Status::Offering));
     assert_eq!(h.dispatcher.stats().actor_restarts.get(), 0);
 }
+
+/// The real start-up path: two `arreglame serve` processes with `ARREGLAME_CLUSTER=nats`
+/// on one database and the dev NATS server share the cities (each city owned by exactly
+/// one of them, as `/ops/cluster` shows); after a `kill -9` of one, the other owns them all.
+#[tokio::test]
+async fn two_engine_processes_own_each_city_exactly_once_and_the_survivor_takes_all_after_a_kill() {
+    use arreglame::auth::{Role, TokenKeys};
+    let url = fresh_database().await;
+    let run = Uuid::new_v4().simple().to_string();
+    let node = |name: &str| format!("test-{name}-{}", &run[..8]);
+    let spawn = |node_id: String, port: u16| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_arreglame"))
+            .arg("serve")
+            .env("DATABASE_URL", &url)
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("JWT_SECRET", "cluster-secret")
+            .env("LOG_LEVEL", "warn")
+            .env("ARREGLAME_CLUSTER", "nats")
+            .env("NATS_URL", nats_url())
+            .env("NODE_ID", node_id)
+            .env_remove("LOG_FILE")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let ports = [free_port(), free_port()];
+    let (a, b) = (node("a"), node("b"));
+    let mut first = spawn(a.clone(), ports[0]);
+    let _second = spawn(b.clone(), ports[1]);
+    let ops =
+        TokenKeys::new("cluster-secret").issue(Role::Ops, Uuid::new_v4(), Duration::from_secs(600));
+    let client = reqwest::Client::new();
+    let cluster = |port: u16| {
+        let (client, ops) = (client.clone(), ops.clone());
+        async move {
+            let answer = client
+                .get(format!("http://127.0.0.1:{port}/ops/cluster"))
+                .bearer_auth(ops)
+                .send()
+                .await
+                .ok()?;
+            answer.json::<serde_json::Value>().await.ok()
+        }
+    };
+    // Every city has exactly one owner among the two, and it is the node that says so.
+    wait_until(Duration::from_secs(60), || async {
+        let (Some(va), Some(vb)) = (cluster(ports[0]).await, cluster(ports[1]).await) else {
+            return false;
+        };
+        let cities = va["cities"].as_array().cloned().unwrap_or_default();
+        !cities.is_empty()
+            && va["mode"] == "NATS"
+            && cities
+                .iter()
+                .zip(vb["cities"].as_array().unwrap())
+                .all(|(ca, cb)| {
+                    let here = [ca["ownedHere"] == true, cb["ownedHere"] == true];
+                    let owner = ca["ownerNodeId"].as_str().unwrap_or_default();
+                    here.iter().filter(|h| **h).count() == 1
+                        && (owner == a && here[0] || owner == b && here[1])
+                })
+    })
+    .await;
+    first.kill().await.unwrap();
+    // b takes every city over (after a's lease), each at a higher epoch.
+    wait_until(Duration::from_secs(60), || async {
+        cluster(ports[1]).await.is_some_and(|v| {
+            v["cities"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .all(|c| c["ownedHere"] == true && c["ownerNodeId"] == b.as_str())
+            })
+        })
+    })
+    .await;
+    let leases = Store::connect(&url, 1)
+        .await
+        .unwrap()
+        .city_leases()
+        .await
+        .unwrap();
+    assert!(leases.iter().all(|l| l.node_id == b));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
