@@ -63,12 +63,14 @@ pub struct RankingWeights {
 
 impl Default for RankingWeights {
     fn default() -> Self {
+        // Chosen with `simulate --compare` (docs/benchmarks.md, "Dispatch modes compared"):
+        // reliability and fairness weigh more than closeness within the searched step.
         RankingWeights {
-            distance: 0.4,
+            distance: 0.25,
             acceptance: 0.15,
             rating: 0.1,
-            reliability: 0.25,
-            fairness: 0.1,
+            reliability: 0.3,
+            fairness: 0.2,
         }
     }
 }
