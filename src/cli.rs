@@ -25,8 +25,10 @@ Environment (see .env.example):
   API_KEY or GEMINI_API_KEY    Gemini pricing; without it the rules price every quote
   GEMINI_BASE_URL, GEMINI_MODEL, GEMINI_MAX_CONCURRENT_CALLS, GEMINI_MAX_CALLS_PER_MINUTE
   PRICING_RATE_PER_MINUTE, PRICING_RATE_BURST   quotes per caller
-  NATS_URL                     NATS JetStream for the outbox relay
+  NATS_URL                     NATS JetStream for the outbox relay (comma-separated servers)
+  ARREGLAME_CLUSTER=nats, NODE_ID, CITY_LEASE_SECONDS   cities by lease (docs/scale-out.md)
   DATABASE_MAX_CONNECTIONS     pool size (20)
+  DATABASE_GROUP_COMMIT_MAX    transitions per commit when written together (64; 1 = alone)
   METRICS_TOKEN, METRICS_ADDR  how /metrics is protected, or where it is served instead
   OTEL_EXPORTER_OTLP_ENDPOINT  OpenTelemetry traces over OTLP/HTTP (off when unset)";
 

@@ -40,6 +40,9 @@ pub struct Config {
     pub app_env: AppEnv,
     /// Largest number of pooled database connections.
     pub database_max_connections: u32,
+    /// `DATABASE_GROUP_COMMIT_MAX` (64): the most transitions one commit carries when
+    /// actors write at once; 1 commits each transition alone.
+    pub database_group_commit_max: usize,
     /// How `/metrics` is protected: with this token (or an ops JWT) on the main port...
     pub metrics_token: Option<String>,
     /// ...or served without auth on this separate address (e.g. 127.0.0.1:9100), and not
@@ -209,6 +212,7 @@ impl Config {
             }
         };
         let gemini_max_concurrent_calls = positive("GEMINI_MAX_CONCURRENT_CALLS", 16)? as usize;
+        let database_group_commit_max = positive("DATABASE_GROUP_COMMIT_MAX", 64)? as usize;
         let gemini_max_calls_per_minute = positive("GEMINI_MAX_CALLS_PER_MINUTE", 600)?;
         let pricing_rate_per_minute = positive("PRICING_RATE_PER_MINUTE", 120)?;
         let pricing_rate_burst = positive("PRICING_RATE_BURST", 30)?;
@@ -276,6 +280,7 @@ impl Config {
             jwt_secret,
             app_env,
             database_max_connections,
+            database_group_commit_max,
             gemini_max_concurrent_calls,
             gemini_max_calls_per_minute,
             pricing_rate_per_minute,

@@ -84,7 +84,9 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         // Install the metrics recorder before anything records.
         crate::ops::metrics::handle();
-        let store = Store::connect(&config.database_url, config.database_max_connections).await?;
+        let store = Store::connect(&config.database_url, config.database_max_connections)
+            .await?
+            .with_group_commit(config.database_group_commit_max);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
 

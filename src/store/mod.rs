@@ -6,6 +6,7 @@ mod cities;
 mod dashboard;
 pub mod events;
 mod fleet;
+mod group_commit;
 mod identities;
 mod leases;
 pub mod legacy;
@@ -126,6 +127,8 @@ impl StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Transitions that arrive together are committed together (`group_commit`).
+    group_commit: group_commit::GroupCommit,
     outbox: Arc<OutboxSignal>,
     /// The one-connection pool of the outbox LISTEN, made on first use.
     listener_pool: Arc<OnceLock<PgPool>>,
@@ -164,6 +167,9 @@ impl Default for OutboxSignal {
 /// before the call fails and its caller retries: the actor's supervisor, the cron, the client.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most transitions one group commit carries by default.
+pub const DEFAULT_GROUP_COMMIT_ROWS: usize = 64;
+
 /// The channel on which committed outbox rows are announced.
 pub const OUTBOX_CHANNEL: &str = "outbox_events";
 
@@ -200,9 +206,22 @@ impl Store {
     pub fn from_pool(pool: PgPool) -> Store {
         Store {
             pool,
+            group_commit: group_commit::GroupCommit::new(DEFAULT_GROUP_COMMIT_ROWS),
             outbox: Arc::default(),
             listener_pool: Arc::default(),
         }
+    }
+
+    /// At most `max_rows` transitions per commit (`DATABASE_GROUP_COMMIT_MAX`); 1 commits
+    /// each transition alone.
+    pub fn with_group_commit(mut self, max_rows: usize) -> Store {
+        self.group_commit = group_commit::GroupCommit::new(max_rows);
+        self
+    }
+
+    /// The most transitions one commit carries.
+    pub fn group_commit_max_rows(&self) -> usize {
+        self.group_commit.max_rows()
     }
 
     /// Called after every commit that wrote outbox rows.

@@ -288,73 +288,33 @@ impl Store {
             Change::GaveUp { reason } => Some(reason.clone()),
             _ => None,
         };
-        let sql = statement_for(&change);
-        let query = sqlx::query_as::<_, ServiceRequest>(sql)
-            .bind(current.id)
-            .bind(current.version)
-            .bind(to.as_str())
-            .bind(next.assignment_attempts)
-            .bind(next.worker_timeout_at)
-            .bind(next.assigned_worker_id)
-            .bind(cancelled_by)
-            .bind(cancel_reason)
-            .bind(cancel_fee)
-            .bind(unassigned_reason)
-            .bind(change.event_type())
-            .bind(payload);
-        let query = match &change {
-            Change::OfferSent(offer) => query
-                .bind(offer.id)
-                .bind(offer.worker_id)
-                .bind(offer.attempt)
-                .bind(offer.expires_at)
-                .bind(offer.distance_meters)
-                .bind(offer.radius_meters)
-                .bind(offer.candidates_considered)
-                .bind(
-                    (!offer.candidate_scores.is_empty())
-                        .then_some(sqlx::types::Json(offer.candidate_scores.clone())),
-                ),
-            Change::OfferSettled {
-                offer_id,
-                outcome,
-                reason,
-                ..
-            } => query
-                .bind(*offer_id)
-                .bind(outcome.as_str())
-                .bind(reason.clone()),
-            Change::OfferAccepted {
-                offer_id,
-                worker_id,
-            } => query.bind(*offer_id).bind(*worker_id).bind(TAKEN),
-            Change::Cancelled { .. } => {
-                query.bind(current.status == crate::domain::Status::Completed)
-            }
-            Change::AssignmentReleased {
-                worker_id,
-                kind,
-                reason,
-            } => query
-                .bind(*worker_id)
-                .bind(kind.offer_outcome().as_str())
-                .bind(reason.clone())
-                .bind(kind.as_str()),
-            Change::JobCompleted { payout_release_at } => {
-                query.bind(next.payout_id).bind(*payout_release_at)
-            }
-            Change::GaveUp { .. } | Change::DispatchOpened | Change::JobStarted => query,
+        let args = TransitionArgs {
+            sql: statement_for(&change),
+            id: current.id,
+            version: current.version,
+            to: to.as_str(),
+            assignment_attempts: next.assignment_attempts,
+            worker_timeout_at: next.worker_timeout_at,
+            assigned_worker_id: next.assigned_worker_id,
+            cancelled_by,
+            cancel_reason,
+            cancel_fee,
+            unassigned_reason,
+            payload,
+            was_completed: current.status == crate::domain::Status::Completed,
+            payout_id: next.payout_id,
+            fence,
+            change,
         };
-        // Always the statement's last parameter (see `build_statement`).
-        let query = query.bind(fence);
+        let unmatched = args.change.clone();
         let started = std::time::Instant::now();
-        let updated = query.fetch_optional(&self.pool).await?;
-        // Acquiring a pooled connection and the statement's round trip: under load, mostly
-        // the wait for a free connection.
+        let updated = self.group_commit.write(&self.pool, args).await?;
+        // Acquiring a pooled connection (or waiting for a group commit) and the statement's
+        // round trip: under load, mostly the wait.
         metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         let Some(updated) = updated else {
-            return Err(self.why_nothing_changed(current, &change, fence).await);
+            return Err(self.why_nothing_changed(current, &unmatched, fence).await);
         };
         self.outbox_written();
         Ok(updated)
@@ -430,6 +390,92 @@ impl Store {
         .bind(request_id)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// Everything one transition's statement binds, owned, so it can wait for a group commit
+/// (and be bound again if its group fails and it is retried alone).
+pub(super) struct TransitionArgs {
+    sql: &'static str,
+    id: Uuid,
+    version: i32,
+    to: &'static str,
+    assignment_attempts: i32,
+    worker_timeout_at: Option<DateTime<Utc>>,
+    assigned_worker_id: Option<Uuid>,
+    cancelled_by: Option<&'static str>,
+    cancel_reason: Option<String>,
+    cancel_fee: Option<i64>,
+    unassigned_reason: Option<String>,
+    payload: serde_json::Value,
+    /// A cancellation of a completed job (a dispute).
+    was_completed: bool,
+    payout_id: Uuid,
+    fence: Option<i64>,
+    change: Change,
+}
+
+impl TransitionArgs {
+    /// The statement with its parameters bound: the common ones, the change's own, then
+    /// the fence (see `build_statement`).
+    pub(super) fn query(
+        &self,
+    ) -> sqlx::query::QueryAs<'_, sqlx::Postgres, ServiceRequest, sqlx::postgres::PgArguments> {
+        let query = sqlx::query_as::<_, ServiceRequest>(self.sql)
+            .bind(self.id)
+            .bind(self.version)
+            .bind(self.to)
+            .bind(self.assignment_attempts)
+            .bind(self.worker_timeout_at)
+            .bind(self.assigned_worker_id)
+            .bind(self.cancelled_by)
+            .bind(self.cancel_reason.as_deref())
+            .bind(self.cancel_fee)
+            .bind(self.unassigned_reason.as_deref())
+            .bind(self.change.event_type())
+            .bind(&self.payload);
+        let query = match &self.change {
+            Change::OfferSent(offer) => query
+                .bind(offer.id)
+                .bind(offer.worker_id)
+                .bind(offer.attempt)
+                .bind(offer.expires_at)
+                .bind(offer.distance_meters)
+                .bind(offer.radius_meters)
+                .bind(offer.candidates_considered)
+                .bind(
+                    (!offer.candidate_scores.is_empty())
+                        .then_some(sqlx::types::Json(&offer.candidate_scores)),
+                ),
+            Change::OfferSettled {
+                offer_id,
+                outcome,
+                reason,
+                ..
+            } => query
+                .bind(*offer_id)
+                .bind(outcome.as_str())
+                .bind(reason.as_deref()),
+            Change::OfferAccepted {
+                offer_id,
+                worker_id,
+            } => query.bind(*offer_id).bind(*worker_id).bind(TAKEN),
+            Change::Cancelled { .. } => query.bind(self.was_completed),
+            Change::AssignmentReleased {
+                worker_id,
+                kind,
+                reason,
+            } => query
+                .bind(*worker_id)
+                .bind(kind.offer_outcome().as_str())
+                .bind(reason.as_deref())
+                .bind(kind.as_str()),
+            Change::JobCompleted { payout_release_at } => {
+                query.bind(self.payout_id).bind(*payout_release_at)
+            }
+            Change::GaveUp { .. } | Change::DispatchOpened | Change::JobStarted => query,
+        };
+        query.bind(self.fence)
     }
 }
 

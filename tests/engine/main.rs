@@ -16,3 +16,4 @@ mod outbox;
 mod pricing;
 mod sim;
 mod traces;
+mod write_path;

@@ -1,0 +1,141 @@
+//! Group commit across request actors (issue 13, item 3): transitions that arrive while
+//! the writers are busy are written together, in one transaction, so one commit (one WAL
+//! flush on a durable PostgreSQL) carries many of them.
+//!
+//! There is no timer: a writer takes whatever is queued when it gets to it (up to
+//! `max_rows`), so an idle engine writes each transition at once, alone, exactly as
+//! before (one statement, its own implicit transaction), and a busy one writes larger
+//! groups the longer each commit takes. Each transition keeps its own statement and its
+//! own version check: a lost race comes back to its own actor as zero rows (its
+//! `ConcurrencyConflict`), never the group's failure. A statement that fails in a group
+//! (a constraint, a refused value) aborts the group's transaction; then every transition
+//! of the group is written again alone, so the failing one fails by itself and the others
+//! commit. If the group's commit itself was lost in flight (the connection dropped), the
+//! retried transitions find their rows already moved on and report a conflict: the actor
+//! reloads and sees its change applied, never applied twice.
+//!
+//! An actor gets its answer only after the commit that made it durable, so it pushes an
+//! offer only after its transition committed, as before.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex, OnceCell};
+
+use super::{transition::TransitionArgs, ServiceRequest};
+
+/// Writers running groups at once (each holds one pooled connection while it writes).
+const WRITERS: usize = 4;
+
+type Answer = Result<Option<ServiceRequest>, sqlx::Error>;
+
+struct Job {
+    args: TransitionArgs,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The queue of transitions and its writers, started on first use.
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommit {
+    /// Most transitions per commit; 1 writes each alone (no queue, no writers).
+    max_rows: usize,
+    queue: Arc<OnceCell<mpsc::UnboundedSender<Job>>>,
+}
+
+impl GroupCommit {
+    pub(super) fn new(max_rows: usize) -> GroupCommit {
+        GroupCommit {
+            max_rows: max_rows.max(1),
+            queue: Arc::default(),
+        }
+    }
+
+    pub(super) fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+
+    /// Writes one transition, alone or in a group; returns its row (`None`: its guard did
+    /// not match) once the commit that carries it is done.
+    pub(super) async fn write(&self, pool: &PgPool, args: TransitionArgs) -> Answer {
+        if self.max_rows == 1 {
+            return args.query().fetch_optional(pool).await;
+        }
+        let queue = self
+            .queue
+            .get_or_init(|| async { self.start(pool.clone()) })
+            .await;
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(job)) = queue.send(Job { args, reply }) {
+            // The writers are gone (their runtime is shutting down): write it here.
+            return job.args.query().fetch_optional(pool).await;
+        }
+        answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
+    }
+
+    fn start(&self, pool: PgPool) -> mpsc::UnboundedSender<Job> {
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(pool.clone(), jobs.clone(), self.max_rows));
+        }
+        queue
+    }
+}
+
+/// Takes the first queued transition and whatever else is queued behind it, writes them,
+/// answers each, and starts again.
+async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, max_rows: usize) {
+    loop {
+        let mut group = Vec::new();
+        {
+            let mut jobs = jobs.lock().await;
+            match jobs.recv().await {
+                Some(job) => group.push(job),
+                None => return,
+            }
+            while group.len() < max_rows {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        metrics::histogram!("arreglame_db_group_commit_transitions").record(group.len() as f64);
+        if group.len() == 1 {
+            let job = group.pop().expect("one job");
+            let answer = job.args.query().fetch_optional(&pool).await;
+            let _ = job.reply.send(answer);
+            continue;
+        }
+        match write_group(&pool, &group).await {
+            Ok(rows) => {
+                for (job, row) in group.into_iter().zip(rows) {
+                    let _ = job.reply.send(Ok(row));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(target: "Store", error = %e, transitions = group.len(),
+                    "group commit failed; writing its transitions one by one");
+                metrics::counter!("arreglame_db_group_commit_retried_total").increment(1);
+                for job in group {
+                    let answer = job.args.query().fetch_optional(&pool).await;
+                    let _ = job.reply.send(answer);
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: every statement of the group in order, then one commit.
+async fn write_group(
+    pool: &PgPool,
+    group: &[Job],
+) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut rows = Vec::with_capacity(group.len());
+    for job in group {
+        rows.push(job.args.query().fetch_optional(&mut *tx).await?);
+    }
+    tx.commit().await?;
+    Ok(rows)
+}
