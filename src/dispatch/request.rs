@@ -2,7 +2,7 @@
 //! lives. A booked request (SCHEDULED) waits on its slot timer until its dispatch time. To
 //! dispatch, it asks its city for the best suitable workers (one, or a parallel batch),
 //! persists each offer, pushes it through the gateway and arms one offer timer for the
-//! batch; on reject or timeout it moves on (a parallel batch is topped up to its width at
+//! batch; on reject or timeout it moves on (an adaptive batch is topped up to its width at
 //! once); the first accept wins and the other offers out are withdrawn. It follows the job to completion (a booked job through its reminder and
 //! no-show deadline) and stops at a terminal status.
 //!
@@ -1159,12 +1159,19 @@ impl RequestActor {
         }
         if state.pending.is_empty() {
             state.disarm();
-        } else if state.pending.iter().all(|p| p.batch != offer.batch) {
-            state.disarm_batch(offer.batch);
+            let _ = myself.send_message(RequestMsg::Dispatch);
+        } else {
+            if state.pending.iter().all(|p| p.batch != offer.batch) {
+                state.disarm_batch(offer.batch);
+            }
+            // Adaptive mode keeps the chance of an accept at its target: the batch is topped
+            // up to the width the estimate asks for now. Parallel mode's batches are rounds:
+            // the next one goes out once every offer of this one is settled (topping them up
+            // made earnings less even in the simulator, docs/benchmarks.md).
+            if self.ctx.settings.borrow().offer_mode == OfferMode::Adaptive {
+                let _ = myself.send_message(RequestMsg::Dispatch);
+            }
         }
-        // Nothing out: the next batch. Offers still out: a parallel batch is topped up to
-        // its width (a no-op in sequential mode).
-        let _ = myself.send_message(RequestMsg::Dispatch);
         Ok(())
     }
 

@@ -66,11 +66,11 @@ impl Default for RankingWeights {
         // Chosen with `simulate --compare` (docs/benchmarks.md, "Dispatch modes compared"):
         // reliability and fairness weigh more than closeness within the searched step.
         RankingWeights {
-            distance: 0.25,
+            distance: 0.2,
             acceptance: 0.15,
             rating: 0.1,
             reliability: 0.3,
-            fairness: 0.2,
+            fairness: 0.25,
         }
     }
 }

@@ -371,11 +371,95 @@ async fn parallel_offers_two_accept_at_once_exactly_one_wins_and_the_others_are_
 }
 
 #[tokio::test]
-async fn a_parallel_batch_is_topped_up_after_a_reject_and_cascades_through_timeout_disconnect_and_cancel(
+async fn a_parallel_batch_waits_for_its_last_offer_then_cascades_through_timeout_disconnect_and_cancel(
 ) {
     let settings = Settings {
         offer_mode: OfferMode::Parallel,
         offer_batch_size: 2,
+        ..quick_settings()
+    };
+    let mut h = DispatchHarness::start(settings).await;
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        workers.push(
+            h.worker_online(LON + 0.001 * (i + 1) as f64, LAT, &["lawn_mowing"])
+                .await,
+        );
+    }
+    let request = h.create_request(LON, LAT).await;
+    let first = [offer(h.next_notice().await), offer(h.next_notice().await)];
+    // One of the batch says no: the other is still out, nothing new is sent.
+    h.dispatcher
+        .reject_offer(workers[0], request.id, first[0].offer_id, None)
+        .await
+        .unwrap();
+    let snapshot = h.dispatcher.snapshot(request.id).await.unwrap();
+    assert_eq!(
+        (snapshot.status, snapshot.offers_out),
+        (Status::Offering, 1)
+    );
+    // The batch's timer: the last offer expires, the next two workers are asked together.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(matches!(h.next_notice().await,
+        WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == workers[1] && reason == "expired"));
+    let second = [offer(h.next_notice().await), offer(h.next_notice().await)];
+    tokio::time::resume();
+    assert_eq!(
+        [second[0].worker_id, second[1].worker_id],
+        [workers[2], workers[3]]
+    );
+    assert_eq!((second[0].attempt, second[1].attempt), (3, 4));
+    // One disconnects: settled as a timeout; the other's offer stays.
+    h.dispatcher
+        .worker_offline("buenos-aires", workers[2])
+        .await;
+    assert!(matches!(h.next_notice().await,
+        WorkerNotice::OfferWithdrawn { worker_id, .. } if worker_id == workers[2]));
+    wait_until(PATIENCE, || async {
+        h.dispatcher
+            .snapshot(request.id)
+            .await
+            .map(|s| s.offers_out)
+            == Some(1)
+    })
+    .await;
+    // The customer cancels: the last one is withdrawn.
+    h.dispatcher
+        .cancel(request.id, arreglame::store::CancelledBy::Customer, None)
+        .await
+        .unwrap();
+    assert!(matches!(h.next_notice().await,
+        WorkerNotice::OfferWithdrawn { worker_id, reason, .. } if worker_id == workers[3] && reason == "cancelled"));
+    let outcomes: Vec<Option<String>> = h
+        .store
+        .offers_for_request(request.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Some("REJECTED"),
+            Some("EXPIRED"),
+            Some("EXPIRED"),
+            Some("WITHDRAWN")
+        ]
+        .map(|o| o.map(String::from))
+    );
+}
+
+#[tokio::test]
+async fn an_adaptive_batch_is_topped_up_after_a_reject_and_cascades_through_timeout_disconnect_and_cancel(
+) {
+    // A new city's estimate (2 accepts in 3) needs more than two offers for 0.99: the
+    // batch is the widest allowed, two.
+    let settings = Settings {
+        offer_mode: OfferMode::Adaptive,
+        adaptive_target_accept_probability: 0.99,
+        adaptive_max_batch_size: 2,
         ..quick_settings()
     };
     let mut h = DispatchHarness::start(settings).await;
