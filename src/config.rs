@@ -234,7 +234,10 @@ impl Config {
                     name: "NATS_URL",
                     hint: " (ARREGLAME_CLUSTER=nats needs the NATS servers, comma separated)",
                 })?;
-                let lease = positive("CITY_LEASE_SECONDS", 4)?;
+                let lease = positive(
+                    "CITY_LEASE_SECONDS",
+                    ClusterConfig::DEFAULT_LEASE.as_secs() as u32,
+                )?;
                 let node_id = get("NODE_ID").unwrap_or_else(ClusterConfig::default_node_id);
                 // It is a NATS KV key: letters, digits, '-', '_' and '.'.
                 if node_id.len() > 100
@@ -315,7 +318,6 @@ impl ClusterConfig {
             .ok()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| "node".into());
         format!("{host}-{}", std::process::id())
     }
@@ -379,6 +381,53 @@ mod tests {
         ]))
         .unwrap();
         assert!(c.is_production());
+    }
+
+    #[test]
+    fn the_cluster_is_off_by_default_and_nats_needs_its_servers_and_a_valid_node_id() {
+        let db = ("DATABASE_URL", "postgres://u@h/db");
+        assert_eq!(Config::from_vars(vars(&[db])).unwrap().cluster, None);
+        let c = Config::from_vars(vars(&[
+            db,
+            ("ARREGLAME_CLUSTER", "nats"),
+            ("NATS_URL", "nats://a:4222,nats://b:4222"),
+            ("NODE_ID", "node-1"),
+            ("CITY_LEASE_SECONDS", "6"),
+        ]))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node_id, "node-1");
+        assert_eq!(cluster.nats_url, "nats://a:4222,nats://b:4222");
+        assert_eq!(cluster.lease, Duration::from_secs(6));
+        let defaulted = Config::from_vars(vars(&[
+            db,
+            ("ARREGLAME_CLUSTER", "nats"),
+            ("NATS_URL", "nats://a:4222"),
+        ]))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert!(defaulted
+            .node_id
+            .ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(defaulted.lease, ClusterConfig::DEFAULT_LEASE);
+        for (bad, name) in [
+            (vec![("ARREGLAME_CLUSTER", "nats")], "NATS_URL"),
+            (
+                vec![
+                    ("ARREGLAME_CLUSTER", "nats"),
+                    ("NATS_URL", "nats://a:4222"),
+                    ("NODE_ID", "node 1"),
+                ],
+                "NODE_ID",
+            ),
+            (vec![("ARREGLAME_CLUSTER", "raft")], "ARREGLAME_CLUSTER"),
+        ] {
+            let mut all = vec![db];
+            all.extend(bad);
+            let err = Config::from_vars(vars(&all)).unwrap_err().to_string();
+            assert!(err.starts_with(name), "{err}");
+        }
     }
 
     #[test]
