@@ -7,11 +7,13 @@
 //!   write of the previous owner's actors is refused.
 //! - **Renew**: every quarter lease, first `city_leases` (the pool is healthy and the epoch
 //!   is still ours), then a revision-checked `update` of the key.
-//! - **Give up by itself**: once the last successful renewal is a lease old on this node's
-//!   own clock, the node stops acting for the city without asking anybody: a node cut off
-//!   from NATS or PostgreSQL, or stopped and woken, never acts on an expired lease. The
-//!   renewal's clock starts before the request is sent, so the node's deadline comes no
-//!   later than the key's expiry at the server.
+//! - **Give up by itself**: once the last successful renewal is a lease (less a tick) old on
+//!   this node's own clock, the node stops acting for the city without asking anybody
+//!   (`OwnedCities::epoch` answers nothing past that deadline, whether or not the keeper has
+//!   looked): a node cut off from NATS or PostgreSQL, stuck on a slow call, or stopped and
+//!   woken, never acts on an expired lease. The renewal's clock starts before the request
+//!   is sent, so the node's deadline comes a tick before the key's expiry at the server,
+//!   and every renewal call is bounded by the time left.
 //! - **Take over**: a node that sees a city's key gone tries to create it after a delay
 //!   of its rendezvous rank among the live nodes (the `arreglame_nodes` bucket) times a
 //!   step, so the nodes do not stampede and the same node usually wins a given city.
@@ -140,6 +142,12 @@ impl LeaseKeeper {
         self.lease
     }
 
+    /// Until when a write sent at `sent` lets this node act: the lease less a tick, so the
+    /// node stops before the key can expire at the server (its clock started later).
+    fn acts_until(&self, sent: Instant) -> Instant {
+        sent + self.lease - self.tick_every()
+    }
+
     /// How often the keeper looks: an eighth of the lease.
     pub fn tick_every(&self) -> Duration {
         self.lease / 8
@@ -175,7 +183,7 @@ impl LeaseKeeper {
     }
 
     async fn renew(&mut self, city: &str, held: OwnedCity) {
-        if held.renewed.elapsed() >= self.lease {
+        if Instant::now() >= held.acts_until {
             self.stand_down(city, "lease expired on this node's clock")
                 .await;
             return;
@@ -184,34 +192,68 @@ impl LeaseKeeper {
             return;
         }
         let sent = Instant::now();
-        match self
-            .store
-            .renew_city_lease(city, held.epoch, held.kv_revision)
-            .await
+        // Never wait past the lease: a renewal that cannot finish in time is no renewal.
+        let left = held.acts_until.saturating_duration_since(sent);
+        match tokio::time::timeout(
+            left,
+            self.store
+                .renew_city_lease(city, held.epoch, held.kv_revision),
+        )
+        .await
         {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
                 self.stand_down(city, "fenced: another node took the city")
                     .await;
                 return;
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // No renewal without the database: the deadline gives the city up.
                 tracing::warn!(target: "Cluster", city, error = %e, "lease not renewed: database unavailable");
                 return;
             }
+            Err(_) => {
+                tracing::warn!(target: "Cluster", city, "lease not renewed: the database did not answer in time");
+                return;
+            }
         }
-        match self
-            .owners
-            .update(city, self.node_id.clone().into(), held.kv_revision)
-            .await
-        {
+        let left = held.acts_until.saturating_duration_since(Instant::now());
+        let updated = tokio::time::timeout(
+            left,
+            self.owners
+                .update(city, self.node_id.clone().into(), held.kv_revision),
+        )
+        .await;
+        let Ok(updated) = updated else {
+            tracing::warn!(target: "Cluster", city, "lease not renewed: NATS did not answer in time");
+            return;
+        };
+        // An update applied by the server whose answer was lost looks like a wrong
+        // revision next time: the key still says this node, so its revision is ours.
+        let updated = match updated {
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                match self.owners.entry(city).await {
+                    Ok(Some(entry))
+                        if entry.operation == kv::Operation::Put
+                            && entry.value.as_ref() == self.node_id.as_bytes() =>
+                    {
+                        self.owners
+                            .update(city, self.node_id.clone().into(), entry.revision)
+                            .await
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        };
+        match updated {
             Ok(revision) => {
                 self.owned.hold(
                     city,
                     OwnedCity {
                         kv_revision: revision,
                         renewed: sent,
+                        acts_until: self.acts_until(sent),
                         renewed_at: chrono::Utc::now(),
                         ..held
                     },
@@ -244,7 +286,9 @@ impl LeaseKeeper {
             .absent_since
             .entry(city.to_string())
             .or_insert_with(Instant::now);
-        let wait = self.tick_every() * self.rank(city) as u32;
+        // Rank 0 waits a tick too: the owner stops acting a tick before its key can expire,
+        // and this keeps a tick between the two even if this node saw the expiry early.
+        let wait = self.tick_every() * (self.rank(city) as u32 + 1);
         if since.elapsed() < wait {
             return;
         }
@@ -280,6 +324,7 @@ impl LeaseKeeper {
                 epoch,
                 kv_revision: revision,
                 renewed: sent,
+                acts_until: self.acts_until(sent),
                 renewed_at: chrono::Utc::now(),
             },
         );
@@ -401,22 +446,28 @@ pub fn rendezvous_rank(nodes: &[String], node: &str, city: &str) -> usize {
         .count()
 }
 
-/// The nodes whose last announcement in the nodes bucket is younger than `fresh` (a node
-/// announces itself every tick; a dead one's key outlives it by the bucket's max age).
+/// The nodes whose last announcement in the nodes bucket is less than `fresh` older than
+/// the freshest one (a node announces itself every tick; a dead one's key outlives it by
+/// the bucket's max age). The times compared are all the server's, so the nodes' clocks
+/// need not agree.
 pub async fn live_nodes(nodes: &kv::Store, fresh: Duration) -> Result<Vec<String>, String> {
     use futures::StreamExt;
     let keys = nodes.keys().await.map_err(|e| e.to_string())?;
     let keys: Vec<String> = keys.filter_map(|k| async move { k.ok() }).collect().await;
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
-    let mut live = Vec::new();
+    let mut announced = Vec::new();
     for key in keys {
         if let Ok(Some(entry)) = nodes.entry(key.clone()).await {
-            let age_nanos = now - entry.created.unix_timestamp_nanos();
-            if entry.operation == kv::Operation::Put && age_nanos < fresh.as_nanos() as i128 {
-                live.push(key);
+            if entry.operation == kv::Operation::Put {
+                announced.push((key, entry.created.unix_timestamp_nanos()));
             }
         }
     }
+    let freshest = announced.iter().map(|(_, at)| *at).max().unwrap_or(0);
+    let mut live: Vec<String> = announced
+        .into_iter()
+        .filter(|(_, at)| freshest - at < fresh.as_nanos() as i128)
+        .map(|(key, _)| key)
+        .collect();
     live.sort();
     Ok(live)
 }

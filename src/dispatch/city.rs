@@ -587,8 +587,12 @@ impl Actor for CityActor {
                 // A worker who starts a booked job while holding another request's offer
                 // keeps the hold: that offer is still pending in the database, and marking
                 // them busy would free them for a third request when the booked job ends.
-                // The booked slot keeps overlapping jobs away meanwhile.
-                Some(Availability::HoldingOffer { request_id: held }) if held != request_id => {}
+                // They become busy with the job once that offer is settled.
+                Some(Availability::HoldingOffer { request_id: held }) if held != request_id => {
+                    if let Some(w) = state.index.get_mut(&worker_id) {
+                        w.busy_after_hold = Some(request_id);
+                    }
+                }
                 _ => {
                     state
                         .index
@@ -638,17 +642,26 @@ fn release_if_held_for(index: &mut WorkerIndex, worker_id: Uuid, request_id: Uui
     free_if_held_for(index, worker_id, request_id);
 }
 
-/// Makes a worker available again if what they hold is `request_id`'s offer or job.
+/// Makes a worker available again if what they hold is `request_id`'s offer or job (or
+/// busy with the job they started while holding that offer).
 fn free_if_held_for(index: &mut WorkerIndex, worker_id: Uuid, request_id: Uuid) {
-    let Some(w) = index.get(&worker_id) else {
+    let Some(w) = index.get_mut(&worker_id) else {
         return;
     };
+    if w.busy_after_hold == Some(request_id) {
+        // The job started under another offer's hold is over.
+        w.busy_after_hold = None;
+    }
     let holds = matches!(
         w.availability,
         Availability::HoldingOffer { request_id: r } | Availability::Busy { request_id: r } if r == request_id
     );
     if holds {
-        index.set_availability(worker_id, Availability::Available);
+        let next = match w.busy_after_hold.take() {
+            Some(job) => Availability::Busy { request_id: job },
+            None => Availability::Available,
+        };
+        index.set_availability(worker_id, next);
     }
 }
 
@@ -816,6 +829,38 @@ mod tests {
         city.cast(CityMsg::Release {
             worker_id: w,
             request_id: offered,
+        })
+        .unwrap();
+        assert!(reserve_nearest(&city, third).await.is_some());
+    }
+
+    /// The other order: the offer settles while the booked job is still going on. The
+    /// worker is busy with the job, not free, until it is done.
+    #[tokio::test]
+    async fn an_offer_settled_during_a_booked_job_leaves_the_worker_busy_with_the_job() {
+        let (city, _h) = Actor::spawn(None, CityActor, buenos_aires()).await.unwrap();
+        let w = Uuid::new_v4();
+        online(&city, w, -58.40).await;
+        let (offered, booked, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(reserve_nearest(&city, offered).await.is_some());
+        city.cast(CityMsg::MarkBusy {
+            worker_id: w,
+            request_id: booked,
+        })
+        .unwrap();
+        city.cast(CityMsg::Release {
+            worker_id: w,
+            request_id: offered,
+        })
+        .unwrap();
+        assert!(
+            reserve_nearest(&city, third).await.is_none(),
+            "busy with the booked job"
+        );
+        city.cast(CityMsg::JobDone {
+            worker_id: w,
+            request_id: booked,
+            earned_cents: 1_000,
         })
         .unwrap();
         assert!(reserve_nearest(&city, third).await.is_some());

@@ -52,6 +52,10 @@ pub struct OnlineWorker {
     pub booked: Vec<BookedSlot>,
     /// The worker's recent record, for ranking.
     pub record: crate::domain::offer_policy::WorkerRecord,
+    /// A job the worker started while holding another request's offer: they become busy
+    /// with it once that offer is settled (the city keeps one state per worker).
+    #[serde(skip)]
+    pub busy_after_hold: Option<Uuid>,
 }
 
 /// An accepted booking in a worker's day.
@@ -209,10 +213,10 @@ impl WorkerIndex {
             (None, None) => Availability::Available,
         };
         // A known worker keeps its day and record through a re-announcement.
-        let (booked, record) = self
+        let (booked, record, busy_after_hold) = self
             .workers
             .get(&id)
-            .map(|w| (w.booked.clone(), w.record.clone()))
+            .map(|w| (w.booked.clone(), w.record.clone(), w.busy_after_hold))
             .unwrap_or_default();
         self.remove(id);
         if availability == Availability::Available {
@@ -231,6 +235,7 @@ impl WorkerIndex {
                 availability,
                 booked,
                 record,
+                busy_after_hold,
             },
         );
     }

@@ -49,12 +49,20 @@ pub struct OwnedCity {
     pub kv_revision: u64,
     #[serde(skip)]
     pub renewed: tokio::time::Instant,
+    /// This node acts for the city until then (its last renewal's send time plus the
+    /// lease, less a margin), whether or not the keeper has looked since: a keeper stuck
+    /// on a slow database or NATS call cannot stretch the lease.
+    #[serde(skip)]
+    pub acts_until: tokio::time::Instant,
     pub renewed_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl OwnedCities {
     pub fn epoch(&self, city_id: &str) -> Option<i64> {
-        self.cities.get(city_id).map(|c| c.epoch)
+        self.cities
+            .get(city_id)
+            .filter(|c| tokio::time::Instant::now() < c.acts_until)
+            .map(|c| c.epoch)
     }
 
     pub fn get(&self, city_id: &str) -> Option<OwnedCity> {

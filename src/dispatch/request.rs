@@ -561,22 +561,25 @@ impl RequestActor {
                     myself.stop(None);
                     return Ok(());
                 }
-                state.batches += 1;
-                let batch = state.batches;
-                for offer in &offers {
-                    self.resume_offer(state, offer, batch).await;
-                }
-                let earliest = offers
-                    .iter()
-                    .map(|o| o.expires_at)
-                    .min()
-                    .unwrap_or_default();
-                let remaining = (earliest - Utc::now()).to_std().unwrap_or_default();
-                if remaining.is_zero() {
-                    // Expired while nobody was watching (engine down): settle at once.
-                    myself.send_message(RequestMsg::BatchTimeout { batch })?;
-                } else {
-                    self.arm(myself, state, batch, remaining);
+                // The offers sent together share a deadline: one batch (and timer) per
+                // deadline, so a topped-up offer keeps the time it was given.
+                let mut deadlines: Vec<DateTime<Utc>> =
+                    offers.iter().map(|o| o.expires_at).collect();
+                deadlines.sort();
+                deadlines.dedup();
+                for deadline in deadlines {
+                    state.batches += 1;
+                    let batch = state.batches;
+                    for offer in offers.iter().filter(|o| o.expires_at == deadline) {
+                        self.resume_offer(state, offer, batch).await;
+                    }
+                    let remaining = (deadline - Utc::now()).to_std().unwrap_or_default();
+                    if remaining.is_zero() {
+                        // Expired while nobody was watching (engine down): settle at once.
+                        myself.send_message(RequestMsg::BatchTimeout { batch })?;
+                    } else {
+                        self.arm(myself, state, batch, remaining);
+                    }
                 }
             }
             // A restarted actor reminds the worker again if the reminder time has passed

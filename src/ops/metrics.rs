@@ -191,6 +191,26 @@ fn describe_all() {
             "arreglame_graphql_errors_total",
             "GraphQL errors, by extensions.code.",
         ),
+        (
+            "arreglame_db_group_commit_retried_total",
+            "Group commits that failed and were written again one transition at a time.",
+        ),
+        (
+            "arreglame_cluster_cities_won_total",
+            "Cities this node took in the city_owner bucket (cluster mode).",
+        ),
+        (
+            "arreglame_cluster_cities_lost_total",
+            "Cities this node gave up: lease expired on its clock, fenced, handed over or rebalanced.",
+        ),
+        (
+            "arreglame_cluster_lease_renewals_total",
+            "Successful renewals of this node's city leases.",
+        ),
+        (
+            "arreglame_cluster_stale_writes_refused_total",
+            "Transitions refused because the city's epoch moved past the one they carried.",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(*name, *help);
@@ -273,6 +293,10 @@ fn describe_all() {
             "arreglame_nats_connected",
             "1 while the outbox relay's NATS connection is up (absent without NATS).",
         ),
+        (
+            "arreglame_cluster_cities_owned",
+            "Cities this node owns now (cluster mode).",
+        ),
     ];
     for (name, help) in gauges {
         describe_gauge!(*name, *help);
@@ -312,6 +336,11 @@ fn describe_all() {
     for (name, help) in histograms {
         describe_histogram!(*name, Unit::Seconds, *help);
     }
+    describe_histogram!(
+        "arreglame_db_group_commit_transitions",
+        Unit::Count,
+        "Transitions per commit written by the group commit's writers."
+    );
 }
 
 /// Counts and times every HTTP request by its route pattern (never the raw path: ids

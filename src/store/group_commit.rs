@@ -7,12 +7,13 @@
 //! before (one statement, its own implicit transaction), and a busy one writes larger
 //! groups the longer each commit takes. Each transition keeps its own statement and its
 //! own version check: a lost race comes back to its own actor as zero rows (its
-//! `ConcurrencyConflict`), never the group's failure. A statement that fails in a group
-//! (a constraint, a refused value) aborts the group's transaction; then every transition
-//! of the group is written again alone, so the failing one fails by itself and the others
-//! commit. If the group's commit itself was lost in flight (the connection dropped), the
-//! retried transitions find their rows already moved on and report a conflict: the actor
-//! reloads and sees its change applied, never applied twice.
+//! `ConcurrencyConflict`), never the group's failure. A statement the database refuses in
+//! a group (a constraint, a refused value, a deadlock) aborts the group's transaction; then
+//! every transition of the group is written again alone, so the failing one fails by
+//! itself and the others commit. Any other failure (no connection in time, the connection
+//! lost, possibly during the commit) is every transition's error, as it would have been
+//! alone: each actor fails and is rebuilt from the database, which says whether its change
+//! was committed; nothing is retried blindly, so nothing waits behind a dead database.
 //!
 //! An actor gets its answer only after the commit that made it durable, so it pushes an
 //! offer only after its transition committed, as before.
@@ -113,13 +114,21 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
                     let _ = job.reply.send(Ok(row));
                 }
             }
-            Err(e) => {
+            Err(sqlx::Error::Database(e)) => {
                 tracing::debug!(target: "Store", error = %e, transitions = group.len(),
-                    "group commit failed; writing its transitions one by one");
+                    "group commit refused; writing its transitions one by one");
                 metrics::counter!("arreglame_db_group_commit_retried_total").increment(1);
                 for job in group {
                     let answer = job.args.query().fetch_optional(&pool).await;
                     let _ = job.reply.send(answer);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for job in group {
+                    let _ = job
+                        .reply
+                        .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
                 }
             }
         }

@@ -23,7 +23,10 @@ pub struct CityLeaseRow {
 impl Store {
     /// A node that just won `city` in the KV bucket takes its fence: the epoch goes up by
     /// one (from 1 for a city never owned), so every write of the previous owner's actors
-    /// is refused from this commit on. Returns the new epoch.
+    /// that starts after this commit is refused. (The fence reads `city_leases` in the
+    /// write's own snapshot without a lock, so a write whose statement began just before
+    /// can still land; the version guard keeps it from overwriting anything, and the old
+    /// owner stopped acting a tick before its key could expire.) Returns the new epoch.
     pub async fn take_city_lease(
         &self,
         city_id: &str,

@@ -337,9 +337,9 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         {
-            Ok(Some((version, city_id, epoch)))
-                if version == current.version && fence.is_some() && epoch != fence =>
-            {
+            // A node that lost the city hears so even when the new owner already moved
+            // the row: it must stop, not reload and carry on.
+            Ok(Some((_, city_id, epoch))) if fence.is_some() && epoch != fence => {
                 StoreError::Fenced {
                     city_id: city_id.unwrap_or_default(),
                     epoch: fence.unwrap_or_default(),

@@ -332,6 +332,7 @@ async fn a_node_dispatches_only_the_cities_it_owns_and_recovers_a_won_city_alone
             epoch,
             kv_revision: 1,
             renewed: tokio::time::Instant::now(),
+            acts_until: tokio::time::Instant::now() + Duration::from_secs(3600),
             renewed_at: Utc::now(),
         },
     );
