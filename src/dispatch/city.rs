@@ -690,12 +690,22 @@ mod tests {
 
     /// Reserves a batch of `width` for a new request.
     async fn reserve_width(city: &ActorRef<CityMsg>, width: OfferWidth) -> Reserved {
+        reserve_for(city, Uuid::new_v4(), width, 0).await
+    }
+
+    /// Reserves for `request_id`, which has `out` offers out already, up to `width`.
+    async fn reserve_for(
+        city: &ActorRef<CityMsg>,
+        request_id: Uuid,
+        width: OfferWidth,
+        out: usize,
+    ) -> Reserved {
         call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
             search: search(-58.40, -34.60, 10),
-            request_id: Uuid::new_v4(),
+            request_id,
             width,
             at_most: 10,
-            out: 0,
+            out,
             ranking: None,
             priority: false,
             reply,
@@ -938,30 +948,15 @@ mod tests {
             online(&city, *w, -58.40 + 0.001 * i as f64).await;
         }
         let request_id = Uuid::new_v4();
-        async fn top_up(city: &ActorRef<CityMsg>, request_id: Uuid, out: usize) -> Reserved {
-            call!(city, |reply| CityMsg::ReserveBest(ReserveBest {
-                search: search(-58.40, -34.60, 10),
-                request_id,
-                width: OfferWidth::Fixed(3),
-                at_most: 10,
-                out,
-                ranking: None,
-                priority: false,
-                reply,
-            }))
-            .unwrap()
-        }
-        let topped: Vec<Uuid> = top_up(&city, request_id, 2)
+        let top_up = |out| reserve_for(&city, request_id, OfferWidth::Fixed(3), out);
+        let topped: Vec<Uuid> = top_up(2)
             .await
             .picks
             .iter()
             .map(|p| p.candidate.worker_id)
             .collect();
         assert_eq!(topped, workers[..1], "one more, the nearest");
-        assert!(
-            top_up(&city, request_id, 3).await.picks.is_empty(),
-            "already full"
-        );
+        assert!(top_up(3).await.picks.is_empty(), "already full");
         let rest: Vec<Uuid> = reserve_width(&city, OfferWidth::Fixed(3))
             .await
             .picks

@@ -15,7 +15,7 @@ use arreglame::{
         CommandError,
     },
     domain::Status,
-    store::{Change, NewOffer, Store, StoreError},
+    store::{Change, Store, StoreError},
 };
 use chrono::Utc;
 use uuid::Uuid;
@@ -103,19 +103,6 @@ async fn tick_until(keeper: &mut LeaseKeeper, mut done: impl FnMut() -> bool) {
         tokio::time::sleep(keeper.tick_every()).await;
     }
     panic!("the keeper never got there");
-}
-
-fn offer_to(worker: Uuid, attempt: i32) -> Change {
-    Change::OfferSent(NewOffer {
-        id: Uuid::new_v4(),
-        worker_id: worker,
-        attempt,
-        expires_at: Utc::now() + chrono::Duration::minutes(5),
-        distance_meters: 100.0,
-        radius_meters: 2000,
-        candidates_considered: 1,
-        candidate_scores: vec![],
-    })
 }
 
 async fn outbox_rows(store: &Store, request: Uuid) -> i64 {
@@ -440,12 +427,4 @@ async fn two_engine_processes_own_each_city_exactly_once_and_the_survivor_takes_
         .await
         .unwrap();
     assert!(leases.iter().all(|l| l.node_id == b));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -3,7 +3,7 @@
 
 use arreglame::{
     domain::Status,
-    store::{Change, NewOffer, Store, StoreError},
+    store::{Change, Store, StoreError},
 };
 use chrono::Utc;
 use uuid::Uuid;
@@ -221,19 +221,6 @@ async fn migrations_revert_and_apply_again() {
         .unwrap();
     assert!(cities >= 2);
     assert_eq!(edges(store.clone()).await, 1);
-}
-
-fn offer_to(worker: Uuid, attempt: i32) -> Change {
-    Change::OfferSent(NewOffer {
-        id: Uuid::new_v4(),
-        worker_id: worker,
-        attempt,
-        expires_at: Utc::now() + chrono::Duration::minutes(5),
-        distance_meters: 100.0,
-        radius_meters: 2000,
-        candidates_considered: 1,
-        candidate_scores: vec![],
-    })
 }
 
 #[tokio::test]

@@ -457,3 +457,26 @@ impl DbProxy {
         self.serve(listener);
     }
 }
+
+/// A first offer of a request to `worker` (attempt `attempt`), as dispatch would send it.
+pub fn offer_to(worker: Uuid, attempt: i32) -> arreglame::store::Change {
+    arreglame::store::Change::OfferSent(arreglame::store::NewOffer {
+        id: Uuid::new_v4(),
+        worker_id: worker,
+        attempt,
+        expires_at: chrono::Utc::now() + chrono::Duration::minutes(5),
+        distance_meters: 100.0,
+        radius_meters: 2000,
+        candidates_considered: 1,
+        candidate_scores: vec![],
+    })
+}
+
+/// A TCP port free on loopback now (for an engine process a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

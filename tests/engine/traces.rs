@@ -65,14 +65,6 @@ async fn export(State(spans): State<Spans>, body: Bytes) -> &'static str {
     ""
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn one_trace_follows_a_request_from_the_create_to_the_offer_frame() {
     // The receiver.

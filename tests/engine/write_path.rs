@@ -3,24 +3,10 @@
 //! transition's conflict, a constraint refuses that transition alone, and the others of
 //! the group commit.
 
-use arreglame::store::{Change, NewOffer, ServiceRequest, Store, StoreError};
-use chrono::Utc;
+use arreglame::store::{ServiceRequest, Store, StoreError};
 use uuid::Uuid;
 
 use crate::helpers::*;
-
-fn offer_to(worker: Uuid) -> Change {
-    Change::OfferSent(NewOffer {
-        id: Uuid::new_v4(),
-        worker_id: worker,
-        attempt: 1,
-        expires_at: Utc::now() + chrono::Duration::minutes(5),
-        distance_meters: 100.0,
-        radius_meters: 2000,
-        candidates_considered: 1,
-        candidate_scores: vec![],
-    })
-}
 
 async fn requests_and_workers(store: &Store, n: usize) -> (Vec<ServiceRequest>, Vec<Uuid>) {
     let (mut requests, mut workers) = (Vec::new(), Vec::new());
@@ -56,10 +42,10 @@ async fn transitions_queued_together_commit_together_each_with_its_own_version_c
     let mut writes: Vec<_> = requests
         .iter()
         .zip(&workers)
-        .map(|(r, w)| store.transition(r, offer_to(*w)))
+        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
         .collect();
     let late = insert_worker(&store, "buenos-aires").await;
-    writes.push(store.transition(&requests[0], offer_to(late)));
+    writes.push(store.transition(&requests[0], offer_to(late, 1)));
     let results = futures::future::join_all(writes).await;
     let (committed, lost): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
     assert_eq!(committed.len(), 12);
@@ -90,9 +76,9 @@ async fn a_transition_a_constraint_refuses_fails_alone_and_the_rest_of_its_group
     let mut writes: Vec<_> = requests[..5]
         .iter()
         .zip(&workers)
-        .map(|(r, w)| store.transition(r, offer_to(*w)))
+        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
         .collect();
-    writes.push(store.transition(&requests[5], offer_to(workers[0])));
+    writes.push(store.transition(&requests[5], offer_to(workers[0], 1)));
     let results = futures::future::join_all(writes).await;
     assert!(results[..5].iter().all(|r| r.is_ok()), "{results:?}");
     assert!(
@@ -115,7 +101,7 @@ async fn with_group_commit_off_each_transition_commits_alone() {
     let writes: Vec<_> = requests
         .iter()
         .zip(&workers)
-        .map(|(r, w)| store.transition(r, offer_to(*w)))
+        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
         .collect();
     assert!(futures::future::join_all(writes)
         .await
