@@ -96,8 +96,24 @@ impl Application {
             Some(_) => crate::dispatch::ownership::Ownership::Cluster(owned.clone()),
             None => crate::dispatch::ownership::Ownership::Single,
         };
+        // A cluster node reaches workers connected to other nodes over NATS.
+        let nats = match &config.cluster {
+            None => None,
+            Some(cluster) => Some(
+                crate::cluster::connect(&cluster.nats_url, &cluster.node_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("NATS_URL: {e}"))?,
+            ),
+        };
+        let worker_gateway: Arc<dyn crate::dispatch::gateway::WorkerGateway> = match &nats {
+            None => sessions.clone(),
+            Some(client) => Arc::new(crate::cluster::routing::ClusterGateway::new(
+                client.clone(),
+                sessions.clone(),
+            )),
+        };
         let dispatcher =
-            Dispatcher::start_owning(store.clone(), settings.clone(), sessions.clone(), ownership)
+            Dispatcher::start_owning(store.clone(), settings.clone(), worker_gateway, ownership)
                 .await?;
         let city_ids: Vec<String> = dispatcher.cities().iter().map(|c| c.id.clone()).collect();
         crate::ops::metrics::register_cities(&city_ids);
@@ -107,13 +123,10 @@ impl Application {
             settings.clone(),
             shutdown_rx.clone(),
         );
-        let cluster = match &config.cluster {
-            None => None,
-            Some(cluster) => {
-                let client = crate::cluster::connect(&cluster.nats_url, &cluster.node_id)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("NATS_URL: {e}"))?;
-                let js = async_nats::jetstream::new(client);
+        let cluster = match (&config.cluster, nats) {
+            (Some(cluster), Some(client)) => {
+                let js = async_nats::jetstream::new(client.clone());
+                let events = Arc::new(crate::cluster::DispatchOwnership::new(dispatcher.clone()));
                 let servers = cluster.nats_url.split(',').filter(|s| !s.trim().is_empty());
                 let keeper = crate::cluster::lease::LeaseKeeper::open(
                     &js,
@@ -124,9 +137,20 @@ impl Application {
                     store.clone(),
                     city_ids.clone(),
                     owned.clone(),
-                    Arc::new(crate::cluster::DispatchOwnership(dispatcher.clone())),
+                    events.clone(),
                 )
                 .await?;
+                let router = crate::cluster::routing::Router::start(
+                    client,
+                    cluster.node_id.clone(),
+                    dispatcher.clone(),
+                    sessions.clone(),
+                    sessions.clone(),
+                    keeper.nodes_bucket(),
+                    keeper.lease(),
+                )
+                .await?;
+                let _ = events.router.set(router);
                 let view = crate::cluster::ClusterView {
                     node_id: cluster.node_id.clone(),
                     lease: keeper.lease(),
@@ -137,6 +161,7 @@ impl Application {
                 background.push(tokio::spawn(keeper.run(shutdown_rx.clone())));
                 Some(view)
             }
+            _ => None,
         };
         background.push(settings_task);
         let relay = jobs::outbox_relay::spawn(

@@ -7,6 +7,7 @@
 //! every city and writes unfenced, as before.
 
 pub mod lease;
+pub mod routing;
 
 use std::{sync::Arc, time::Duration};
 
@@ -39,14 +40,39 @@ pub async fn connect(url: &str, node_id: &str) -> Result<async_nats::Client, Str
         .map_err(|e| e.to_string())
 }
 
-/// The dispatcher's side of ownership: a won city's open requests are recovered; a lost
-/// city's actors stand down.
-pub struct DispatchOwnership(pub crate::dispatch::Dispatcher);
+/// The dispatcher's side of ownership: a won city's subjects are served here, its workers
+/// announced again by every node, then its open requests recovered; a lost city's subjects
+/// go quiet and its actors stand down.
+pub struct DispatchOwnership {
+    pub dispatcher: crate::dispatch::Dispatcher,
+    /// Set once the router is up (before the lease keeper runs).
+    pub router: std::sync::OnceLock<Arc<routing::Router>>,
+}
+
+impl DispatchOwnership {
+    pub fn new(dispatcher: crate::dispatch::Dispatcher) -> DispatchOwnership {
+        DispatchOwnership {
+            dispatcher,
+            router: std::sync::OnceLock::new(),
+        }
+    }
+}
 
 #[async_trait::async_trait]
 impl lease::CityOwnershipEvents for DispatchOwnership {
     async fn won(&self, city_id: &str, epoch: i64) {
-        match self.0.recover().await {
+        if let Some(router) = self.router.get() {
+            match router.serve(city_id).await {
+                Ok(workers) => metrics::counter!("arreglame_cluster_workers_reannounced_total")
+                    .increment(workers as u64),
+                // Without its subjects the city still dispatches its own node's workers;
+                // the next takeover tries again.
+                Err(e) => {
+                    tracing::error!(target: "Cluster", city = city_id, error = %e, "city subjects not served")
+                }
+            }
+        }
+        match self.dispatcher.recover().await {
             Ok(recovered) => {
                 tracing::info!(target: "Cluster", city = city_id, epoch, recovered, "city recovered")
             }
@@ -58,6 +84,9 @@ impl lease::CityOwnershipEvents for DispatchOwnership {
     }
 
     async fn lost(&self, city_id: &str, _why: &'static str) {
-        self.0.stand_down(city_id);
+        if let Some(router) = self.router.get() {
+            router.unserve(city_id);
+        }
+        self.dispatcher.stand_down(city_id);
     }
 }

@@ -148,7 +148,7 @@ impl CityHandle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, serde::Deserialize)]
 pub enum CityError {
     #[error("position ({lon}, {lat}) is outside the service area of {city}")]
     OutsideServiceArea { city: String, lon: f64, lat: f64 },

@@ -6,14 +6,14 @@
 //! resumes its pending offer), not from this call.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::domain::{Position, Status};
 
 /// Everything a worker needs to decide on an offer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OfferNotice {
     pub offer_id: Uuid,
@@ -90,7 +90,7 @@ impl OfferNotice {
 }
 
 /// What dispatch tells a worker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkerNotice {
     Offer(OfferNotice),
@@ -144,6 +144,12 @@ impl WorkerNotice {
 /// Pushes notices to workers.
 pub trait WorkerGateway: Send + Sync + 'static {
     fn notify(&self, notice: WorkerNotice);
+
+    /// True when this gateway holds a live connection of the worker. A cluster node asks
+    /// before pushing: a worker connected to another node is reached over NATS instead.
+    fn has_session(&self, _worker_id: Uuid) -> bool {
+        true
+    }
 }
 
 /// Sends every notice down a channel: the engine without WebSockets, and tests.

@@ -9,14 +9,15 @@ pub mod index;
 pub mod ownership;
 pub mod request;
 mod rollout;
+pub mod routing;
 pub mod supervisor;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use ractor::{call, Actor, ActorId, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
@@ -29,10 +30,12 @@ use city::{
 };
 use gateway::WorkerGateway;
 use request::{RequestMsg, RequestSnapshot};
+use routing::{OwnerLink, RoutedAnswer, RoutedCommand};
 use supervisor::{RequestSupervisor, SupervisorMsg};
 
-/// Why a command on a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+/// Why a command on a request was refused. Deserializable too: a command run by another
+/// cluster node comes back with its answer (`routing`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "code", content = "detail", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CommandError {
     #[error("service request not found")]
@@ -48,7 +51,7 @@ pub enum CommandError {
     #[error("cannot {action} a request that is {status}")]
     IllegalState {
         status: Status,
-        action: &'static str,
+        action: Cow<'static, str>,
     },
     #[error("the cancellation window of this job has closed")]
     WindowClosed,
@@ -80,7 +83,7 @@ impl From<StoreError> for CommandError {
             StoreError::NotFound { .. } => CommandError::NotFound,
             StoreError::IllegalTransition(t) => CommandError::IllegalState {
                 status: t.from,
-                action: "change",
+                action: "change".into(),
             },
             StoreError::WindowClosed => CommandError::WindowClosed,
             StoreError::InvalidValue(detail) => CommandError::InvalidInput(detail),
@@ -209,6 +212,9 @@ pub struct DispatchContext {
     pub stats: DispatchStats,
     /// The cities this node dispatches (all of them alone; its leases in a cluster).
     pub ownership: self::ownership::Ownership,
+    /// How commands for the cities of other nodes reach their owner (a cluster node only;
+    /// set once the link is up, `Dispatcher::route_through`).
+    pub owner_link: std::sync::OnceLock<Arc<dyn OwnerLink>>,
 }
 
 impl DispatchContext {
@@ -290,6 +296,7 @@ impl Dispatcher {
             actor_requests: DashMap::new(),
             stats: DispatchStats::default(),
             ownership,
+            owner_link: std::sync::OnceLock::new(),
         });
         let (supervisor, _) =
             Actor::spawn(None, RequestSupervisor { ctx: ctx.clone() }, ()).await?;
@@ -527,7 +534,7 @@ impl Dispatcher {
         if row.status.is_terminal() {
             return Err(CommandError::IllegalState {
                 status: row.status,
-                action: "change",
+                action: "change".into(),
             });
         }
         self.ensure_actor(request_id).await
@@ -564,13 +571,13 @@ impl Dispatcher {
         request_id: Uuid,
         offer_id: Uuid,
     ) -> Result<ServiceRequest, CommandError> {
-        self.command(request_id, |reply| RequestMsg::Accept {
+        self.run(RoutedCommand::AcceptOffer {
             worker_id,
+            request_id,
             offer_id,
-            reply,
         })
-        .await
-        .map_err(offer_gone)
+        .await?
+        .request()
     }
 
     pub async fn reject_offer(
@@ -580,14 +587,14 @@ impl Dispatcher {
         offer_id: Uuid,
         reason: Option<String>,
     ) -> Result<(), CommandError> {
-        self.command(request_id, |reply| RequestMsg::Reject {
+        self.run(RoutedCommand::RejectOffer {
             worker_id,
+            request_id,
             offer_id,
-            reason: reason.clone(),
-            reply,
+            reason,
         })
-        .await
-        .map_err(offer_gone)
+        .await?
+        .done()
     }
 
     pub async fn start_job(
@@ -595,11 +602,12 @@ impl Dispatcher {
         worker_id: Uuid,
         request_id: Uuid,
     ) -> Result<ServiceRequest, CommandError> {
-        self.command(request_id, |reply| RequestMsg::StartJob {
+        self.run(RoutedCommand::StartJob {
             worker_id,
-            reply,
+            request_id,
         })
-        .await
+        .await?
+        .request()
     }
 
     /// The assigned worker gives the job back before it starts (`cancel_assignment`).
@@ -609,12 +617,13 @@ impl Dispatcher {
         request_id: Uuid,
         reason: Option<String>,
     ) -> Result<ServiceRequest, CommandError> {
-        self.command(request_id, |reply| RequestMsg::ReleaseAssignment {
+        self.run(RoutedCommand::CancelAssignment {
             worker_id,
-            reason: reason.clone(),
-            reply,
+            request_id,
+            reason,
         })
-        .await
+        .await?
+        .request()
     }
 
     pub async fn complete_job(
@@ -622,11 +631,12 @@ impl Dispatcher {
         worker_id: Uuid,
         request_id: Uuid,
     ) -> Result<ServiceRequest, CommandError> {
-        self.command(request_id, |reply| RequestMsg::CompleteJob {
+        self.run(RoutedCommand::CompleteJob {
             worker_id,
-            reply,
+            request_id,
         })
-        .await
+        .await?
+        .request()
     }
 
     /// Cancels a request. Ownership is the caller's to check (the API does, per customer).
@@ -636,12 +646,180 @@ impl Dispatcher {
         by: CancelledBy,
         reason: Option<String>,
     ) -> Result<ServiceRequest, CommandError> {
-        self.command(request_id, |reply| RequestMsg::Cancel {
+        self.run(RoutedCommand::Cancel {
+            request_id,
             by,
-            reason: reason.clone(),
-            reply,
+            reason,
         })
-        .await
+        .await?
+        .request()
+    }
+
+    /// Starts dispatching a request just stored (by the API): here, handing its row to
+    /// the actor, when this node owns its city; on the owner otherwise (a cluster node).
+    pub async fn begin_dispatch(&self, created: ServiceRequest) -> Result<(), CommandError> {
+        if let Some((link, city)) = self.remote_owner(created.city_id.as_deref()) {
+            let command = RoutedCommand::StartDispatch {
+                request_id: created.id,
+            };
+            return forward(link.as_ref(), &city, command).await?.done();
+        }
+        self.start_dispatch(created).await.map(|_| ())
+    }
+
+    /// Makes sure a stored open request is being dispatched (here or on its city's owner).
+    pub async fn begin_dispatch_of(&self, request_id: Uuid) -> Result<(), CommandError> {
+        self.run(RoutedCommand::StartDispatch { request_id })
+            .await?
+            .done()
+    }
+
+    // ---- routing between cluster nodes (docs/scale-out.md) --------------------------------
+
+    /// From now on, commands for cities this node does not own go through `link` to their
+    /// owner (a cluster node, once its NATS link is up; the first link set stays).
+    pub fn route_through(&self, link: Arc<dyn OwnerLink>) {
+        let _ = self.ctx.owner_link.set(link);
+    }
+
+    /// The link to the owner of `city_id`, when another node owns it (none alone).
+    fn remote_owner(&self, city_id: Option<&str>) -> Option<(Arc<dyn OwnerLink>, String)> {
+        let link = self.ctx.owner_link.get()?;
+        let city = city_id?;
+        (!self.ctx.ownership.owns(Some(city))).then(|| (link.clone(), city.to_string()))
+    }
+
+    /// Runs a command here, or on the owner of its city when that is another node.
+    async fn run(&self, command: RoutedCommand) -> Result<RoutedAnswer, CommandError> {
+        let remote = match &command {
+            RoutedCommand::WorkerOnline { city_id, .. }
+            | RoutedCommand::WorkerOffline { city_id, .. } => self.remote_owner(Some(city_id)),
+            RoutedCommand::StartDispatch { request_id }
+            | RoutedCommand::AcceptOffer { request_id, .. }
+            | RoutedCommand::RejectOffer { request_id, .. }
+            | RoutedCommand::StartJob { request_id, .. }
+            | RoutedCommand::CompleteJob { request_id, .. }
+            | RoutedCommand::CancelAssignment { request_id, .. }
+            | RoutedCommand::Cancel { request_id, .. } => {
+                // Alone, or with the actor here, there is nothing to look up.
+                if self.ctx.owner_link.get().is_none() || self.ctx.registry.contains_key(request_id)
+                {
+                    None
+                } else {
+                    let row = self.ctx.store.get_request(*request_id).await?;
+                    self.remote_owner(row.city_id.as_deref())
+                }
+            }
+        };
+        match remote {
+            Some((link, city)) => forward(link.as_ref(), &city, command).await,
+            None => self.execute_local(command).await,
+        }
+    }
+
+    /// Runs a command on this node, never forwarding it: what a node does for a command
+    /// another node routed to it. A city this node does not own (any more) is `NotOwner`.
+    pub async fn execute_local(
+        &self,
+        command: RoutedCommand,
+    ) -> Result<RoutedAnswer, CommandError> {
+        match command {
+            RoutedCommand::WorkerOnline {
+                city_id,
+                worker_id,
+                lon,
+                lat,
+                skills,
+            } => {
+                if !self.owns_city(Some(&city_id)) {
+                    return Err(CommandError::NotOwner { city: city_id });
+                }
+                let online = self
+                    .local_worker_online(&city_id, worker_id, lon, lat, skills)
+                    .await;
+                Ok(RoutedAnswer::Online(online))
+            }
+            RoutedCommand::WorkerOffline { city_id, worker_id } => {
+                self.local_worker_offline(&city_id, worker_id).await;
+                Ok(RoutedAnswer::Done)
+            }
+            RoutedCommand::StartDispatch { request_id } => self
+                .ensure_actor(request_id)
+                .await
+                .map(|_| RoutedAnswer::Done),
+            RoutedCommand::AcceptOffer {
+                worker_id,
+                request_id,
+                offer_id,
+            } => self
+                .command(request_id, |reply| RequestMsg::Accept {
+                    worker_id,
+                    offer_id,
+                    reply,
+                })
+                .await
+                .map_err(offer_gone)
+                .map(answer_row),
+            RoutedCommand::RejectOffer {
+                worker_id,
+                request_id,
+                offer_id,
+                reason,
+            } => self
+                .command(request_id, |reply| RequestMsg::Reject {
+                    worker_id,
+                    offer_id,
+                    reason: reason.clone(),
+                    reply,
+                })
+                .await
+                .map_err(offer_gone)
+                .map(|()| RoutedAnswer::Done),
+            RoutedCommand::StartJob {
+                worker_id,
+                request_id,
+            } => self
+                .command(request_id, |reply| RequestMsg::StartJob {
+                    worker_id,
+                    reply,
+                })
+                .await
+                .map(answer_row),
+            RoutedCommand::CompleteJob {
+                worker_id,
+                request_id,
+            } => self
+                .command(request_id, |reply| RequestMsg::CompleteJob {
+                    worker_id,
+                    reply,
+                })
+                .await
+                .map(answer_row),
+            RoutedCommand::CancelAssignment {
+                worker_id,
+                request_id,
+                reason,
+            } => self
+                .command(request_id, |reply| RequestMsg::ReleaseAssignment {
+                    worker_id,
+                    reason: reason.clone(),
+                    reply,
+                })
+                .await
+                .map(answer_row),
+            RoutedCommand::Cancel {
+                request_id,
+                by,
+                reason,
+            } => self
+                .command(request_id, |reply| RequestMsg::Cancel {
+                    by,
+                    reason: reason.clone(),
+                    reply,
+                })
+                .await
+                .map(answer_row),
+        }
     }
 
     pub async fn snapshot(&self, request_id: Uuid) -> Option<RequestSnapshot> {
@@ -707,7 +885,37 @@ impl Dispatcher {
     }
 
     /// A worker comes online. A job it already holds (per the database) keeps it busy.
+    /// On a cluster node, in a city another node owns, the owner puts it online there.
     pub async fn worker_online(
+        &self,
+        city_id: &str,
+        worker_id: Uuid,
+        lon: f64,
+        lat: f64,
+        skills: Vec<String>,
+    ) -> Result<(), CityError> {
+        let command = RoutedCommand::WorkerOnline {
+            city_id: city_id.to_string(),
+            worker_id,
+            lon,
+            lat,
+            skills,
+        };
+        match self.run(command).await {
+            Ok(RoutedAnswer::Online(online)) => online,
+            Ok(other) => {
+                tracing::warn!(target: "Dispatch", %worker_id, ?other, "unexpected answer to going online");
+                Err(CityError::Unavailable)
+            }
+            // No owner now (a takeover under way) or none answered: retry.
+            Err(e) => {
+                tracing::debug!(target: "Dispatch", %worker_id, city = city_id, error = %e, "worker not put online");
+                Err(CityError::Unavailable)
+            }
+        }
+    }
+
+    async fn local_worker_online(
         &self,
         city_id: &str,
         worker_id: Uuid,
@@ -793,6 +1001,10 @@ impl Dispatcher {
         lat: f64,
         wait: bool,
     ) -> Result<(), CityError> {
+        if let Some((link, city)) = self.remote_owner(Some(city_id)) {
+            link.moved(&city, worker_id, lon, lat);
+            return Ok(());
+        }
         let city = self.city_actor(city_id)?;
         if !wait {
             city.cast(CityMsg::Moved {
@@ -813,9 +1025,37 @@ impl Dispatcher {
         .unwrap_or(Err(CityError::NotOnline(worker_id)))
     }
 
+    /// A position routed here by another node for a city this node owns (nothing when it
+    /// does not own the city any more: the sender's next position goes to the new owner).
+    pub fn local_worker_moved(&self, city_id: &str, worker_id: Uuid, lon: f64, lat: f64) {
+        if !self.owns_city(Some(city_id)) {
+            return;
+        }
+        if let Some(city) = self.ctx.city(city_id) {
+            city.cast(CityMsg::Moved {
+                worker_id,
+                lon,
+                lat,
+                reply: None,
+            });
+        }
+    }
+
     /// A worker goes offline (or its connection died). An offer it held is settled as a
     /// timeout at once, so the request moves on instead of waiting for the timer.
     pub async fn worker_offline(&self, city_id: &str, worker_id: Uuid) {
+        let command = RoutedCommand::WorkerOffline {
+            city_id: city_id.to_string(),
+            worker_id,
+        };
+        if let Err(e) = self.run(command).await {
+            // The owner that missed it keeps the worker until its offer times out or a
+            // takeover starts the city afresh; nothing is written for a missed offline.
+            tracing::warn!(target: "Dispatch", %worker_id, city = city_id, error = %e, "worker offline not delivered to the city's owner");
+        }
+    }
+
+    async fn local_worker_offline(&self, city_id: &str, worker_id: Uuid) {
         let Ok(city) = self.city_actor(city_id) else {
             return;
         };
@@ -863,6 +1103,29 @@ impl Dispatcher {
             city.actor.stop(None);
         }
     }
+}
+
+/// Sends a command to the owner of `city`, counting it per command and outcome.
+async fn forward(
+    link: &dyn OwnerLink,
+    city: &str,
+    command: RoutedCommand,
+) -> Result<RoutedAnswer, CommandError> {
+    let kind = command.kind();
+    let answer = link.forward(city, command).await;
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(CommandError::NotOwner { .. }) => "no_owner",
+        Err(CommandError::Unavailable) => "unavailable",
+        Err(_) => "refused",
+    };
+    metrics::counter!("arreglame_cluster_commands_forwarded_total", "command" => kind, "outcome" => outcome)
+        .increment(1);
+    answer
+}
+
+fn answer_row(row: ServiceRequest) -> RoutedAnswer {
+    RoutedAnswer::Request(Box::new(row))
 }
 
 /// An offer answered on a request that already ended was simply not pending any more.

@@ -1279,7 +1279,7 @@ impl RequestActor {
         if state.row.status != Status::Assigned {
             return Err(CommandError::IllegalState {
                 status: state.row.status,
-                action: "cancel the assignment of",
+                action: "cancel the assignment of".into(),
             });
         }
         if let (StrikeKind::Cancelled, Some((start, _))) = (kind, state.row.slot()) {
@@ -1328,7 +1328,7 @@ impl RequestActor {
         )
         .map_err(|NotCancellable(status)| CommandError::IllegalState {
             status,
-            action: "cancel",
+            action: "cancel".into(),
         })?;
         let before = state.row.status;
         let row = self
@@ -1380,7 +1380,7 @@ impl RequestActor {
             .apply(change.command())
             .map_err(|e| CommandError::IllegalState {
                 status: e.from,
-                action,
+                action: action.into(),
             })?;
         let completing = matches!(change, Change::JobCompleted { .. });
         state.row = self.write(&state.fenced, &state.row, change).await?;

@@ -626,7 +626,12 @@ impl Reader<'_> {
             .await
         {
             Ok(()) => {
-                self.entry.set_online_city(Some(city.clone()));
+                let announced = super::sessions::Announced {
+                    lon: m.lon,
+                    lat: m.lat,
+                    skills: skills.clone(),
+                };
+                self.entry.set_online(city.clone(), announced);
                 tracing::debug!(target: "Gateway", worker_id = %self.entry.id, city, "worker online");
                 self.ok(
                     id,
@@ -700,6 +705,7 @@ impl Reader<'_> {
             return Ok(()); // an older fix that arrived late: the newer one stands
         }
         self.last_fix = Some(m.timestamp);
+        self.entry.moved_to(m.lon, m.lat);
         // Fire and forget: the city actor applies updates in order.
         let _ = dispatcher
             .worker_moved(&city, self.entry.id, m.lon, m.lat, false)

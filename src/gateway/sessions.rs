@@ -32,6 +32,7 @@ use crate::{
     auth::TokenKeys,
     dispatch::{
         gateway::{OfferNotice, WorkerGateway, WorkerNotice},
+        routing::Presence,
         Dispatcher,
     },
     identity::Identities,
@@ -62,6 +63,8 @@ pub struct GatewayStats {
     pub location_updates: Counter,
     pub rate_limited: Counter,
     pub errors_sent: Counter,
+    /// Workers announced again to a city's new owner (a cluster takeover).
+    pub workers_reannounced: Counter,
 }
 
 /// Why the engine ends a connection from outside its own task.
@@ -114,6 +117,15 @@ struct Conn {
     kill: Arc<Kill>,
 }
 
+/// How a worker online in a city was announced to the city's actor, kept up to date with
+/// its position.
+#[derive(Debug, Clone)]
+pub struct Announced {
+    pub lon: f64,
+    pub lat: f64,
+    pub skills: Vec<String>,
+}
+
 /// An offer pushed to a worker and still believed pending.
 #[derive(Debug, Clone, Copy)]
 struct TrackedOffer {
@@ -140,6 +152,9 @@ struct WorkerState {
     last_conn: u64,
     /// The city the worker is online in, whichever of its connections put it there.
     online_city: Option<String>,
+    /// Where and as what it went online (its last position since): what a cluster node
+    /// announces again to a city's new owner.
+    announced: Option<Announced>,
     last_seq: u64,
     offers: Vec<TrackedOffer>,
     accepts: VecDeque<AcceptAnswer>,
@@ -208,7 +223,31 @@ impl WorkerEntry {
     }
 
     pub fn set_online_city(&self, city: Option<String>) -> Option<String> {
-        std::mem::replace(&mut self.lock().online_city, city)
+        let mut st = self.lock();
+        if city.is_none() {
+            st.announced = None;
+        }
+        std::mem::replace(&mut st.online_city, city)
+    }
+
+    /// The worker is online in `city` at (lon, lat) with `skills`.
+    pub fn set_online(&self, city: String, announced: Announced) {
+        let mut st = self.lock();
+        st.online_city = Some(city);
+        st.announced = Some(announced);
+    }
+
+    /// The worker's latest position, once online.
+    pub fn moved_to(&self, lon: f64, lat: f64) {
+        if let Some(a) = self.lock().announced.as_mut() {
+            (a.lon, a.lat) = (lon, lat);
+        }
+    }
+
+    /// The city it is online in and how it was announced there.
+    pub fn announced(&self) -> Option<(String, Announced)> {
+        let st = self.lock();
+        Some((st.online_city.clone()?, st.announced.clone()?))
     }
 
     /// Marks an offer acknowledged; false when it is unknown or no longer pending.
@@ -541,7 +580,48 @@ impl Sessions {
     }
 }
 
+#[async_trait::async_trait]
+impl Presence for Sessions {
+    /// Announces again, to the city's (new) owner, every worker whose session here holds
+    /// it online in `city_id`: the takeover of a city starts with an empty city actor.
+    async fn reannounce(&self, dispatcher: &Dispatcher, city_id: &str) -> usize {
+        use futures::StreamExt;
+        let entries: Vec<Arc<WorkerEntry>> = self
+            .workers
+            .iter()
+            .filter(|e| e.value().online_city().as_deref() == Some(city_id))
+            .map(|e| e.value().clone())
+            .collect();
+        let announced = futures::stream::iter(entries)
+            .map(|entry| async move {
+                // Serialised with the worker's own going online and offline.
+                let _presence = entry.presence.lock().await;
+                let (city, at) = entry.announced().filter(|(c, _)| c == city_id)?;
+                match dispatcher
+                    .worker_online(&city, entry.id, at.lon, at.lat, at.skills)
+                    .await
+                {
+                    Ok(()) => Some(()),
+                    Err(e) => {
+                        tracing::warn!(target: "Gateway", worker_id = %entry.id, city, error = %e, "worker not announced to the new owner");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(32)
+            .filter_map(|done| async move { done })
+            .count()
+            .await;
+        self.stats.workers_reannounced.add(announced as u64);
+        announced
+    }
+}
+
 impl WorkerGateway for Sessions {
+    fn has_session(&self, worker_id: Uuid) -> bool {
+        self.is_connected(worker_id)
+    }
+
     fn notify(&self, notice: WorkerNotice) {
         let worker_id = notice.worker_id();
         let entry = match &notice {

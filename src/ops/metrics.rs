@@ -211,6 +211,18 @@ fn describe_all() {
             "arreglame_cluster_stale_writes_refused_total",
             "Transitions refused because the city's epoch moved past the one they carried.",
         ),
+        (
+            "arreglame_cluster_commands_forwarded_total",
+            "Commands this node sent to the owner of another node's city, by command and outcome.",
+        ),
+        (
+            "arreglame_cluster_notices_routed_total",
+            "Worker notices published for a worker connected to another node.",
+        ),
+        (
+            "arreglame_cluster_workers_reannounced_total",
+            "Workers announced again to this node after it took a city over.",
+        ),
     ];
     for (name, help) in counters {
         describe_counter!(*name, *help);

@@ -1,14 +1,14 @@
 //! Service requests: creation (with its first outbox row), reads, and the recovery query.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
 use crate::domain::{Cents, Status};
 
 /// One row of `service_requests`.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 #[sqlx(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRequest {

@@ -42,11 +42,11 @@ fn error_code(answer: &Value) -> &str {
         .unwrap_or_else(|| panic!("no error code in {answer}"))
 }
 
-const CREATE: &str = r#"mutation($input: CreateServiceRequestInput!) {
+pub(crate) const CREATE: &str = r#"mutation($input: CreateServiceRequestInput!) {
   createServiceRequest(input: $input) { id status version price { total workerNet platformFee } pricingEngine cityId }
 }"#;
 
-fn create_input(key: Option<&str>) -> Value {
+pub(crate) fn create_input(key: Option<&str>) -> Value {
     json!({"input": {
         "latitude": LAT, "longitude": LON, "address": "Av. Corrientes 1234",
         "description": "Corte de pasto en jardín trasero", "squareMeters": 120.5,

@@ -352,6 +352,8 @@ async fn a_node_dispatches_only_the_cities_it_owns_and_recovers_a_won_city_alone
 async fn two_engine_processes_own_each_city_exactly_once_and_the_survivor_takes_all_after_a_kill() {
     use arreglame::auth::{Role, TokenKeys};
     let url = fresh_database().await;
+    // Deployment bucket and subject names: a NATS server of this test alone.
+    let nats = NatsServer::start().await;
     let run = Uuid::new_v4().simple().to_string();
     let node = |name: &str| format!("test-{name}-{}", &run[..8]);
     let spawn = |node_id: String, port: u16| {
@@ -363,7 +365,7 @@ async fn two_engine_processes_own_each_city_exactly_once_and_the_survivor_takes_
             .env("JWT_SECRET", "cluster-secret")
             .env("LOG_LEVEL", "warn")
             .env("ARREGLAME_CLUSTER", "nats")
-            .env("NATS_URL", nats_url())
+            .env("NATS_URL", &nats.url)
             .env("NODE_ID", node_id)
             .env_remove("LOG_FILE")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -25,9 +25,10 @@ use crate::helpers::*;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A worker app: a real WebSocket client plus the frames it has read but not yet looked at.
-struct WorkerApp {
-    id: Uuid,
+/// A worker app: a real WebSocket client plus the frames it has read but not yet looked at
+/// (the cluster suite drives one against each node too).
+pub(crate) struct WorkerApp {
+    pub(crate) id: Uuid,
     ws: Ws,
     inbox: VecDeque<Value>,
     next_id: u32,
@@ -48,7 +49,7 @@ fn auth_frame(token: &str, last_seq: u64) -> Message {
 
 impl WorkerApp {
     /// Connects and authenticates; answers the client and its `auth_ok` data.
-    async fn connect(app: &TestApp, worker: Uuid, last_seq: u64) -> (WorkerApp, Value) {
+    pub(crate) async fn connect(app: &TestApp, worker: Uuid, last_seq: u64) -> (WorkerApp, Value) {
         let mut ws = raw_connect(app).await;
         let token = app.token_for(Role::Worker, worker, Duration::from_secs(3600));
         ws.send(auth_frame(&token, last_seq)).await.unwrap();
@@ -65,7 +66,7 @@ impl WorkerApp {
     }
 
     /// A new worker profile, connected and online at (lon, lat).
-    async fn online(app: &TestApp, lon: f64, lat: f64) -> WorkerApp {
+    pub(crate) async fn online(app: &TestApp, lon: f64, lat: f64) -> WorkerApp {
         let id = insert_worker(app.store(), "buenos-aires").await;
         let (mut client, _) = WorkerApp::connect(app, id, 0).await;
         let reply = client
@@ -79,7 +80,7 @@ impl WorkerApp {
     }
 
     /// The next text frame from the socket.
-    async fn read(&mut self) -> Value {
+    pub(crate) async fn read(&mut self) -> Value {
         loop {
             let message = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -99,7 +100,7 @@ impl WorkerApp {
     }
 
     /// Sends a message with a fresh id; returns the id.
-    async fn send(&mut self, kind: &str, data: Value) -> String {
+    pub(crate) async fn send(&mut self, kind: &str, data: Value) -> String {
         self.next_id += 1;
         let id = format!("{kind}-{}", self.next_id);
         let frame = json!({"v": 1, "type": kind, "id": id, "data": data});
@@ -108,7 +109,7 @@ impl WorkerApp {
     }
 
     /// The frame answering `id`; pushes read meanwhile are kept for later.
-    async fn reply_to(&mut self, id: &str) -> Value {
+    pub(crate) async fn reply_to(&mut self, id: &str) -> Value {
         if let Some(i) = self.inbox.iter().position(|f| f["replyTo"] == id) {
             return self.inbox.remove(i).unwrap();
         }
@@ -121,13 +122,13 @@ impl WorkerApp {
         }
     }
 
-    async fn call(&mut self, kind: &str, data: Value) -> Value {
+    pub(crate) async fn call(&mut self, kind: &str, data: Value) -> Value {
         let id = self.send(kind, data).await;
         self.reply_to(&id).await
     }
 
     /// The next pushed frame of this type (answers and other pushes are kept).
-    async fn push(&mut self, kind: &str) -> Value {
+    pub(crate) async fn push(&mut self, kind: &str) -> Value {
         if let Some(i) = self
             .inbox
             .iter()
@@ -146,7 +147,7 @@ impl WorkerApp {
 
     /// Pings until an offer arrives, so a short heartbeat timeout cannot end the session
     /// while the test waits for dispatch.
-    async fn offer_while_pinging(&mut self) -> Value {
+    pub(crate) async fn offer_while_pinging(&mut self) -> Value {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             assert!(
@@ -184,7 +185,7 @@ async fn closed(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-fn ok(frame: &Value) -> &Value {
+pub(crate) fn ok(frame: &Value) -> &Value {
     assert_eq!(frame["type"], "ok", "expected ok, got {frame}");
     &frame["data"]
 }

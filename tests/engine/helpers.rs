@@ -480,3 +480,44 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A NATS server (JetStream on) of one test alone: the cluster suites run engine nodes whose
+/// buckets and subjects have their deployment names, which must not meet another test's.
+pub struct NatsServer {
+    pub url: String,
+    _process: tokio::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("arreglame-nats-{}", Uuid::new_v4().simple()));
+        let process = tokio::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server on PATH (scripts/dev-env.sh installs it)");
+        let url = format!("nats://127.0.0.1:{port}");
+        wait_until(PATIENCE, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        NatsServer {
+            url,
+            _process: process,
+            dir,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

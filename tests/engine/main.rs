@@ -14,6 +14,7 @@ mod migration;
 mod ops;
 mod outbox;
 mod pricing;
+mod routing;
 mod sim;
 mod traces;
 mod write_path;

@@ -175,10 +175,11 @@ async fn create(
         // The request is committed: the customer gets it whatever happens to its actor
         // now. One that cannot start (the database just went away, say) is brought back
         // by the WorkerAssignmentCron backstop within a sweep.
+        // On a cluster node that does not own the city, the owner starts it.
         let started = if created {
-            state.dispatcher.start_dispatch(row.clone()).await
+            state.dispatcher.begin_dispatch(row.clone()).await
         } else {
-            state.dispatcher.ensure_actor(row.id).await
+            state.dispatcher.begin_dispatch_of(row.id).await
         };
         if let Err(e) = started {
             tracing::warn!(target: "GraphQL", request_id = %row.id, error = %e,
