@@ -15,8 +15,9 @@
 //!   is sent, so the node's deadline comes a tick before the key's expiry at the server,
 //!   and every renewal call is bounded by the time left.
 //! - **Take over**: a node that sees a city's key gone tries to create it after a delay
-//!   of its rendezvous rank among the live nodes (the `arreglame_nodes` bucket) times a
-//!   step, so the nodes do not stampede and the same node usually wins a given city.
+//!   of its rendezvous rank among the live nodes (the `arreglame_nodes` bucket) times two
+//!   ticks (plus one), so the nodes do not stampede and the preferred node wins a given
+//!   city even when it saw the key go a tick later than the others.
 //! - **Hand over** (graceful stop): the node stops its actors, then deletes its keys, and
 //!   the next node takes each city within a tick.
 //! - **Rebalance**: a node holding a city whose first rendezvous node is another live node
@@ -71,6 +72,10 @@ pub enum LeaseError {
 
 /// One node's keeper of city leases.
 pub struct LeaseKeeper {
+    /// Says on `released_subject` which city a node just gave up on purpose (a handover,
+    /// a rebalance), so the preferred node takes it at once instead of at its next tick.
+    client: async_nats::Client,
+    released_subject: String,
     node_id: String,
     lease: Duration,
     store: Store,
@@ -89,6 +94,9 @@ pub struct LeaseKeeper {
     /// When this node last rebalanced each city away: not again for ten leases, so a
     /// preferred node that cannot take it (no database, say) does not make it bounce.
     rebalanced: HashMap<String, Instant>,
+    /// When this node won each city it holds: a city is not rebalanced in its first two
+    /// leases, so a takeover finishes (workers announced, requests recovered) first.
+    won_at: HashMap<String, Instant>,
 }
 
 impl LeaseKeeper {
@@ -117,6 +125,8 @@ impl LeaseKeeper {
         };
         let nodes = bucket(js, &buckets.nodes, lease * 3, replicas).await?;
         Ok(LeaseKeeper {
+            client: js.client(),
+            released_subject: format!("arreglame.cluster.released.{}", buckets.owners),
             node_id,
             lease,
             store,
@@ -130,6 +140,7 @@ impl LeaseKeeper {
             nodes_read: None,
             first_seen: HashMap::new(),
             rebalanced: HashMap::new(),
+            won_at: HashMap::new(),
         })
     }
 
@@ -155,16 +166,78 @@ impl LeaseKeeper {
 
     /// Keeps the leases until `shutdown`, then hands every city over.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        use futures::StreamExt;
         let mut every = tokio::time::interval(self.tick_every());
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Without the subscription the ticks still find a released city, a tick later.
+        let mut released = match self.client.subscribe(self.released_subject.clone()).await {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                tracing::warn!(target: "Cluster", error = %e, "released cities not followed; ticks find them");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = every.tick() => self.tick().await,
+                Some(message) = async {
+                    match released.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let text = String::from_utf8_lossy(&message.payload);
+                    if let Some((city, by)) = text.split_once('\n') {
+                        self.on_released(city, by).await;
+                    }
+                }
                 _ = shutdown.changed() => {
                     self.hand_over().await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Node `by` gave `city` up on purpose: it stopped acting for it before freeing the
+    /// key, so the preferred node among the others takes it now, with no tick to wait; the
+    /// rest keep their rendezvous delays in case it cannot.
+    pub async fn on_released(&mut self, city: &str, by: &str) {
+        if by == self.node_id
+            || !self.cities.iter().any(|c| c == city)
+            || self.owned.get(city).is_some()
+        {
+            return;
+        }
+        let mut others: Vec<String> = self
+            .live_nodes
+            .iter()
+            .filter(|n| n.as_str() != by)
+            .cloned()
+            .collect();
+        if !others.contains(&self.node_id) {
+            others.push(self.node_id.clone());
+        }
+        if rendezvous_rank(&others, &self.node_id, city) == 0 {
+            self.take(city).await;
+        } else {
+            self.absent_since
+                .entry(city.to_string())
+                .or_insert_with(Instant::now);
+        }
+    }
+
+    /// Tells the other nodes that this node gave `city` up and freed its key.
+    async fn say_released(&self, city: &str) {
+        let sent = self
+            .client
+            .publish(
+                self.released_subject.clone(),
+                format!("{city}\n{}", self.node_id).into(),
+            )
+            .await;
+        if sent.is_ok() {
+            let _ = self.client.flush().await;
         }
     }
 
@@ -288,10 +361,17 @@ impl LeaseKeeper {
             .or_insert_with(Instant::now);
         // Rank 0 waits a tick too: the owner stops acting a tick before its key can expire,
         // and this keeps a tick between the two even if this node saw the expiry early.
-        let wait = self.tick_every() * (self.rank(city) as u32 + 1);
+        // Ranks are two ticks apart: nodes see a key go up to a tick apart, and the
+        // preferred node must still come first.
+        let wait = self.tick_every() * (2 * self.rank(city) as u32 + 1);
         if since.elapsed() < wait {
             return;
         }
+        self.take(city).await;
+    }
+
+    /// Creates the city's key, then takes its fence: the city is this node's from then on.
+    async fn take(&mut self, city: &str) {
         let sent = Instant::now();
         let revision = match self.owners.create(city, self.node_id.clone().into()).await {
             Ok(revision) => revision,
@@ -318,6 +398,7 @@ impl LeaseKeeper {
             }
         };
         self.absent_since.remove(city);
+        self.won_at.insert(city.to_string(), Instant::now());
         self.owned.hold(
             city,
             OwnedCity {
@@ -356,8 +437,14 @@ impl LeaseKeeper {
                 .get(city)
                 .is_some_and(|at| at.elapsed() < self.lease * 10)
         };
+        let just_won = |city: &String| {
+            self.won_at
+                .get(city)
+                .is_some_and(|at| at.elapsed() < self.lease * 2)
+        };
         let movable = self.owned.all().into_iter().find(|(city, _)| {
             !recently(city)
+                && !just_won(city)
                 && self.rank(city) > 0
                 && self.live_nodes.iter().any(|n| {
                     n != &self.node_id
@@ -368,15 +455,20 @@ impl LeaseKeeper {
         if let Some((city, held)) = movable {
             self.stand_down(&city, "rebalanced to its preferred node")
                 .await;
-            // Not ours any more: only the preferred node (rank 0) tries at once.
-            self.absent_since.insert(city.clone(), Instant::now());
+            // Not ours any more: the preferred node takes it; this node tries again only if
+            // it has not after a lease.
+            self.absent_since
+                .insert(city.clone(), Instant::now() + self.lease);
             self.rebalanced.insert(city.clone(), Instant::now());
-            if let Err(e) = self
+            match self
                 .owners
                 .delete_expect_revision(&city, Some(held.kv_revision))
                 .await
             {
-                tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease");
+                Ok(_) => self.say_released(&city).await,
+                Err(e) => {
+                    tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease")
+                }
             }
         }
     }
@@ -386,12 +478,15 @@ impl LeaseKeeper {
     pub async fn hand_over(&mut self) {
         for (city, held) in self.owned.all() {
             self.stand_down(&city, "handed over").await;
-            if let Err(e) = self
+            match self
                 .owners
                 .delete_expect_revision(&city, Some(held.kv_revision))
                 .await
             {
-                tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease");
+                Ok(_) => self.say_released(&city).await,
+                Err(e) => {
+                    tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease")
+                }
             }
         }
         let _ = self.nodes.delete(&self.node_id).await;
@@ -423,7 +518,7 @@ impl LeaseKeeper {
     }
 
     /// This node's place for `city` among the live nodes by rendezvous hashing: 0 tries
-    /// at once, 1 a tick later, and so on.
+    /// a tick after it saw the key gone, 1 three ticks after, 2 five, and so on.
     fn rank(&self, city: &str) -> usize {
         let mut nodes = self.live_nodes.clone();
         if !nodes.contains(&self.node_id) {

@@ -53,6 +53,7 @@ struct CreateInput {
     longitude: f64,
     address: &'static str,
     description: String,
+    idempotency_key: String,
     square_meters: f64,
     /// Booked requests only: an engine without slots rejects the unknown fields.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,6 +157,9 @@ fn plan(fleet: &Fleet, n: u64) -> Planned {
             longitude: lon,
             address: "Calle simulada 123",
             description: format!("Corte de pasto {TAG}{n})"),
+            // A create retried on another node (its first one unreachable) is the same
+            // request, never a second one.
+            idempotency_key: format!("sim-{n}"),
             square_meters: (m2 * 10.0).round() / 10.0,
             scheduled_start,
             scheduled_end,
@@ -196,7 +200,7 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uui
         let (client, fleet2) = (client.clone(), fleet.clone());
         let measured = intended >= measured_from;
         inflight.spawn(async move {
-            let id = create(&client, &fleet2, &token, planned.input).await;
+            let id = create(&client, &fleet2, n, &token, planned.input).await;
             let answered = Instant::now();
             let id = match id {
                 Ok(id) => id,
@@ -227,7 +231,7 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uui
                     query: CANCEL,
                     variables: IdVariables { id },
                 };
-                let _ = post(&client, &fleet2, &token, &body).await;
+                let _ = post(&client, &fleet2, n, &token, &body).await;
                 fleet2.stats.cancels_sent.fetch_add(1, Ordering::Relaxed);
             }
             Some((id, customer))
@@ -247,18 +251,32 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uui
     created
 }
 
+/// POSTs to the `n`th node of `--url`, and to the next ones while a node cannot be reached
+/// (connection refused: a node that died). A node that took the request but answered late
+/// is not tried again: the create carries an idempotency key, but the answer would still
+/// be the first node's.
 async fn post<V: Serialize>(
     client: &reqwest::Client,
     fleet: &Fleet,
+    n: u64,
     token: &str,
     body: &GraphqlRequest<'_, V>,
 ) -> reqwest::Result<reqwest::Response> {
-    client
-        .post(format!("{}/graphql", fleet.args.url))
-        .bearer_auth(token)
-        .json(body)
-        .send()
-        .await
+    let nodes = fleet.args.urls().len() as u64;
+    let mut attempt = 0;
+    loop {
+        let url = fleet.args.url_for(n + attempt);
+        let sent = client
+            .post(format!("{url}/graphql"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await;
+        match sent {
+            Err(e) if e.is_connect() && attempt + 1 < nodes => attempt += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Creates one request; on failure, what went wrong: the GraphQL error code, or the
@@ -266,6 +284,7 @@ async fn post<V: Serialize>(
 async fn create(
     client: &reqwest::Client,
     fleet: &Fleet,
+    n: u64,
     token: &str,
     input: CreateInput,
 ) -> Result<Uuid, String> {
@@ -273,7 +292,7 @@ async fn create(
         query: CREATE,
         variables: CreateVariables { i: input },
     };
-    let response = post(client, fleet, token, &body).await.map_err(|e| {
+    let response = post(client, fleet, n, token, &body).await.map_err(|e| {
         if e.is_timeout() {
             "create TIMEOUT"
         } else {
@@ -315,7 +334,7 @@ pub async fn cancel_open(fleet: &Fleet, finals: &HashMap<Uuid, String>) {
     }
     let owners: HashMap<Uuid, Uuid> = fleet.stats.owners.lock().unwrap().clone();
     let client = reqwest::Client::new();
-    for id in open {
+    for (n, id) in open.into_iter().enumerate() {
         let Some(customer) = owners.get(&id) else {
             continue;
         };
@@ -324,7 +343,7 @@ pub async fn cancel_open(fleet: &Fleet, finals: &HashMap<Uuid, String>) {
             query: CANCEL,
             variables: IdVariables { id },
         };
-        let _ = post(&client, fleet, &token, &body).await;
+        let _ = post(&client, fleet, n as u64, &token, &body).await;
     }
 }
 
@@ -345,7 +364,7 @@ pub async fn final_statuses(fleet: &Fleet, created: &[(Uuid, Uuid)]) -> HashMap<
                 query: STATUSES,
                 variables: PageVariables { a: after.take() },
             };
-            let Ok(resp) = post(&client, fleet, &token, &body).await else {
+            let Ok(resp) = post(&client, fleet, 0, &token, &body).await else {
                 break;
             };
             let Some(page) = resp

@@ -44,7 +44,9 @@ use crate::{
 /// Options of `arreglame simulate`.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// The engine's base URL.
+    /// The engine's base URL, or several nodes' as a comma-separated list: workers and
+    /// customers are spread over them round-robin, and a worker or create whose node does
+    /// not answer moves on to the next one.
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     pub url: String,
     /// Workers connected over WebSocket.
@@ -122,6 +124,10 @@ pub struct SimArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Append one JSON line per offer frame a worker receives (`atMs`: Unix milliseconds,
+    /// `city`, `requestId`, `offerId`), as it arrives: the failover drill times takeovers from it.
+    #[arg(long)]
+    pub offer_log: Option<std::path::PathBuf>,
     /// After the run, cross-check the database against the summary (needs DATABASE_URL).
     #[arg(long)]
     pub check: bool,
@@ -148,6 +154,27 @@ impl SimArgs {
             think_seconds: self.think_seconds,
             unreliable_share: self.unreliable_share,
         }
+    }
+
+    /// The engine nodes of `--url`, in order.
+    pub fn urls(&self) -> Vec<&str> {
+        let urls: Vec<&str> = self
+            .url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/'))
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            urls
+        }
+    }
+
+    /// The node for the `n`th worker, create or attempt (round-robin over `--url`).
+    pub fn url_for(&self, n: u64) -> &str {
+        let urls = self.urls();
+        urls[(n % urls.len() as u64) as usize]
     }
 
     /// The warm-up actually left out: none when it would leave nothing to measure.
@@ -236,6 +263,8 @@ pub struct Fleet {
     /// Turns true when workers should go offline and disconnect: each session waits on it
     /// (no per-worker polling timer).
     pub stop: watch::Sender<bool>,
+    /// `--offer-log`, opened for appending, and the offers written to it.
+    pub offer_log: Option<Mutex<(std::fs::File, HashSet<Uuid>)>>,
 }
 
 /// Creates the simulated workers and customers in the database (tagged by name, so a
@@ -254,6 +283,17 @@ pub async fn provision(store: &Store, args: &SimArgs, jwt_secret: &str) -> anyho
         .provision_workers(&run[..8], &args.city, args.workers)
         .await?;
     let customer_ids = store.provision_customers(&run[..8], args.customers).await?;
+    let offer_log = match &args.offer_log {
+        Some(path) => Some(Mutex::new((
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("--offer-log {}: {e}", path.display()))?,
+            HashSet::new(),
+        ))),
+        None => None,
+    };
     Ok(Fleet {
         args: args.clone(),
         behaviour: args.behaviour(),
@@ -264,12 +304,34 @@ pub async fn provision(store: &Store, args: &SimArgs, jwt_secret: &str) -> anyho
         stats: Arc::new(Stats::default()),
         stop_creating: Arc::new(AtomicBool::new(false)),
         stop: watch::channel(false).0,
+        offer_log,
     })
 }
 
 impl Fleet {
     pub fn token(&self, role: Role, id: Uuid) -> String {
         self.keys.issue(role, id, Duration::from_secs(24 * 3600))
+    }
+
+    /// Notes a new offer in `--offer-log` (one write per line, so a reader sees each offer
+    /// as it arrives). Only an offer's first frame: a frame sent again (a resume after a
+    /// reconnect, a new owner's recovery) is not a new offer, and a takeover is timed to
+    /// the new owner's first new one.
+    pub fn log_offer(&self, offer_id: Uuid, request_id: Uuid) {
+        use std::io::Write;
+        let Some(log) = &self.offer_log else { return };
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, logged) = &mut *log;
+        if !logged.insert(offer_id) {
+            return;
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let line = serde_json::json!({"atMs": at_ms as u64, "city": self.city.id,
+            "requestId": request_id, "offerId": offer_id});
+        let _ = writeln!(file, "{line}");
     }
 
     /// Runs the fleet: workers connect, customers create requests for `duration`, then the
@@ -344,6 +406,15 @@ pub async fn simulate(args: SimArgs, database_url: &str, jwt_secret: &str) -> an
         return Ok(());
     }
     let fleet = Arc::new(provision(&store, &args, jwt_secret).await?);
+    // Ctrl-C (SIGINT) ends the creating early; the run still drains and reports.
+    tokio::spawn({
+        let stop_creating = fleet.stop_creating.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop_creating.store(true, Ordering::Relaxed);
+            }
+        }
+    });
     let summary = fleet.clone().run(!args.json).await?;
     let check = if args.check {
         Some(report::cross_check(&store, &fleet, &summary).await?)
@@ -424,4 +495,33 @@ pub(crate) fn random_point(city: &CityInfo, rng: &mut Rng) -> (f64, f64) {
     }
     let c = rect.center();
     (c.x, c.y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_lists_spread_round_robin_and_one_url_is_every_node() {
+        let mut args = SimArgs {
+            url: "http://a:3001, http://b:3002/,http://c:3003".into(),
+            ..SimArgs::default()
+        };
+        assert_eq!(
+            args.urls(),
+            ["http://a:3001", "http://b:3002", "http://c:3003"]
+        );
+        let spread: Vec<&str> = (0..4).map(|n| args.url_for(n)).collect();
+        assert_eq!(
+            spread,
+            [
+                "http://a:3001",
+                "http://b:3002",
+                "http://c:3003",
+                "http://a:3001"
+            ]
+        );
+        args.url = "http://127.0.0.1:3000".into();
+        assert_eq!(args.url_for(7), "http://127.0.0.1:3000");
+    }
 }

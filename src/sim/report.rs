@@ -168,6 +168,9 @@ pub struct Summary {
     pub cancelled: usize,
     /// Still open when the drain ended.
     pub open: usize,
+    /// Acknowledged creates neither ended nor under way when the drain ended (PENDING or
+    /// OFFERING, or not read back at all): what a fault lost (the failover drill's `lost`).
+    pub lost: usize,
     /// Measured requests wanted now whose offer never reached a worker (not cancelled by
     /// their customer): misses, in `create_to_offer_ms` at the time they had waited when
     /// the drain ended.
@@ -244,7 +247,8 @@ impl Summary {
             .collect();
 
         let warmup = fleet.args.effective_warmup();
-        let window = (fleet.args.duration - warmup).as_secs_f64();
+        // A run ended early (Ctrl-C) is measured over the time it ran.
+        let window = (fleet.args.duration.min(ran).saturating_sub(warmup)).as_secs_f64();
         let measured: Vec<&Created> = created.values().filter(|c| c.measured).collect();
         let due_measured = (window * fleet.args.rate).ceil();
         let last_answer = measured.iter().map(|c| c.answered).max();
@@ -278,6 +282,8 @@ impl Summary {
             unassigned: count(&["UNASSIGNED"]),
             cancelled: count(&["CANCELLED"]),
             open: count(&["SCHEDULED", "PENDING", "OFFERING"]),
+            lost: count(&["PENDING", "OFFERING"])
+                + created.keys().filter(|id| !finals.contains_key(id)).count(),
             never_offered,
             time_to_assign_ms: percentiles(to_assign),
             create_to_offer_ms: percentiles(to_offer),

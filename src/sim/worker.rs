@@ -41,6 +41,8 @@ struct Worker {
     rng: Rng,
     position: (f64, f64),
     last_seq: u64,
+    /// Sessions opened so far: each reconnect tries the next node of `--url`.
+    sessions: u64,
 }
 
 /// Follows a worker for the whole run, reconnecting with backoff when the engine restarts.
@@ -56,6 +58,7 @@ pub async fn run(fleet: Arc<Fleet>, worker_id: Uuid, index: u64) {
         index,
         position,
         last_seq: 0,
+        sessions: 0,
     };
     let mut backoff = Duration::from_millis(200);
     let mut first = true;
@@ -83,7 +86,12 @@ pub async fn run(fleet: Arc<Fleet>, worker_id: Uuid, index: u64) {
 /// Something the worker does later: after thinking, at the slot's start, after the job.
 #[derive(Debug, Clone, Copy)]
 enum Action {
-    Answer { offer: Uuid, accept: bool },
+    /// `go_online` again, after the engine said to retry.
+    GoOnline,
+    Answer {
+        offer: Uuid,
+        accept: bool,
+    },
     Start(Uuid),
     Complete(Uuid),
     Cancel(Uuid),
@@ -114,6 +122,9 @@ struct Session {
     keeping: HashSet<Uuid>,
     online: bool,
     next_id: u64,
+    /// Job commands sent and not answered yet, by message id: one refused as
+    /// `UNAVAILABLE` (a city changing owner) is sent again, as an app would.
+    in_flight: HashMap<String, Action>,
 }
 
 impl Session {
@@ -154,10 +165,11 @@ impl Worker {
     }
 
     async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-        let url = format!(
-            "{}/ws/worker",
-            self.fleet.args.url.replacen("http", "ws", 1)
-        );
+        // Spread over the nodes; after a lost session, the next node (the last one may be
+        // the one that died).
+        let node = self.fleet.args.url_for(self.index + self.sessions);
+        self.sessions += 1;
+        let url = format!("{}/ws/worker", node.replacen("http", "ws", 1));
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         let (mut tx, mut rx) = ws.split();
@@ -206,6 +218,7 @@ impl Worker {
             keeping: HashSet::new(),
             online: false,
             next_id: 0,
+            in_flight: HashMap::new(),
         };
         // Each worker's fixes start at a random phase: a fleet that connected together
         // would otherwise send all its locations in the same instant every period.
@@ -304,11 +317,15 @@ impl Worker {
             "ok" if env
                 .reply_to
                 .as_deref()
-                .is_some_and(|r| r.starts_with(wire::CancelAssignment::KIND)) =>
+                .is_some_and(|r| s.in_flight.contains_key(r)) =>
             {
-                self.stats()
-                    .worker_cancellations
-                    .fetch_add(1, Ordering::Relaxed);
+                let answered = env.reply_to.as_deref().and_then(|r| s.in_flight.remove(r));
+                if let Some(Action::Cancel(request)) = answered {
+                    s.jobs.remove(&request);
+                    self.stats()
+                        .worker_cancellations
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
             "offer" => {
                 if let Some(offer) = env.data::<wire::Offer>() {
@@ -355,12 +372,31 @@ impl Worker {
                 }
             }
             "error" => {
+                let jitter = Duration::from_millis((self.rng.next_f64() * 300.0) as u64);
                 let stats = self.stats();
                 stats.error_frames.fetch_add(1, Ordering::Relaxed);
                 let code = env
                     .data::<wire::ErrorBody>()
                     .map(|e| e.code)
                     .unwrap_or_else(|| "UNKNOWN".into());
+                // Retryable (no owner for the city right now: a takeover under way): try
+                // again shortly, as the protocol says an app should.
+                if code == "UNAVAILABLE" {
+                    let retry = match env.reply_to.as_deref() {
+                        Some(ONLINE_ID) => Some(Action::GoOnline),
+                        Some(id) => s.in_flight.remove(id),
+                        None => None,
+                    };
+                    if let Some(action) = retry {
+                        s.later(Duration::from_millis(300) + jitter, action);
+                    }
+                } else if let Some(Action::Cancel(request)) = env
+                    .reply_to
+                    .as_deref()
+                    .and_then(|id| s.in_flight.remove(id))
+                {
+                    s.jobs.remove(&request);
+                }
                 // Keyed by what was refused too: "start_job NOT_YOUR_JOB".
                 let code = match env.reply_to.as_deref().and_then(|r| r.rsplit_once('-')) {
                     Some((kind, _)) => format!("{kind} {code}"),
@@ -392,6 +428,7 @@ impl Worker {
             return Ok(());
         }
         note_offer(self.stats(), offer.offer_id, offer.request_id);
+        self.fleet.log_offer(offer.offer_id, offer.request_id);
         let shown = Shown {
             request: offer.request_id,
             request_index: super::customer::index_in(&offer.job.description),
@@ -496,6 +533,16 @@ impl Worker {
 
     async fn act(&mut self, s: &mut Session, tx: &mut Sink, action: Action) -> anyhow::Result<()> {
         let frame = match action {
+            Action::GoOnline if !s.online => {
+                let (lon, lat) = self.position;
+                wire::GoOnline {
+                    lat,
+                    lon,
+                    skills: SKILLS,
+                }
+                .frame(ONLINE_ID)
+            }
+            Action::GoOnline => return Ok(()),
             Action::Answer { offer, accept } => {
                 // Withdrawn meanwhile (taken by another worker, expired, cancelled).
                 let Some(shown) = s.undecided.remove(&offer) else {
@@ -521,19 +568,31 @@ impl Worker {
                     .frame(&s.id(wire::RejectOffer::KIND))
                 }
             }
-            Action::Start(request) if s.jobs.contains(&request) => wire::StartJob {
-                request_id: request,
+            Action::Start(request) if s.jobs.contains(&request) => {
+                let id = s.id(wire::StartJob::KIND);
+                s.in_flight.insert(id.clone(), action);
+                wire::StartJob {
+                    request_id: request,
+                }
+                .frame(&id)
             }
-            .frame(&s.id(wire::StartJob::KIND)),
-            Action::Complete(request) if s.jobs.contains(&request) => wire::CompleteJob {
-                request_id: request,
+            Action::Complete(request) if s.jobs.contains(&request) => {
+                let id = s.id(wire::CompleteJob::KIND);
+                s.in_flight.insert(id.clone(), action);
+                wire::CompleteJob {
+                    request_id: request,
+                }
+                .frame(&id)
             }
-            .frame(&s.id(wire::CompleteJob::KIND)),
-            Action::Cancel(request) if s.jobs.remove(&request) => wire::CancelAssignment {
-                request_id: request,
-                reason: "simulated: something came up",
+            Action::Cancel(request) if s.jobs.contains(&request) => {
+                let id = s.id(wire::CancelAssignment::KIND);
+                s.in_flight.insert(id.clone(), action);
+                wire::CancelAssignment {
+                    request_id: request,
+                    reason: "simulated: something came up",
+                }
+                .frame(&id)
             }
-            .frame(&s.id(wire::CancelAssignment::KIND)),
             // A job that ended meanwhile (cancelled by its customer, revoked).
             Action::Start(_) | Action::Complete(_) | Action::Cancel(_) => return Ok(()),
         };

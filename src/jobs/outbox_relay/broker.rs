@@ -255,7 +255,14 @@ impl Broker {
             description: Some("Arreglame Ya events, relayed from outbox_events".into()),
             subjects: vec![format!("{}.>", self.subject_prefix)],
             storage: stream::StorageType::File,
-            num_replicas: 1,
+            // Replicated over a NATS cluster (up to 3 of the servers the URL lists), so
+            // losing one server neither stops the relay nor loses a published event.
+            num_replicas: self
+                .url
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .count()
+                .clamp(1, 3),
             duplicate_window: self.duplicate_window,
             ..Default::default()
         }
