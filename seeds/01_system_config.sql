@@ -13,6 +13,7 @@ insert into system_config (key, value, description) values
     ('payout_release_batch_size', '100', 'Payouts released per batch'),
     ('outbox_batch_size', '500', 'Outbox events claimed per relay batch'),
     ('outbox_max_attempts', '10', 'Publish attempts before an outbox event is parked'),
+    ('outbox_linger_ms', '200', 'Milliseconds the relay lets a light trickle of events gather into one batch (0: at once; skipped while behind)'),
     ('ai_multiplier_min', '0.5', 'Lowest combined multiplier the AI pricing may produce'),
     ('ai_multiplier_max', '3.0', 'Highest combined multiplier the AI pricing may produce'),
     ('max_square_meters', '100000', 'Largest job size accepted, in square metres'),

@@ -218,7 +218,9 @@ impl LeaseKeeper {
         if !others.contains(&self.node_id) {
             others.push(self.node_id.clone());
         }
-        if rendezvous_rank(&others, &self.node_id, city) == 0 {
+        let preferred = rendezvous_rank(&others, &self.node_id, city) == 0;
+        tracing::info!(target: "Cluster", city, by, preferred, "city released by another node");
+        if preferred {
             self.take(city).await;
         } else {
             self.absent_since

@@ -134,10 +134,15 @@ pub struct Store {
     listener_pool: Arc<OnceLock<PgPool>>,
 }
 
+/// How long commits gather before one `NOTIFY outbox_events` tells the other engines.
+const REMOTE_NOTIFY_GATHER: Duration = Duration::from_millis(200);
+
 /// Tells outbox consumers that new rows were committed. The local relay is woken directly;
 /// other engines hear a `NOTIFY outbox_events` sent *after* the commit, from outside the
 /// write transaction (a NOTIFY inside it would serialise every commit on Postgres's
-/// notification lock). Commits within 5 ms coalesce into one NOTIFY.
+/// notification lock). Commits within 200 ms coalesce into one NOTIFY: the other engines'
+/// relays are a second pair of hands (this engine's own relay was woken at once and
+/// lingers `outbox_linger_ms` itself), so a NOTIFY per commit would mostly cost statements.
 #[derive(Debug)]
 struct OutboxSignal {
     /// Statements that wrote outbox rows through this store: the relay claims after a
@@ -237,9 +242,9 @@ impl Store {
             tokio::spawn(async move {
                 loop {
                     signal.remote.notified().await;
-                    // Gather the burst: commits within a few milliseconds share one NOTIFY
-                    // (the local relay was already woken directly; this is for other engines).
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Gather the burst: commits within 200 ms share one NOTIFY (the local
+                    // relay was already woken directly; this is for other engines).
+                    tokio::time::sleep(REMOTE_NOTIFY_GATHER).await;
                     if pool.is_closed() {
                         return;
                     }

@@ -31,6 +31,9 @@ pub struct Settings {
     pub payout_release_batch_size: i64,
     pub outbox_batch_size: i64,
     pub outbox_max_attempts: i32,
+    /// How long the relay lets a light trickle of commits gather before it claims
+    /// (`outbox_linger_ms`; 0 claims at once). Skipped while it is behind (full batches).
+    pub outbox_linger: Duration,
     pub ai_multiplier_min: Ratio,
     pub ai_multiplier_max: Ratio,
     pub max_square_meters: f64,
@@ -78,6 +81,7 @@ impl Default for Settings {
             payout_release_batch_size: 100,
             outbox_batch_size: 500,
             outbox_max_attempts: 10,
+            outbox_linger: Duration::from_millis(200),
             ai_multiplier_min: Ratio(500_000),
             ai_multiplier_max: Ratio(3_000_000),
             max_square_meters: 100_000.0,
@@ -146,6 +150,13 @@ impl Settings {
             "payout_release_batch_size" => self.payout_release_batch_size = positive_int(v)?,
             "outbox_batch_size" => self.outbox_batch_size = positive_int(v)?,
             "outbox_max_attempts" => self.outbox_max_attempts = positive_int(v)? as i32,
+            "outbox_linger_ms" => {
+                let ms = parse_non_negative(v)?;
+                if ms > 10_000.0 {
+                    return Err("expected milliseconds from 0 to 10000".into());
+                }
+                self.outbox_linger = Duration::from_secs_f64(ms / 1000.0);
+            }
             "ai_multiplier_min" => {
                 self.ai_multiplier_min = Ratio::parse(v).map_err(|e| e.to_string())?
             }
@@ -399,6 +410,23 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(s.worker_timeout, Duration::from_secs(30));
         assert_eq!(s.worker_assignment_cron, "*/30 * * * * *");
+    }
+
+    #[test]
+    fn the_relay_linger_takes_milliseconds_zero_included() {
+        let (s, problems) =
+            Settings::from_rows(&Settings::default(), &rows(&[("outbox_linger_ms", "0")]));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(s.outbox_linger.is_zero());
+        let (s, _) =
+            Settings::from_rows(&Settings::default(), &rows(&[("outbox_linger_ms", "12.5")]));
+        assert_eq!(s.outbox_linger, Duration::from_micros(12_500));
+        for bad in ["-1", "20000", "soon"] {
+            let (s, problems) =
+                Settings::from_rows(&Settings::default(), &rows(&[("outbox_linger_ms", bad)]));
+            assert_eq!(problems.len(), 1, "{bad}");
+            assert_eq!(s.outbox_linger, Duration::from_millis(200));
+        }
     }
 
     #[test]
