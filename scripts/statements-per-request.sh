@@ -10,8 +10,15 @@
 # statistics, runs the simulator (every offer accepted, no cancellations, every job
 # completed), waits for the relay to catch up, and prints one JSON object: requests
 # created and completed, statements (top-level calls, pings included) per created
-# request, transactions per created request, and the busiest statements. The
-# simulator's own provisioning and read-back statements are left out by text.
+# request, transactions per created request, and the busiest statements.
+#
+# Left out of `statements_per_created_request`, by text: the simulator's own provisioning
+# and its read-back of every request's status (`myServiceRequests`), and the workers'
+# presence (going online: their jobs in hand, record, pending offer, profile, last activity;
+# a session's resume), which is each worker's once per connection, not any request's.
+# `presence_statements_per_worker` and `all_statements_per_created_request` (everything but
+# the provisioning, divided by the requests) say what they cost. Every statement is listed
+# in target/statements-all.txt.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${1:-target/debug/arreglame}"
@@ -46,25 +53,37 @@ engine=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$web_port/health" >/dev/null && break; sleep 0.2; done
 requests="${STATEMENTS_REQUESTS_PER_SECOND:-5}"
 seconds="${STATEMENTS_SECONDS:-20}"
+workers="${STATEMENTS_WORKERS:-30}"
 # Workers connect and go online before the reset: their statements are not per request.
 psql "$url" -qc "select pg_stat_statements_reset()" >/dev/null
 xacts_before="$(psql "$url" -Atc "select xact_commit + xact_rollback from pg_stat_database where datname = current_database()")"
-"$bin" simulate --url "http://127.0.0.1:$web_port" --workers 30 --customers 5 --rate "$requests" \
+"$bin" simulate --url "http://127.0.0.1:$web_port" --workers "$workers" --customers 5 --rate "$requests" \
   --duration "${seconds}s" --accept-rate 1 --cancel-rate 0 --job-seconds 1 --drain-seconds 10 --json \
   >target/statements-sim.json
 sleep 3 # the relay's last batch
+# Every statement, for a closer look.
+psql "$url" -At -c "select calls, left(regexp_replace(query, '\s+', ' ', 'g'), 160) from pg_stat_statements
+  where dbid = (select oid from pg_database where datname = current_database()) order by calls desc" \
+  >target/statements-all.txt
 psql "$url" -At <<SQL
-with engine as (
-  select query, calls from pg_stat_statements
+with everything as (
+  select query, calls,
+         query ~* 'where "assignedWorkerId" = [^ ]+ and status in|select w.rating::float8|select o.id as "offerId"|select id, "isActive", skills from worker_profiles|select "requestId" from offers where "workerId"|update worker_profiles set "cityId"' as presence,
+         query ~* 'from service_requests where "customerId" = [^ ]+ and' as read_back
+  from pg_stat_statements
   where dbid = (select oid from pg_database where datname = current_database())
-    and query !~* 'pg_stat_statements|insert into (worker_profiles|customers)|from pg_database'
-), created as (select count(*) as n from service_requests),
+    and query !~* 'pg_stat_statements|insert into (worker_profiles|customers)|from pg_database|from cities where id'
+), engine as (select query, calls from everything where not presence and not read_back),
+   workers as (select $workers as n),
+   created as (select count(*) as n from service_requests),
    completed as (select count(*) as n from service_requests where status = 'COMPLETED'),
    xacts as (select xact_commit + xact_rollback - $xacts_before as n from pg_stat_database where datname = current_database())
 select json_build_object(
   'created', (select n from created),
   'completed', (select n from completed),
   'statements_per_created_request', round((select sum(calls) from engine) / nullif((select n from created), 0), 2),
+  'all_statements_per_created_request', round((select sum(calls) from everything) / nullif((select n from created), 0), 2),
+  'presence_statements_per_worker', round((select sum(calls) from everything where presence) / nullif((select n from workers), 0), 2),
   'transactions_per_created_request', round((select n from xacts)::numeric / nullif((select n from created), 0), 2),
   'busiest', (select json_agg(json_build_object('calls', calls, 'query', left(regexp_replace(query, '\s+', ' ', 'g'), 90)) order by calls desc)
               from (select * from engine order by calls desc limit 12) t))

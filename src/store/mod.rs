@@ -140,9 +140,11 @@ const REMOTE_NOTIFY_GATHER: Duration = Duration::from_millis(200);
 /// Tells outbox consumers that new rows were committed. The local relay is woken directly;
 /// other engines hear a `NOTIFY outbox_events` sent *after* the commit, from outside the
 /// write transaction (a NOTIFY inside it would serialise every commit on Postgres's
-/// notification lock). Commits within 200 ms coalesce into one NOTIFY: the other engines'
-/// relays are a second pair of hands (this engine's own relay was woken at once and
-/// lingers `outbox_linger_ms` itself), so a NOTIFY per commit would mostly cost statements.
+/// notification lock). The other engines' relays are a second pair of hands: they are
+/// told only while this engine's relay is not delivering by itself (NATS down here, an
+/// outage backoff, behind on full batches, or no relay at all), and commits within 200 ms
+/// coalesce into one NOTIFY. Otherwise this engine's relay, woken at once, relays its own
+/// rows, and a NOTIFY per commit would only cost statements (issue 13).
 #[derive(Debug)]
 struct OutboxSignal {
     /// Statements that wrote outbox rows through this store: the relay claims after a
@@ -151,6 +153,8 @@ struct OutboxSignal {
     local: Notify,
     remote: Notify,
     sender_started: OnceLock<()>,
+    /// Set by this engine's relay while its rounds deliver and keep up.
+    relay_delivering: std::sync::atomic::AtomicBool,
     /// Sent as the NOTIFY payload, so this engine's relay can ignore its own announcements
     /// (it was already woken directly): only other engines' commits wake it through LISTEN.
     origin: String,
@@ -163,6 +167,7 @@ impl Default for OutboxSignal {
             local: Notify::new(),
             remote: Notify::new(),
             sender_started: OnceLock::new(),
+            relay_delivering: std::sync::atomic::AtomicBool::new(false),
             origin: Uuid::new_v4().simple().to_string(),
         }
     }
@@ -248,6 +253,12 @@ impl Store {
                     if pool.is_closed() {
                         return;
                     }
+                    if signal
+                        .relay_delivering
+                        .load(std::sync::atomic::Ordering::Acquire)
+                    {
+                        continue;
+                    }
                     let _ = sqlx::query("select pg_notify($1, $2)")
                         .bind(OUTBOX_CHANNEL)
                         .bind(&origin)
@@ -256,6 +267,14 @@ impl Store {
                 }
             });
         });
+    }
+
+    /// This engine's relay says whether it delivers its rows by itself now (its last round
+    /// succeeded and was not full): while it does, other engines are not asked to help.
+    pub fn set_outbox_relay_delivering(&self, delivering: bool) {
+        self.outbox
+            .relay_delivering
+            .store(delivering, std::sync::atomic::Ordering::Release);
     }
 
     /// The payload this store's NOTIFYs carry (see [`OutboxSignal`]).

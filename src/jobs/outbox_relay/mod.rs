@@ -491,6 +491,10 @@ impl Relay {
                 Ok(None) => behind = false,
                 Err(e) => error = error.or(Some(e)),
             }
+            // While this relay delivers and keeps up, other engines need not be woken for
+            // this engine's rows (`Store::outbox_written`).
+            self.store
+                .set_outbox_relay_delivering(error.is_none() && !behind);
             let carry_on = if let Some(error) = error {
                 // What is in flight rolls back; it is claimed again after the pause.
                 pipeline.clear();
@@ -507,6 +511,7 @@ impl Relay {
                 break;
             }
         }
+        self.store.set_outbox_relay_delivering(false);
         tracing::info!(target: "OutboxRelay", "[OutboxRelay] stopped");
     }
 
