@@ -406,6 +406,7 @@ impl LeaseKeeper {
             OwnedCity {
                 epoch,
                 kv_revision: revision,
+                acquired: sent,
                 renewed: sent,
                 acts_until: self.acts_until(sent),
                 renewed_at: chrono::Utc::now(),
@@ -595,7 +596,12 @@ async fn bucket(
         allow_rollup: true,
         deny_delete: true,
         deny_purge: false,
-        allow_direct: true,
+        // Reads from the stream's leader only. A direct get may be answered by a replica
+        // that has not applied the last write yet (after a NATS server died, say): a key
+        // just deleted by a handover then still looks owned, and the preferred node's
+        // `create` gives up until its next tick. Writes are checked by the leader either
+        // way; this only keeps the reads as fresh as the writes.
+        allow_direct: false,
         num_replicas: replicas.max(1),
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()

@@ -73,16 +73,21 @@ struct Moved {
 /// What the owner answers on a command's reply subject.
 type Reply = Result<RoutedAnswer, CommandError>;
 
+/// Publications queued at most; beyond that (NATS unreachable for a while) they are dropped
+/// and counted: a position is replaced seconds later, an offer is resent from the database
+/// when the worker reconnects.
+const PUBLISH_QUEUE: usize = 16_384;
+
 /// One queue of fire-and-forget publications, sent in order by one task (so an offer and
 /// its withdrawal reach the worker's node in the order they were made).
 #[derive(Clone)]
 struct Publisher {
-    tx: mpsc::UnboundedSender<(String, Bytes)>,
+    tx: mpsc::Sender<(String, Bytes)>,
 }
 
 impl Publisher {
     fn spawn(client: Client) -> Publisher {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Bytes)>();
+        let (tx, mut rx) = mpsc::channel::<(String, Bytes)>(PUBLISH_QUEUE);
         tokio::spawn(async move {
             while let Some((subject, payload)) = rx.recv().await {
                 if let Err(e) = client.publish(subject, payload).await {
@@ -96,7 +101,9 @@ impl Publisher {
     fn send(&self, subject: String, payload: impl Serialize) {
         match serde_json::to_vec(&payload) {
             Ok(bytes) => {
-                let _ = self.tx.send((subject, bytes.into()));
+                if self.tx.try_send((subject, bytes.into())).is_err() {
+                    metrics::counter!("arreglame_cluster_publications_dropped_total").increment(1);
+                }
             }
             Err(e) => tracing::error!(target: "Cluster", error = %e, "publication not encoded"),
         }

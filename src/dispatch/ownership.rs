@@ -16,6 +16,19 @@ pub enum Ownership {
 }
 
 impl Ownership {
+    /// True for a cluster node that won `city_id` less than [`TAKEOVER_GRACE`] ago: its
+    /// workers may still be reconnecting (those of a dead node) or being announced again,
+    /// so a request that finds nobody waits and searches again instead of ending
+    /// UNASSIGNED. Never alone.
+    pub fn in_takeover(&self, city_id: Option<&str>) -> bool {
+        match self {
+            Ownership::Single => false,
+            Ownership::Cluster(owned) => city_id
+                .and_then(|c| owned.get(c))
+                .is_some_and(|c| c.acquired.elapsed() < TAKEOVER_GRACE),
+        }
+    }
+
     pub fn owns(&self, city_id: Option<&str>) -> bool {
         match self {
             Ownership::Single => true,
@@ -35,6 +48,11 @@ impl Ownership {
     }
 }
 
+/// How long after a takeover a request that finds no worker searches again (every second)
+/// instead of ending UNASSIGNED: long enough for the workers of a dead node to reconnect
+/// to another (they back off up to a few seconds) and be announced.
+pub const TAKEOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The cities a cluster node holds now (written by the lease keeper only).
 #[derive(Debug, Default)]
 pub struct OwnedCities {
@@ -47,6 +65,9 @@ pub struct OwnedCities {
 pub struct OwnedCity {
     pub epoch: i64,
     pub kv_revision: u64,
+    /// When this node won the city (for [`Ownership::in_takeover`]).
+    #[serde(skip)]
+    pub acquired: tokio::time::Instant,
     #[serde(skip)]
     pub renewed: tokio::time::Instant,
     /// This node acts for the city until then (its last renewal's send time plus the

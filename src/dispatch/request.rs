@@ -934,6 +934,15 @@ impl RequestActor {
             if reserved.picks.is_empty() && topping_up {
                 return Ok(());
             }
+            if reserved.picks.is_empty()
+                && self.ctx.ownership.in_takeover(state.row.city_id.as_deref())
+            {
+                // Just taken over: the city's workers are still coming back. Look again
+                // in a second rather than give up on a city that is only half known.
+                metrics::counter!("arreglame_cluster_takeover_retries_total").increment(1);
+                myself.send_after(std::time::Duration::from_secs(1), || RequestMsg::Dispatch);
+                return Ok(());
+            }
             if reserved.picks.is_empty() {
                 let km =
                     settings.search_radius_steps_m.last().copied().unwrap_or(0) as f64 / 1000.0;

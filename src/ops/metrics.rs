@@ -220,6 +220,14 @@ fn describe_all() {
             "Worker notices published for a worker connected to another node.",
         ),
         (
+            "arreglame_cluster_takeover_retries_total",
+            "Searches that found no worker in a city just taken over and were tried again a second later.",
+        ),
+        (
+            "arreglame_cluster_publications_dropped_total",
+            "Positions and worker notices for other nodes dropped because NATS did not take them in time.",
+        ),
+        (
             "arreglame_cluster_workers_reannounced_total",
             "Workers announced again to this node after it took a city over.",
         ),

@@ -350,6 +350,7 @@ async fn a_node_dispatches_only_the_cities_it_owns_and_recovers_a_won_city_alone
         OwnedCity {
             epoch,
             kv_revision: 1,
+            acquired: tokio::time::Instant::now(),
             renewed: tokio::time::Instant::now(),
             acts_until: tokio::time::Instant::now() + Duration::from_secs(3600),
             renewed_at: Utc::now(),
@@ -375,6 +376,61 @@ async fn a_node_dispatches_only_the_cities_it_owns_and_recovers_a_won_city_alone
     let row = store.get_request(in_buenos_aires.id).await.unwrap();
     assert_eq!((row.version, row.status), (version, Status::Offering));
     assert_eq!(h.dispatcher.stats().actor_restarts.get(), 0);
+}
+
+/// Right after a takeover the city's workers are still coming back (reconnecting from a
+/// dead node, being announced again): a request that finds nobody searches again instead
+/// of ending UNASSIGNED, and is offered to the first worker who comes online.
+#[tokio::test]
+async fn right_after_a_takeover_a_request_that_finds_nobody_waits_for_the_citys_workers() {
+    let retries = || {
+        arreglame::ops::metrics::handle()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("arreglame_cluster_takeover_retries_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 4).await.unwrap();
+    let (request, _) = store
+        .create_request(&new_request(CUSTOMER, -58.40, -34.60))
+        .await
+        .unwrap();
+    let epoch = store
+        .take_city_lease("buenos-aires", "node-a", 1)
+        .await
+        .unwrap();
+    let owned = Arc::new(OwnedCities::default());
+    let now = tokio::time::Instant::now();
+    owned.hold(
+        "buenos-aires",
+        OwnedCity {
+            epoch,
+            kv_revision: 1,
+            acquired: now,
+            renewed: now,
+            acts_until: now + Duration::from_secs(3600),
+            renewed_at: Utc::now(),
+        },
+    );
+    let before = retries();
+    // The node starts owning the city just won: recovery finds the request, nobody online.
+    let mut h =
+        DispatchHarness::start_owning(url, quick_settings(), Ownership::Cluster(owned.clone()))
+            .await;
+    wait_until(PATIENCE, || async { retries() > before }).await;
+    assert_eq!(
+        store.get_request(request.id).await.unwrap().status,
+        Status::Pending
+    );
+    let worker = h.worker_online(-58.401, -34.60, &["lawn_mowing"]).await;
+    match h.next_notice().await {
+        arreglame::dispatch::gateway::WorkerNotice::Offer(o) => {
+            assert_eq!((o.worker_id, o.request_id), (worker, request.id))
+        }
+        other => panic!("expected an offer, got {other:?}"),
+    }
 }
 
 /// The real start-up path: two `arreglame serve` processes with `ARREGLAME_CLUSTER=nats`
