@@ -246,11 +246,18 @@ impl LeaseKeeper {
     /// One look at every city: renew what is ours, give up what expired on our clock,
     /// try to take what has no owner.
     pub async fn tick(&mut self) {
+        // Renewals first: nothing else this tick may delay them. Every other call is
+        // bounded by a tick, so a NATS server that does not answer (a stream electing a
+        // new leader) cannot hold the keeper up for longer.
+        for city in self.cities.clone() {
+            if let Some(held) = self.owned.get(&city) {
+                self.renew(&city, held).await;
+            }
+        }
         self.announce().await;
         for city in self.cities.clone() {
-            match self.owned.get(&city) {
-                Some(held) => self.renew(&city, held).await,
-                None => self.try_take(&city).await,
+            if self.owned.get(&city).is_none() {
+                self.try_take(&city).await;
             }
         }
         self.rebalance().await;
@@ -307,7 +314,10 @@ impl LeaseKeeper {
         // revision next time: the key still says this node, so its revision is ours.
         let updated = match updated {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                match self.owners.entry(city).await {
+                match within(self.tick_every(), self.owners.entry(city))
+                    .await
+                    .unwrap_or(Ok(None))
+                {
                     Ok(Some(entry))
                         if entry.operation == kv::Operation::Put
                             && entry.value.as_ref() == self.node_id.as_bytes() =>
@@ -346,7 +356,10 @@ impl LeaseKeeper {
     }
 
     async fn try_take(&mut self, city: &str) {
-        match self.owners.entry(city).await {
+        let Some(read) = within(self.tick_every(), self.owners.entry(city)).await else {
+            return;
+        };
+        match read {
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 self.absent_since.remove(city);
                 return;
@@ -375,7 +388,16 @@ impl LeaseKeeper {
     /// Creates the city's key, then takes its fence: the city is this node's from then on.
     async fn take(&mut self, city: &str) {
         let sent = Instant::now();
-        let revision = match self.owners.create(city, self.node_id.clone().into()).await {
+        let created = within(
+            self.tick_every(),
+            self.owners.create(city, self.node_id.clone().into()),
+        )
+        .await;
+        let Some(created) = created else {
+            tracing::debug!(target: "Cluster", city, "city not taken: NATS did not answer within a tick");
+            return;
+        };
+        let revision = match created {
             Ok(revision) => revision,
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return,
             Err(e) => {
@@ -499,8 +521,17 @@ impl LeaseKeeper {
     async fn announce(&mut self) {
         let cities: Vec<String> = self.owned.all().into_iter().map(|(c, _)| c).collect();
         let value = serde_json::json!({ "cities": cities }).to_string();
-        if let Err(e) = self.nodes.put(&self.node_id, value.into()).await {
-            tracing::debug!(target: "Cluster", error = %e, "node not announced");
+        match within(
+            self.tick_every(),
+            self.nodes.put(&self.node_id, value.into()),
+        )
+        .await
+        {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => tracing::debug!(target: "Cluster", error = %e, "node not announced"),
+            None => {
+                tracing::debug!(target: "Cluster", "node not announced: NATS did not answer within a tick")
+            }
         }
         if self
             .nodes_read
@@ -508,7 +539,9 @@ impl LeaseKeeper {
         {
             return;
         }
-        if let Ok(nodes) = live_nodes(&self.nodes, self.lease / 2).await {
+        if let Some(Ok(nodes)) =
+            within(self.tick_every(), live_nodes(&self.nodes, self.lease / 2)).await
+        {
             self.first_seen.retain(|n, _| nodes.contains(n));
             for n in &nodes {
                 self.first_seen
@@ -529,6 +562,11 @@ impl LeaseKeeper {
         }
         rendezvous_rank(&nodes, &self.node_id, city)
     }
+}
+
+/// `call`'s answer, or `None` when it took longer than `limit`.
+async fn within<T>(limit: Duration, call: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, call).await.ok()
 }
 
 /// The rank of `node` for `city` among `nodes` (highest hash of node and city first).

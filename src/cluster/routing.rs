@@ -266,6 +266,7 @@ impl Router {
             tokio::spawn(serve_commands(
                 self.client.clone(),
                 self.dispatcher.clone(),
+                city_id.to_string(),
                 commands,
             )),
             tokio::spawn(serve_positions(
@@ -351,15 +352,43 @@ impl Router {
     }
 }
 
+/// How often a city's subscriptions check that this node still owns the city.
+const OWNERSHIP_CHECK: Duration = Duration::from_millis(250);
+
+/// The next message of a city's subscription while this node owns the city; `None` once it
+/// does not (its lease ran out on this node's clock, whatever its keeper is doing) or the
+/// subscription ended. The caller then drops the subscription, so the city's subjects are
+/// answered by its new owner alone.
+async fn next_while_owner(
+    dispatcher: &Dispatcher,
+    city_id: &str,
+    subscription: &mut async_nats::Subscriber,
+) -> Option<async_nats::Message> {
+    let mut check = tokio::time::interval(OWNERSHIP_CHECK);
+    loop {
+        tokio::select! {
+            message = subscription.next() => {
+                return message.filter(|_| dispatcher.owns_city(Some(city_id)));
+            }
+            _ = check.tick() => {
+                if !dispatcher.owns_city(Some(city_id)) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Runs each command routed to an owned city and answers it. A node that does not own the
-/// city (any more: it was stopped and woke up, say) stays silent, so the real owner's
-/// answer is the one the sender gets.
+/// city any more stops listening (a command that reached it anyway goes unanswered, and the
+/// real owner's answer is the one the sender gets).
 async fn serve_commands(
     client: Client,
     dispatcher: Dispatcher,
+    city_id: String,
     mut commands: async_nats::Subscriber,
 ) {
-    while let Some(message) = commands.next().await {
+    while let Some(message) = next_while_owner(&dispatcher, &city_id, &mut commands).await {
         let (client, dispatcher) = (client.clone(), dispatcher.clone());
         // Each on its own task: one slow command must not hold up the city's others.
         tokio::spawn(async move {
@@ -397,7 +426,7 @@ async fn serve_positions(
     mut positions: async_nats::Subscriber,
 ) {
     // In order, on one task: the city actor applies a worker's moves as they came.
-    while let Some(message) = positions.next().await {
+    while let Some(message) = next_while_owner(&dispatcher, &city_id, &mut positions).await {
         match serde_json::from_slice::<Moved>(&message.payload) {
             Ok(m) => dispatcher.local_worker_moved(&city_id, m.worker_id, m.lon, m.lat),
             Err(e) => {
