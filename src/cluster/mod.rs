@@ -41,8 +41,8 @@ pub async fn connect(url: &str, node_id: &str) -> Result<async_nats::Client, Str
 }
 
 /// The dispatcher's side of ownership: a won city's subjects are served here, its workers
-/// announced again by every node, then its open requests recovered; a lost city's subjects
-/// go quiet and its actors stand down.
+/// announced again by every node, and its open requests recovered (once the workers are
+/// announced, or 300 ms in); a lost city's subjects go quiet and its actors stand down.
 pub struct DispatchOwnership {
     pub dispatcher: crate::dispatch::Dispatcher,
     /// Set once the router is up (before the lease keeper runs).
@@ -61,7 +61,12 @@ impl DispatchOwnership {
 #[async_trait::async_trait]
 impl lease::CityOwnershipEvents for DispatchOwnership {
     async fn won(&self, city_id: &str, epoch: i64) {
-        if let Some(router) = self.router.get() {
+        let (announced, heard) = tokio::sync::oneshot::channel::<()>();
+        let served = async {
+            let Some(router) = self.router.get() else {
+                let _ = announced.send(());
+                return;
+            };
             match router.serve(city_id).await {
                 Ok(workers) => metrics::counter!("arreglame_cluster_workers_reannounced_total")
                     .increment(workers as u64),
@@ -71,7 +76,33 @@ impl lease::CityOwnershipEvents for DispatchOwnership {
                     tracing::error!(target: "Cluster", city = city_id, error = %e, "city subjects not served")
                 }
             }
+            let _ = announced.send(());
+        };
+        // Recovery starts once the workers are announced again, or after RECOVER_AFTER
+        // while thousands still are (each a routed go_online the owner checks): by then the
+        // first of them are in the city's index, and a request that finds nobody yet
+        // searches again a second later (`Ownership::in_takeover`).
+        let recovery = async {
+            let _ = tokio::time::timeout(RECOVER_AFTER, heard).await;
+            self.recover(city_id, epoch).await;
+        };
+        tokio::join!(served, recovery);
+    }
+
+    async fn lost(&self, city_id: &str, _why: &'static str) {
+        if let Some(router) = self.router.get() {
+            router.unserve(city_id);
         }
+        self.dispatcher.stand_down(city_id);
+    }
+}
+
+/// How long a new owner waits for the city's workers to be announced before it recovers
+/// the city's requests anyway.
+const RECOVER_AFTER: Duration = Duration::from_millis(300);
+
+impl DispatchOwnership {
+    async fn recover(&self, city_id: &str, epoch: i64) {
         match self.dispatcher.recover().await {
             Ok(recovered) => {
                 tracing::info!(target: "Cluster", city = city_id, epoch, recovered, "city recovered")
@@ -81,12 +112,5 @@ impl lease::CityOwnershipEvents for DispatchOwnership {
                 tracing::warn!(target: "Cluster", city = city_id, error = %e, "city recovery failed")
             }
         }
-    }
-
-    async fn lost(&self, city_id: &str, _why: &'static str) {
-        if let Some(router) = self.router.get() {
-            router.unserve(city_id);
-        }
-        self.dispatcher.stand_down(city_id);
     }
 }
