@@ -229,6 +229,20 @@ impl LeaseKeeper {
         }
     }
 
+    /// Deletes this node's key of a city it stood down from, and says so on NATS.
+    async fn free(&self, city: &str, revision: u64) {
+        match self
+            .owners
+            .delete_expect_revision(city, Some(revision))
+            .await
+        {
+            Ok(_) => self.say_released(city).await,
+            Err(e) => {
+                tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease")
+            }
+        }
+    }
+
     /// Tells the other nodes that this node gave `city` up and freed its key.
     async fn say_released(&self, city: &str) {
         let sent = self
@@ -485,16 +499,7 @@ impl LeaseKeeper {
             self.absent_since
                 .insert(city.clone(), Instant::now() + self.lease);
             self.rebalanced.insert(city.clone(), Instant::now());
-            match self
-                .owners
-                .delete_expect_revision(&city, Some(held.kv_revision))
-                .await
-            {
-                Ok(_) => self.say_released(&city).await,
-                Err(e) => {
-                    tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease")
-                }
-            }
+            self.free(&city, held.kv_revision).await;
         }
     }
 
@@ -503,16 +508,7 @@ impl LeaseKeeper {
     pub async fn hand_over(&mut self) {
         for (city, held) in self.owned.all() {
             self.stand_down(&city, "handed over").await;
-            match self
-                .owners
-                .delete_expect_revision(&city, Some(held.kv_revision))
-                .await
-            {
-                Ok(_) => self.say_released(&city).await,
-                Err(e) => {
-                    tracing::warn!(target: "Cluster", city, error = %e, "key not freed; it expires with the lease")
-                }
-            }
+            self.free(&city, held.kv_revision).await;
         }
         let _ = self.nodes.delete(&self.node_id).await;
     }

@@ -355,24 +355,40 @@ impl Router {
 /// How often a city's subscriptions check that this node still owns the city.
 const OWNERSHIP_CHECK: Duration = Duration::from_millis(250);
 
-/// The next message of a city's subscription while this node owns the city; `None` once it
-/// does not (its lease ran out on this node's clock, whatever its keeper is doing) or the
-/// subscription ended. The caller then drops the subscription, so the city's subjects are
-/// answered by its new owner alone.
-async fn next_while_owner(
-    dispatcher: &Dispatcher,
-    city_id: &str,
-    subscription: &mut async_nats::Subscriber,
-) -> Option<async_nats::Message> {
-    let mut check = tokio::time::interval(OWNERSHIP_CHECK);
-    loop {
-        tokio::select! {
-            message = subscription.next() => {
-                return message.filter(|_| dispatcher.owns_city(Some(city_id)));
-            }
-            _ = check.tick() => {
-                if !dispatcher.owns_city(Some(city_id)) {
-                    return None;
+/// A city's subscription, read only while this node owns the city.
+struct WhileOwner {
+    dispatcher: Dispatcher,
+    city_id: String,
+    subscription: async_nats::Subscriber,
+    check: tokio::time::Interval,
+}
+
+impl WhileOwner {
+    fn new(dispatcher: Dispatcher, city_id: String, subscription: async_nats::Subscriber) -> Self {
+        WhileOwner {
+            dispatcher,
+            city_id,
+            subscription,
+            check: tokio::time::interval(OWNERSHIP_CHECK),
+        }
+    }
+
+    fn owns(&self) -> bool {
+        self.dispatcher.owns_city(Some(&self.city_id))
+    }
+
+    /// The next message while this node owns the city; `None` once it does not (its lease
+    /// ran out on this node's clock, whatever its keeper is doing) or the subscription
+    /// ended. The caller then drops the subscription, so the city's subjects are answered
+    /// by its new owner alone.
+    async fn next(&mut self) -> Option<async_nats::Message> {
+        loop {
+            tokio::select! {
+                message = self.subscription.next() => return message.filter(|_| self.owns()),
+                _ = self.check.tick() => {
+                    if !self.owns() {
+                        return None;
+                    }
                 }
             }
         }
@@ -386,9 +402,10 @@ async fn serve_commands(
     client: Client,
     dispatcher: Dispatcher,
     city_id: String,
-    mut commands: async_nats::Subscriber,
+    commands: async_nats::Subscriber,
 ) {
-    while let Some(message) = next_while_owner(&dispatcher, &city_id, &mut commands).await {
+    let mut commands = WhileOwner::new(dispatcher.clone(), city_id, commands);
+    while let Some(message) = commands.next().await {
         let (client, dispatcher) = (client.clone(), dispatcher.clone());
         // Each on its own task: one slow command must not hold up the city's others.
         tokio::spawn(async move {
@@ -423,10 +440,11 @@ async fn respond(client: &Client, reply: Subject, answer: &Reply) {
 async fn serve_positions(
     dispatcher: Dispatcher,
     city_id: String,
-    mut positions: async_nats::Subscriber,
+    positions: async_nats::Subscriber,
 ) {
     // In order, on one task: the city actor applies a worker's moves as they came.
-    while let Some(message) = next_while_owner(&dispatcher, &city_id, &mut positions).await {
+    let mut positions = WhileOwner::new(dispatcher.clone(), city_id.clone(), positions);
+    while let Some(message) = positions.next().await {
         match serde_json::from_slice::<Moved>(&message.payload) {
             Ok(m) => dispatcher.local_worker_moved(&city_id, m.worker_id, m.lon, m.lat),
             Err(e) => {

@@ -135,6 +135,14 @@ impl Session {
         format!("{kind}-{}", self.next_id)
     }
 
+    /// A message id for a job command, remembered until answered (to send it again on
+    /// `UNAVAILABLE`).
+    fn in_flight_id(&mut self, kind: &str, action: Action) -> String {
+        let id = self.id(kind);
+        self.in_flight.insert(id.clone(), action);
+        id
+    }
+
     /// Keeps an offer on screen while the worker thinks, then answers it.
     fn hold(&mut self, offer: Uuid, shown: Shown, after: Duration, accept: bool) {
         self.undecided.insert(offer, shown);
@@ -569,24 +577,21 @@ impl Worker {
                 }
             }
             Action::Start(request) if s.jobs.contains(&request) => {
-                let id = s.id(wire::StartJob::KIND);
-                s.in_flight.insert(id.clone(), action);
+                let id = s.in_flight_id(wire::StartJob::KIND, action);
                 wire::StartJob {
                     request_id: request,
                 }
                 .frame(&id)
             }
             Action::Complete(request) if s.jobs.contains(&request) => {
-                let id = s.id(wire::CompleteJob::KIND);
-                s.in_flight.insert(id.clone(), action);
+                let id = s.in_flight_id(wire::CompleteJob::KIND, action);
                 wire::CompleteJob {
                     request_id: request,
                 }
                 .frame(&id)
             }
             Action::Cancel(request) if s.jobs.contains(&request) => {
-                let id = s.id(wire::CancelAssignment::KIND);
-                s.in_flight.insert(id.clone(), action);
+                let id = s.in_flight_id(wire::CancelAssignment::KIND, action);
                 wire::CancelAssignment {
                     request_id: request,
                     reason: "simulated: something came up",
