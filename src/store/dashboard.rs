@@ -103,7 +103,7 @@ impl Store {
                        status, "cityId", "assignmentAttempts", "workerTimeoutAt", "unassignedReason",
                        "createdAt", "updatedAt", 0 as part
                 from service_requests
-                where "cityId" is not null
+                where "cityId" is not null and "closedAt" is null
                   and ((status = 'PENDING' and "updatedAt" < now() - $1::interval)
                     or (status = 'OFFERING' and "workerTimeoutAt" < now() - $2::interval))
                 order by "updatedAt"
@@ -113,6 +113,9 @@ impl Store {
                        "unassignedReason", "createdAt", "updatedAt", 1
                 from service_requests
                 where status = 'UNASSIGNED' and "updatedAt" > now() - $3::interval
+                  -- the same rows (an UNASSIGNED request is closed when it last changed),
+                  -- through service_requests_unassigned_closed_at_idx
+                  and "unassignedReason" is not null and "closedAt" > now() - $3::interval
                 order by "updatedAt" desc
                 limit $4)
                ) listed

@@ -353,7 +353,7 @@ impl Store {
     ) -> Result<Vec<UnplacedRequest>, StoreError> {
         Ok(sqlx::query_as(
             r#"select id, version, latitude, longitude from service_requests
-               where status in ('PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')
+               where status in ('PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS') and "closedAt" is null
                  and ("cityId" is null or not ("cityId" = any($1)))
                  and latitude is not null and longitude is not null
                order by "createdAt"

@@ -205,7 +205,7 @@ impl Store {
         Ok(sqlx::query_as(
             r#"select * from service_requests
                where status in ('SCHEDULED', 'PENDING', 'OFFERING', 'ASSIGNED', 'IN_PROGRESS')
-                 and "cityId" is not null
+                 and "cityId" is not null and "closedAt" is null
                order by "createdAt""#,
         )
         .fetch_all(&self.pool)
@@ -226,7 +226,7 @@ impl Store {
     ) -> Result<Vec<ServiceRequest>, StoreError> {
         Ok(sqlx::query_as(
             r#"select * from service_requests
-               where "cityId" is not null
+               where "cityId" is not null and "closedAt" is null
                  and ((status = 'PENDING' and "updatedAt" < now() - $1::interval)
                    or (status = 'OFFERING' and "workerTimeoutAt" < now() - $2::interval)
                    or (status = 'SCHEDULED'
@@ -248,7 +248,7 @@ impl Store {
     pub async fn overdue_offering(&self, limit: i64) -> Result<Vec<ServiceRequest>, StoreError> {
         Ok(sqlx::query_as(
             r#"select * from service_requests
-               where status = 'OFFERING' and "workerTimeoutAt" < now()
+               where status = 'OFFERING' and "workerTimeoutAt" < now() and "closedAt" is null
                order by "workerTimeoutAt"
                limit $1"#,
         )

@@ -627,7 +627,9 @@ pub const TAKEN: &str = "taken";
 
 /// The version-guarded update every transition makes ($1 id, $2 version the caller saw,
 /// $3 status, $4 attempts, $5 offer deadline, $6 assignee, $7–$9 cancellation, $10 why
-/// unassigned). `$6` null clears the assignment time too (a released assignment).
+/// unassigned). `$6` null clears the assignment time too (a released assignment). A
+/// terminal status sets `"closedAt"` once: the open-request indexes key on it, not on
+/// status, so offers, rejections, expiries and starts are HOT updates (migration 7).
 const UPDATE: &str = r#"update service_requests set
       status = $3,
       version = version + 1,
@@ -642,6 +644,8 @@ const UPDATE: &str = r#"update service_requests set
       "cancellationReason" = coalesce($8, "cancellationReason"),
       "cancellationFeeCents" = coalesce($9, "cancellationFeeCents"),
       "unassignedReason" = coalesce($10, "unassignedReason"),
+      "closedAt" = case when $3 in ('COMPLETED', 'CANCELLED', 'UNASSIGNED') then coalesce("closedAt", now())
+                        else "closedAt" end,
       "updatedAt" = now()
     where id = $1 and version = $2"#;
 

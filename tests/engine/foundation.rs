@@ -102,12 +102,12 @@ async fn the_guides_sql_runs_unchanged_and_does_what_it_says() {
     .await
     .unwrap();
     for expected in [
-        "service_requests_status_idx",
-        "service_requests_status_worker_timeout_at_idx",
-        "service_requests_city_id_status_idx",
+        "service_requests_open_city_id_idx",
+        "service_requests_unassigned_closed_at_idx",
+        "service_requests_customer_id_created_at_idx",
+        "service_requests_assigned_worker_id_idx",
         "worker_profiles_city_id_idx",
         "worker_profiles_last_active_at_idx",
-        "outbox_events_processed_idx",
         "outbox_events_unprocessed_id_idx",
     ] {
         assert!(
@@ -189,8 +189,20 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap()
     };
-    // One migration at a time, newest first: the city leases, the rollout bucket, booked
-    // slots, the identity migration, then the dispute edge.
+    let closed_at_column = |store: Store| async move {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from information_schema.columns
+             where table_name = 'service_requests' and column_name = 'closedAt'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // One migration at a time, newest first: the HOT-friendly indexes, the city leases, the
+    // rollout bucket, booked slots, the identity migration, then the dispute edge.
+    assert_eq!(closed_at_column(store.clone()).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(closed_at_column(store.clone()).await, 0);
     assert_eq!(leases_table(store.clone()).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
     assert_eq!(leases_table(store.clone()).await, 0);

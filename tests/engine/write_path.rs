@@ -110,3 +110,133 @@ async fn with_group_commit_off_each_transition_commits_alone() {
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     assert_eq!(writers_of(&store, &ids).await, 4);
 }
+
+/// The row versions of one request on its heap page, in line-pointer order, with whether
+/// each is a heap-only tuple (a HOT update's new version, which no index points at), from
+/// `pageinspect` (contrib, shipped with PostgreSQL).
+async fn heap_only_versions(store: &Store, id: Uuid) -> (usize, usize) {
+    sqlx::query("create extension if not exists pageinspect")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let page: i64 = sqlx::query_scalar(
+        "select (ctid::text::point)[0]::bigint from service_requests where id = $1",
+    )
+    .bind(id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    // 0x8000 is HEAP_ONLY_TUPLE in t_infomask2.
+    let flags: Vec<bool> = sqlx::query_scalar(
+        "select (t_infomask2 & 32768) <> 0 from heap_page_items(get_raw_page('service_requests', $1::int))
+         where t_data is not null order by lp",
+    )
+    .bind(page)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    (flags.len(), flags.iter().filter(|hot| **hot).count())
+}
+
+// Issue 13, item 5: the open-request indexes key on "closedAt", not on status, so a
+// transition that changes neither the assignee nor whether the request is closed touches
+// no index. A fresh database holds this one request, alone on its page.
+#[tokio::test]
+async fn offers_rejections_and_starts_are_hot_updates_and_closing_sets_closed_at() {
+    use arreglame::store::{Change, OfferOutcome};
+    let store = Store::connect(&fresh_database().await, 2).await.unwrap();
+    let (requests, workers) = requests_and_workers(&store, 1).await;
+    let (mut request, worker) = (requests[0].clone(), workers[0]);
+    let id = request.id;
+    let open = |store: &Store| {
+        let store = store.clone();
+        async move {
+            store
+                .open_requests()
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.id == id)
+        }
+    };
+    let first = offer_to(worker, 1);
+    let Change::OfferSent(ref sent) = first else {
+        unreachable!()
+    };
+    let first_offer = sent.id;
+    request = store.transition(&request, first).await.unwrap();
+    let rejected = Change::OfferSettled {
+        offer_id: first_offer,
+        outcome: OfferOutcome::Rejected,
+        reason: None,
+        others_pending: false,
+    };
+    request = store.transition(&request, rejected).await.unwrap();
+    let second = offer_to(worker, 2);
+    let Change::OfferSent(ref sent) = second else {
+        unreachable!()
+    };
+    let second_offer = sent.id;
+    request = store.transition(&request, second).await.unwrap();
+    // Three transitions so far (offer, rejection, offer): all heap-only.
+    assert_eq!(heap_only_versions(&store, request.id).await, (4, 3));
+    request = store
+        .transition(
+            &request,
+            Change::OfferAccepted {
+                offer_id: second_offer,
+                worker_id: worker,
+            },
+        )
+        .await
+        .unwrap();
+    request = store
+        .transition(&request, Change::JobStarted)
+        .await
+        .unwrap();
+    assert!(
+        open(&store).await,
+        "an open request is found by the open index"
+    );
+    let closed_before: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar(r#"select "closedAt" from service_requests where id = $1"#)
+            .bind(request.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(closed_before, None);
+    let request = store
+        .transition(
+            &request,
+            Change::JobCompleted {
+                payout_release_at: chrono::Utc::now() + chrono::Duration::hours(48),
+            },
+        )
+        .await
+        .unwrap();
+    let closed: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar(r#"select "closedAt" from service_requests where id = $1"#)
+            .bind(request.id)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(closed.is_some(), "completion closes the request");
+    assert!(!open(&store).await);
+    // Accepting (a new assignee) and completing (closed) touched the indexes; the start did not.
+    assert_eq!(heap_only_versions(&store, request.id).await, (7, 4));
+    // The database refuses an open request that claims to be closed: the partial indexes
+    // stand for "open" only because of that.
+    let (other, _) = store
+        .create_request(&new_request(CUSTOMER, -58.40, -34.60))
+        .await
+        .unwrap();
+    let err = sqlx::query(r#"update service_requests set "closedAt" = now() where id = $1"#)
+        .bind(other.id)
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("service_requests_closed_at_check"),
+        "{err}"
+    );
+}
