@@ -1,85 +1,157 @@
 #!/usr/bin/env bash
-# End-to-end benchmark (issues 8 and 13): a release engine on a fresh database, then the
-# simulator with N connected workers sending a location every 4 s, customers open-loop at
-# each offered request rate (a warm-up left out). Prints, per rate, the simulator's --json
-# summary (with its cross-check), then one line of CPU: seconds used by the engine, by
-# PostgreSQL (the backends serving the bench database) and by the simulator, in total and
-# per created request.
+# End-to-end benchmark (issues 8 and 13), on a durable PostgreSQL it starts itself
+# (scripts/pg-durable.sh: fsync, synchronous_commit and full_page_writes on).
 #
 #   scripts/bench-e2e.sh [workers=10000] [duration=30s] [rates="500 1000"] [warmup=5s]
 #
-# BENCH_USE_RUNNING_SERVERS=1 uses the PostgreSQL at DATABASE_URL as it is instead of
-# scripts/dev-env.sh's; BENCH_BIN runs that binary instead of building a release one;
-# BENCH_DB and BENCH_PORT name the database (re-created) and the engine's port.
+# Each of BENCH_RUNS runs (3) measures, on the same cluster and in the same run:
+# - the **baseline**: benches/pgbench-request-life.sh, pgbench replaying one request's
+#   whole life as the engine at adb545c sent it, BENCH_BASELINE_CLIENTS (32) clients for
+#   BENCH_BASELINE_SECONDS (10), on a fresh migrated and seeded database;
+# - the **engine** at each offered rate: a release engine (with NATS, as in production) on
+#   a fresh database, then `arreglame simulate` with N workers sending a location every 4 s
+#   and customers open-loop (a warm-up left out; `--check` cross-checks the database).
+#   The CPU of the engine, of the PostgreSQL backends serving the bench database and of
+#   the simulator is sampled every 0.5 s from /proc.
+# One JSON line per run and rate goes to stdout (and target/bench-e2e/results.jsonl):
+# achieved rate, create → offer p50/p99/p99.9, time to assign, misses, engine creates/s
+# over the baseline's requests/s, CPU milliseconds per created request. The last lines
+# are the medians per rate over the runs.
+#
+# BENCH_USE_RUNNING_SERVERS=1 uses the PostgreSQL and NATS of DATABASE_URL and NATS_URL
+# as they are (durable or not: the output says which); BENCH_BIN runs that binary instead
+# of building a release one; BENCH_DB and BENCH_PORT name the database (re-created) and
+# the engine's port.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 workers="${1:-10000}"
 duration="${2:-30s}"
 rates="${3:-500 1000}"
 warmup="${4:-5s}"
-if [ "${BENCH_USE_RUNNING_SERVERS:-0}" != 1 ]; then eval "$(scripts/dev-env.sh)"; fi
+runs="${BENCH_RUNS:-3}"
+if [ "${BENCH_USE_RUNNING_SERVERS:-0}" = 1 ]; then
+  server="${DATABASE_URL%/*}"
+else
+  # dev-env installs what is missing and starts NATS (its own PostgreSQL is not used here).
+  eval "$(scripts/dev-env.sh)"
+  server="$(scripts/pg-durable.sh)"
+fi
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 bin="${BENCH_BIN:-target/release/arreglame}"
 [ -n "${BENCH_BIN:-}" ] || cargo build --release --bin arreglame >&2
-admin="${DATABASE_URL%/*}/postgres"
 port="${BENCH_PORT:-3911}"
+db="${BENCH_DB:-bench_e2e}"
 tick="$(getconf CLK_TCK)"
+out=target/bench-e2e
+mkdir -p "$out"
+: >"$out/results.jsonl"
+durability="$(psql "$server/postgres" -At -c "select string_agg(name || '=' || setting, ' ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'full_page_writes')")"
+echo "== PostgreSQL at $server: $durability; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+fresh_database() {
+  psql "$server/postgres" -qc "drop database if exists $1 with (force)" >/dev/null 2>&1
+  psql "$server/postgres" -qc "create database $1" >/dev/null
+  DATABASE_URL="$server/$1" "$bin" migrate >/dev/null
+  DATABASE_URL="$server/$1" "$bin" seed >/dev/null
+}
 
 # Every half second: "<role> <pid> <utime+stime ticks>" for the engine, the simulator and
 # each PostgreSQL backend of the bench database. CPU counters only grow, so the last sample
 # of each pid is its total; sampling (not one read at the end) keeps backends that exited.
 sample_cpu() {
-  local out="$1" db="$2"; shift 2
+  local samples="$1" database="$2"; shift 2
   while :; do
     for spec in "$@"; do
       local role="${spec%%:*}" pid="${spec#*:}"
-      [ -r "/proc/$pid/stat" ] && awk -v r="$role" -v p="$pid" '{print r, p, $14 + $15}' "/proc/$pid/stat" >>"$out" 2>/dev/null || true
+      [ -r "/proc/$pid/stat" ] && awk -v r="$role" -v p="$pid" '{print r, p, $14 + $15}' "/proc/$pid/stat" >>"$samples" 2>/dev/null || true
     done
-    ps -eo pid=,args= | awk -v db="$db" '$2 == "postgres:" && $4 == db {print $1}' | while read -r pid; do
-      [ -r "/proc/$pid/stat" ] && awk -v p="$pid" '{print "postgres", p, $14 + $15}' "/proc/$pid/stat" >>"$out" 2>/dev/null || true
+    ps -eo pid=,args= | awk -v db="$database" '$2 == "postgres:" && $4 == db {print $1}' | while read -r pid; do
+      [ -r "/proc/$pid/stat" ] && awk -v p="$pid" '{print "postgres", p, $14 + $15}' "/proc/$pid/stat" >>"$samples" 2>/dev/null || true
     done
     sleep 0.5
   done
 }
 
-for rate in $rates; do
-  db="${BENCH_DB:-bench_e2e}"
-  psql "$admin" -qc "drop database if exists $db" >/dev/null 2>&1
-  psql "$admin" -qc "create database $db" >/dev/null
-  export DATABASE_URL="${DATABASE_URL%/*}/$db" PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn DATABASE_MAX_CONNECTIONS=40
-  "$bin" migrate >/dev/null && "$bin" seed >/dev/null
-  "$bin" serve >"target/bench-e2e-serve-$rate.log" 2>&1 &
-  server=$!
-  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "== rate $rate/s, $workers workers, $duration (warm-up $warmup)" >&2
-  summary="target/bench-e2e-sim-$rate.json"
-  # At most one create per second per customer: the engine's per-caller quote quota
-  # (PRICING_RATE_PER_MINUTE 120, burst 30) would otherwise refuse creates as RATE_LIMITED.
-  customers=$(( rate > 200 ? rate : 200 ))
-  "$bin" simulate --url "http://127.0.0.1:$PORT" --workers "$workers" --customers "$customers" \
-    --duration "$duration" --warmup "$warmup" --rate "$rate" --accept-rate 0.8 --cancel-rate 0 \
-    --job-seconds 5 --location-every 4 --drain-seconds 30 --json --check >"$summary" &
-  sim=$!
-  samples="target/bench-e2e-cpu-$rate.txt"
-  : >"$samples"
-  sample_cpu "$samples" "$db" "engine:$server" "simulator:$sim" &
-  sampler=$!
-  wait "$sim" || true
-  # The engine's and its backends' last samples, before it stops.
-  sleep 1
-  kill "$sampler"; wait "$sampler" 2>/dev/null || true
-  kill "$server"; wait "$server" 2>/dev/null || true
-  cat "$summary"
-  created="$(grep -o '"created":[0-9]*' "$summary" | head -1 | cut -d: -f2)"
-  awk -v tick="$tick" -v created="${created:-0}" -v rate="$rate" '
-    { last[$1 " " $2] = $3 }
-    END {
-      for (k in last) { split(k, p, " "); total[p[1]] += last[k] / tick }
-      printf "{\"rate\":%s,\"created\":%d,\"cpu_seconds\":{", rate, created
-      printf "\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f}", total["engine"], total["postgres"], total["simulator"]
-      printf ",\"cpu_seconds_per_created\":{"
-      n = created > 0 ? created : 1
-      printf "\"engine\":%.6f,\"postgres\":%.6f,\"simulator\":%.6f,\"engine_plus_postgres\":%.6f}}\n",
-        total["engine"] / n, total["postgres"] / n, total["simulator"] / n, (total["engine"] + total["postgres"]) / n
-    }' "$samples"
+for run in $(seq 1 "$runs"); do
+  fresh_database "${db}_baseline"
+  echo "== run $run/$runs: baseline, pgbench replaying adb545c's per-request SQL" >&2
+  baseline="$(DATABASE_URL="$server/${db}_baseline" benches/pgbench-request-life.sh \
+    "${BENCH_BASELINE_CLIENTS:-32}" "${BENCH_BASELINE_SECONDS:-10}")"
+  echo "$baseline" >"$out/baseline-$run.json"
+  echo "$baseline" >&2
+  psql "$server/postgres" -qc "drop database if exists ${db}_baseline with (force)" >/dev/null 2>&1
+  for rate in $rates; do
+    fresh_database "$db"
+    export DATABASE_URL="$server/$db" PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn DATABASE_MAX_CONNECTIONS=40
+    "$bin" serve >"$out/serve-$run-$rate.log" 2>&1 &
+    engine=$!
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "== run $run/$runs: rate $rate/s, $workers workers, $duration (warm-up $warmup)" >&2
+    summary="$out/sim-$run-$rate.json"
+    # At most one create per second per customer: the engine's per-caller quote quota
+    # (PRICING_RATE_PER_MINUTE 120, burst 30) would otherwise refuse creates as RATE_LIMITED.
+    customers=$(( rate > 200 ? rate : 200 ))
+    "$bin" simulate --url "http://127.0.0.1:$PORT" --workers "$workers" --customers "$customers" \
+      --duration "$duration" --warmup "$warmup" --rate "$rate" --accept-rate 0.8 --cancel-rate 0 \
+      --job-seconds 5 --location-every 4 --drain-seconds 30 --json --check >"$summary" &
+    sim=$!
+    samples="$out/cpu-$run-$rate.txt"
+    : >"$samples"
+    sample_cpu "$samples" "$db" "engine:$engine" "simulator:$sim" &
+    sampler=$!
+    wait "$sim" || true
+    sleep 1 # the engine's and its backends' last samples, before it stops
+    kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    kill "$engine"; wait "$engine" 2>/dev/null || true
+    cpu="$(awk -v tick="$tick" '{ last[$1 " " $2] = $3 }
+      END { for (k in last) { split(k, p, " "); total[p[1]] += last[k] / tick }
+            printf "{\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f}", total["engine"], total["postgres"], total["simulator"] }' "$samples")"
+    python3 - "$run" "$rate" "$summary" "$cpu" "$baseline" "$durability" <<'PY' | tee -a "$out/results.jsonl"
+import json, sys
+run, rate, summary_path, cpu, baseline, durability = sys.argv[1:]
+sim = json.load(open(summary_path))
+cpu, baseline = json.loads(cpu), json.loads(baseline)
+created = max(sim.get("created", 0), 1)
+ms = lambda seconds: round(seconds * 1000.0 / created, 3)
+print(json.dumps({
+    "run": int(run), "offered_per_second": sim.get("offered_per_second"),
+    "achieved_per_second": sim.get("achieved_per_second"),
+    "create_to_offer_ms": sim.get("create_to_offer_ms"),
+    "time_to_assign_ms": sim.get("time_to_assign_ms"),
+    "never_offered": sim.get("never_offered"), "created": sim.get("created"),
+    "assigned": sim.get("assigned"), "unassigned": sim.get("unassigned"),
+    "cancelled": sim.get("cancelled"), "check_ok": (sim.get("check") or {}).get("ok"),
+    "baseline_requests_per_second": baseline["requests_per_second"],
+    "engine_over_baseline": round((sim.get("achieved_per_second") or 0) / baseline["requests_per_second"], 2),
+    "cpu_seconds": cpu,
+    "cpu_ms_per_created": {"engine": ms(cpu["engine"]), "postgres": ms(cpu["postgres"]),
+                           "simulator": ms(cpu["simulator"]),
+                           "engine_plus_postgres": ms(cpu["engine"] + cpu["postgres"])},
+    "postgres": durability,
+}))
+PY
+  done
 done
+
+echo "== medians over $runs runs" >&2
+python3 - "$out/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+by_rate = {}
+for row in rows:
+    by_rate.setdefault(row["offered_per_second"], []).append(row)
+med = lambda values: statistics.median(values) if values else None
+for rate, rs in sorted(by_rate.items(), key=lambda kv: kv[0] or 0):
+    print(json.dumps({"median_of_runs": len(rs), "offered_per_second": rate,
+        "achieved_per_second": med([r["achieved_per_second"] for r in rs]),
+        "create_to_offer_p50_ms": med([r["create_to_offer_ms"]["p50"] for r in rs]),
+        "create_to_offer_p99_ms": med([r["create_to_offer_ms"]["p99"] for r in rs]),
+        "create_to_offer_p999_ms": med([r["create_to_offer_ms"]["p999"] for r in rs]),
+        "time_to_assign_p99_ms": med([r["time_to_assign_ms"]["p99"] for r in rs]),
+        "never_offered": med([r["never_offered"] for r in rs]),
+        "baseline_requests_per_second": med([r["baseline_requests_per_second"] for r in rs]),
+        "engine_over_baseline": med([r["engine_over_baseline"] for r in rs]),
+        "engine_plus_postgres_cpu_ms_per_created": med([r["cpu_ms_per_created"]["engine_plus_postgres"] for r in rs]),
+        "simulator_cpu_ms_per_created": med([r["cpu_ms_per_created"]["simulator"] for r in rs]),
+        "all_checks_ok": all(r["check_ok"] for r in rs)}))
+PY

@@ -5,8 +5,8 @@
 #
 #   scripts/statements-per-request.sh [ARREGLAME_BIN]     (default target/debug/arreglame)
 #
-# It initialises a cluster in target/pg-durable (port 55433, as the postgres user when run
-# as root), migrates and seeds a fresh database, starts `serve` on it, resets the
+# It starts the durable cluster of scripts/pg-durable.sh (target/pg-durable, port 55433),
+# migrates and seeds a fresh database, starts `serve` on it, resets the
 # statistics, runs the simulator (every offer accepted, no cancellations, every job
 # completed), waits for the relay to catch up, and prints one JSON object: requests
 # created and completed, statements (top-level calls, pings included) per created
@@ -23,21 +23,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin="${1:-target/debug/arreglame}"
 [ -x "$bin" ] || { echo "statements-per-request: $bin not found (cargo build first)" >&2; exit 2; }
-port="${STATEMENTS_PG_PORT:-55433}"
-data="$PWD/target/pg-durable"
-pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-run_as=()
-[ "$(id -u)" = 0 ] && run_as=(su postgres -s /bin/sh -c)
-as_pg() { if [ ${#run_as[@]} -gt 0 ]; then "${run_as[@]}" "$*"; else sh -c "$*"; fi; }
-server="postgres://postgres@127.0.0.1:$port"
-if ! pg_isready -q -h 127.0.0.1 -p "$port"; then
-  if [ ! -f "$data/PG_VERSION" ]; then
-    mkdir -p "$data"
-    [ "$(id -u)" = 0 ] && chown postgres "$data"
-    as_pg "$pg_bin/initdb -D $data -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null"
-  fi
-  as_pg "$pg_bin/pg_ctl -D $data -l $data/server.log -w -t 60 -o '-p $port -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=top -c max_connections=200' start >/dev/null"
-fi
+server="$(PG_DURABLE_PORT="${STATEMENTS_PG_PORT:-55433}" scripts/pg-durable.sh)"
 db="statements_$$"
 psql "$server/postgres" -qc "create database $db" >/dev/null
 trap 'kill "${engine:-}" 2>/dev/null || true; wait 2>/dev/null || true; psql "$server/postgres" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true' EXIT
