@@ -5,8 +5,9 @@
 //! There is no timer: a writer takes whatever is queued when it gets to it (up to
 //! `max_rows`), so an idle engine writes each transition at once, alone, exactly as
 //! before (one statement, its own implicit transaction), and a busy one writes larger
-//! groups the longer each commit takes. Each transition keeps its own statement and its
-//! own version check: a lost race comes back to its own actor as zero rows (its
+//! groups the longer each commit takes. The transitions of one kind in a group are one
+//! multi-row statement over `unnest` arrays (`transition_batch`), each row with its own
+//! version check: a lost race comes back to its own actor as no row (its
 //! `ConcurrencyConflict`), never the group's failure. A statement the database refuses in
 //! a group (a constraint, a refused value, a deadlock) aborts the group's transaction; then
 //! every transition of the group is written again alone, so the failing one fails by
@@ -23,7 +24,13 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex, OnceCell};
 
-use super::{transition::TransitionArgs, ServiceRequest};
+use std::collections::{BTreeMap, HashSet};
+
+use super::{
+    transition::TransitionArgs,
+    transition_batch::{self, BatchKind},
+    ServiceRequest,
+};
 
 /// Writers running groups at once (each holds one pooled connection while it writes).
 const WRITERS: usize = 4;
@@ -135,15 +142,43 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
     }
 }
 
-/// One transaction: every statement of the group in order, then one commit.
+/// One transaction, then one commit: the transitions of a kind a request's life is made of
+/// as one multi-row statement per kind (`transition_batch`), the rare kinds with their own
+/// statement, first (they release workers: a cancellation withdraws its offers). A second
+/// transition of a request already in a kind's batch (which one actor never sends: it
+/// waits for each answer) is written on its own after the batches.
 async fn write_group(
     pool: &PgPool,
     group: &[Job],
 ) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
+    let mut batches: BTreeMap<BatchKind, Vec<usize>> = BTreeMap::new();
+    let (mut alone, mut later) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::with_capacity(group.len());
+    for (at, job) in group.iter().enumerate() {
+        match BatchKind::of(&job.args.change) {
+            Some(kind) if seen.insert(job.args.id) => batches.entry(kind).or_default().push(at),
+            Some(_) => later.push(at),
+            None => alone.push(at),
+        }
+    }
+    let mut rows: Vec<Option<ServiceRequest>> = vec![None; group.len()];
     let mut tx = pool.begin().await?;
-    let mut rows = Vec::with_capacity(group.len());
-    for job in group {
-        rows.push(job.args.query().fetch_optional(&mut *tx).await?);
+    for &at in &alone {
+        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
+    }
+    for (kind, members) in &batches {
+        if let [at] = members.as_slice() {
+            rows[*at] = group[*at].args.query().fetch_optional(&mut *tx).await?;
+            continue;
+        }
+        let args: Vec<&TransitionArgs> = members.iter().map(|&at| &group[at].args).collect();
+        let answers = transition_batch::write(&mut tx, *kind, &args).await?;
+        for (&at, answer) in members.iter().zip(answers) {
+            rows[at] = answer;
+        }
+    }
+    for &at in &later {
+        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(rows)

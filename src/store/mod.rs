@@ -18,6 +18,7 @@ mod requests;
 mod rollout;
 pub mod system_config;
 mod transition;
+mod transition_batch;
 mod workers;
 
 use std::{

@@ -397,22 +397,22 @@ impl Store {
 /// (and be bound again if its group fails and it is retried alone).
 pub(super) struct TransitionArgs {
     sql: &'static str,
-    id: Uuid,
-    version: i32,
-    to: &'static str,
-    assignment_attempts: i32,
-    worker_timeout_at: Option<DateTime<Utc>>,
-    assigned_worker_id: Option<Uuid>,
+    pub(super) id: Uuid,
+    pub(super) version: i32,
+    pub(super) to: &'static str,
+    pub(super) assignment_attempts: i32,
+    pub(super) worker_timeout_at: Option<DateTime<Utc>>,
+    pub(super) assigned_worker_id: Option<Uuid>,
     cancelled_by: Option<&'static str>,
     cancel_reason: Option<String>,
     cancel_fee: Option<i64>,
     unassigned_reason: Option<String>,
-    payload: serde_json::Value,
+    pub(super) payload: serde_json::Value,
     /// A cancellation of a completed job (a dispute).
     was_completed: bool,
-    payout_id: Uuid,
-    fence: Option<i64>,
-    change: Change,
+    pub(super) payout_id: Uuid,
+    pub(super) fence: Option<i64>,
+    pub(super) change: Change,
 }
 
 impl TransitionArgs {

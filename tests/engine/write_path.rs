@@ -240,3 +240,162 @@ async fn offers_rejections_and_starts_are_hot_updates_and_closing_sets_closed_at
         "{err}"
     );
 }
+
+// Item 3: a group's transitions of one kind are one multi-row statement. Every kind of a
+// request's life in one group: each answered with its own row (a stale version its own
+// conflict), the rows each kind implies written, one outbox row each, one commit, and a
+// worker freed by a rejection offered again in the same group (releases go first).
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_of_every_kind_writes_each_kind_as_one_statement_in_one_commit() {
+    use arreglame::store::{Change, OfferOutcome};
+    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
+    let (requests, workers) = requests_and_workers(&store, 12).await;
+    let offer_id = |change: &Change| match change {
+        Change::OfferSent(offer) => offer.id,
+        _ => unreachable!(),
+    };
+    // Bring each set to its stage one transition at a time (each alone).
+    let mut staged = Vec::new();
+    for (n, (request, worker)) in requests.iter().zip(&workers).enumerate() {
+        let mut request = request.clone();
+        let mut pending_offer = None;
+        if n >= 3 {
+            let offer = offer_to(*worker, 1);
+            pending_offer = Some(offer_id(&offer));
+            request = store.transition(&request, offer).await.unwrap();
+        }
+        if n >= 6 {
+            let accepted = Change::OfferAccepted {
+                offer_id: pending_offer.unwrap(),
+                worker_id: *worker,
+            };
+            request = store.transition(&request, accepted).await.unwrap();
+        }
+        if n >= 9 {
+            request = store
+                .transition(&request, Change::JobStarted)
+                .await
+                .unwrap();
+        }
+        staged.push((request, pending_offer));
+    }
+    // A thirteenth request, offered already, offered again from the version before: a
+    // lost race inside the multi-row statement of the new offers, that transition's alone.
+    let (stale, _) = requests_and_workers(&store, 1).await;
+    let stale = stale[0].clone();
+    let spare = insert_worker(&store, "buenos-aires").await;
+    store
+        .transition(
+            &stale,
+            offer_to(insert_worker(&store, "buenos-aires").await, 1),
+        )
+        .await
+        .unwrap();
+    // 0–2 PENDING, 3–5 OFFERING, 6–8 ASSIGNED, 9–11 IN_PROGRESS. Request 0 is offered the
+    // worker of request 3, whose offer request 3 settles in the same group.
+    let mut writes = Vec::new();
+    for (n, (request, pending_offer)) in staged.iter().enumerate() {
+        let change = match n {
+            0 => offer_to(workers[3], 1),
+            1 | 2 => offer_to(workers[n], 1),
+            3 | 4 => Change::OfferSettled {
+                offer_id: pending_offer.unwrap(),
+                outcome: OfferOutcome::Rejected,
+                reason: Some("busy".into()),
+                others_pending: false,
+            },
+            5 => Change::OfferAccepted {
+                offer_id: pending_offer.unwrap(),
+                worker_id: workers[5],
+            },
+            6..=8 => Change::JobStarted,
+            _ => Change::JobCompleted {
+                payout_release_at: chrono::Utc::now() + chrono::Duration::hours(48),
+            },
+        };
+        writes.push(store.transition(request, change));
+    }
+    writes.push(store.transition(&stale, offer_to(spare, 1)));
+    let results = futures::future::join_all(writes).await;
+    assert!(results[..12].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(
+        matches!(&results[12], Err(StoreError::ConcurrencyConflict { .. })),
+        "{:?}",
+        results[12]
+    );
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    assert_eq!(
+        writers_of(&store, &ids).await,
+        1,
+        "one commit carried them all"
+    );
+    let statuses: Vec<String> =
+        futures::future::join_all(ids.iter().map(|id| store.get_request(*id)))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status.as_str().to_string())
+            .collect();
+    assert_eq!(
+        statuses,
+        [
+            "OFFERING",
+            "OFFERING",
+            "OFFERING",
+            "PENDING",
+            "PENDING",
+            "ASSIGNED",
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "COMPLETED",
+            "COMPLETED",
+            "COMPLETED"
+        ]
+    );
+    for (n, result) in results[..12].iter().enumerate() {
+        let row = result.as_ref().unwrap();
+        assert_eq!(row.id, ids[n], "each transition gets its own row back");
+        assert_eq!(
+            outbox_of(&store, row.id).await.len() as i32,
+            row.version,
+            "one outbox row per version"
+        );
+    }
+    let payouts: i64 =
+        sqlx::query_scalar(r#"select count(*) from payouts where "requestId" = any($1)"#)
+            .bind(&ids)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(payouts, 3);
+    let rejected: Vec<(String, Option<String>)> = sqlx::query_as(
+        r#"select outcome, "rejectReason" from offers where "requestId" = any($1) and outcome = 'REJECTED'"#,
+    )
+    .bind(&ids[3..5])
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(rejected.len(), 2);
+    assert!(rejected
+        .iter()
+        .all(|(_, reason)| reason.as_deref() == Some("busy")));
+    let settled_payload: serde_json::Value = sqlx::query_scalar(
+        r#"select payload from outbox_events where "aggregateId" = $1 and type = 'OfferRejected'"#,
+    )
+    .bind(ids[3].to_string())
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(settled_payload["workerId"], workers[3].to_string());
+    let re_offered: Uuid = sqlx::query_scalar(
+        r#"select "workerId" from offers where "requestId" = $1 and outcome is null"#,
+    )
+    .bind(ids[0])
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        re_offered, workers[3],
+        "freed and offered again in one group"
+    );
+}
