@@ -53,6 +53,7 @@ fresh_database() {
   psql "$server/postgres" -qc "create database $1" >/dev/null
   DATABASE_URL="$server/$1" "$bin" migrate >/dev/null
   DATABASE_URL="$server/$1" "$bin" seed >/dev/null
+  psql "$server/$1" -qc "create extension if not exists pg_stat_statements" >/dev/null 2>&1 || true
 }
 
 # Every half second: "<role> <pid> <utime+stime ticks>" for the engine, the simulator and
@@ -91,6 +92,8 @@ for run in $(seq 1 "$runs"); do
     # At most one create per second per customer: the engine's per-caller quote quota
     # (PRICING_RATE_PER_MINUTE 120, burst 30) would otherwise refuse creates as RATE_LIMITED.
     customers=$(( rate > 200 ? rate : 200 ))
+    # Statements from here on (pg_stat_statements, loaded by scripts/pg-durable.sh).
+    psql "$server/$db" -qAt -c "select pg_stat_statements_reset()" >/dev/null 2>&1 || true
     "$bin" simulate --url "http://127.0.0.1:$PORT" --workers "$workers" --customers "$customers" \
       --duration "$duration" --warmup "$warmup" --rate "$rate" --accept-rate 0.8 --cancel-rate 0 \
       --job-seconds 5 --location-every 4 --drain-seconds 30 --json --check >"$summary" &
@@ -103,14 +106,21 @@ for run in $(seq 1 "$runs"); do
     sleep 1 # the engine's and its backends' last samples, before it stops
     kill "$sampler"; wait "$sampler" 2>/dev/null || true
     kill "$engine"; wait "$engine" 2>/dev/null || true
+    # What PostgreSQL did for it: statements (every top-level call of the bench database,
+    # the workers' going online included) and how many row updates were HOT.
+    database="$(psql "$server/$db" -qAt -c "select json_build_object(
+        'statements', (select coalesce(sum(calls), 0) from pg_stat_statements
+                       where dbid = (select oid from pg_database where datname = current_database())),
+        'service_request_updates', (select n_tup_upd from pg_stat_user_tables where relname = 'service_requests'),
+        'service_request_hot_updates', (select n_tup_hot_upd from pg_stat_user_tables where relname = 'service_requests'))" 2>/dev/null || echo '{}')"
     cpu="$(awk -v tick="$tick" '{ last[$1 " " $2] = $3 }
       END { for (k in last) { split(k, p, " "); total[p[1]] += last[k] / tick }
             printf "{\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f}", total["engine"], total["postgres"], total["simulator"] }' "$samples")"
-    python3 - "$run" "$rate" "$summary" "$cpu" "$baseline" "$durability" <<'PY' | tee -a "$out/results.jsonl"
+    python3 - "$run" "$rate" "$summary" "$cpu" "$baseline" "$durability" "$database" <<'PY' | tee -a "$out/results.jsonl"
 import json, sys
-run, rate, summary_path, cpu, baseline, durability = sys.argv[1:]
+run, rate, summary_path, cpu, baseline, durability, database = sys.argv[1:]
 sim = json.load(open(summary_path))
-cpu, baseline = json.loads(cpu), json.loads(baseline)
+cpu, baseline, database = json.loads(cpu), json.loads(baseline), json.loads(database or "{}")
 created = max(sim.get("created", 0), 1)
 ms = lambda seconds: round(seconds * 1000.0 / created, 3)
 print(json.dumps({
@@ -127,6 +137,9 @@ print(json.dumps({
     "cpu_ms_per_created": {"engine": ms(cpu["engine"]), "postgres": ms(cpu["postgres"]),
                            "simulator": ms(cpu["simulator"]),
                            "engine_plus_postgres": ms(cpu["engine"] + cpu["postgres"])},
+    "statements_per_created": round(database.get("statements", 0) / created, 2),
+    "hot_update_share": round((database.get("service_request_hot_updates") or 0)
+                              / max(database.get("service_request_updates") or 0, 1), 3),
     "postgres": durability,
 }))
 PY
@@ -153,5 +166,7 @@ for rate, rs in sorted(by_rate.items(), key=lambda kv: kv[0] or 0):
         "engine_over_baseline": med([r["engine_over_baseline"] for r in rs]),
         "engine_plus_postgres_cpu_ms_per_created": med([r["cpu_ms_per_created"]["engine_plus_postgres"] for r in rs]),
         "simulator_cpu_ms_per_created": med([r["cpu_ms_per_created"]["simulator"] for r in rs]),
+        "statements_per_created": med([r["statements_per_created"] for r in rs]),
+        "hot_update_share": med([r["hot_update_share"] for r in rs]),
         "all_checks_ok": all(r["check_ok"] for r in rs)}))
 PY

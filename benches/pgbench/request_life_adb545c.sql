@@ -161,10 +161,11 @@ insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", t
 commit;
 select pg_notify('outbox_events', 'pgbench');
 -- The relay: one batch (its claim, the mark after the broker's acks) for the five rows a
--- request wrote. At adb545c's own light load it made one batch per row plus as many empty
--- claims; one batch per request is the kinder replay.
+-- request wrote (or whatever is oldest and not locked by another client; none at times).
+-- At adb545c's own light load it made one batch per row plus as many empty claims; one
+-- batch per request is the kinder replay.
 begin;
-select array_agg(id) as claimed, json_agg(payload) as payloads from (
+select coalesce(array_agg(id), '{}') as claimed, json_agg(payload) as payloads from (
   select id, "aggregateType", "aggregateId", "aggregateVersion", type, payload, processed, attempts, "createdAt"
     from outbox_events
    where processed = false and "parkedAt" is null and id <> all('{}'::bigint[])
