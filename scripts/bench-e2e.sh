@@ -56,20 +56,26 @@ fresh_database() {
   psql "$server/$1" -qc "create extension if not exists pg_stat_statements" >/dev/null 2>&1 || true
 }
 
-# Every half second: "<role> <pid> <utime+stime ticks>" for the engine, the simulator and
-# each PostgreSQL backend of the bench database. CPU counters only grow, so the last sample
-# of each pid is its total; sampling (not one read at the end) keeps backends that exited.
+# Every second: "<role> <pid> <utime+stime ticks>" for the engine, the simulator and each
+# PostgreSQL backend of the bench database. CPU counters only grow, so the last sample of
+# each pid is its total; sampling (not one read at the end) keeps backends that exited (the
+# pool's connections live through the run). Two processes per sample (ps, awk): the
+# sampler's own CPU stays small beside what it measures.
 sample_cpu() {
-  local samples="$1" database="$2"; shift 2
+  local samples="$1" database="$2" engine="$3" simulator="$4"
   while :; do
-    for spec in "$@"; do
-      local role="${spec%%:*}" pid="${spec#*:}"
-      [ -r "/proc/$pid/stat" ] && awk -v r="$role" -v p="$pid" '{print r, p, $14 + $15}' "/proc/$pid/stat" >>"$samples" 2>/dev/null || true
-    done
-    ps -eo pid=,args= | awk -v db="$database" '$2 == "postgres:" && $4 == db {print $1}' | while read -r pid; do
-      [ -r "/proc/$pid/stat" ] && awk -v p="$pid" '{print "postgres", p, $14 + $15}' "/proc/$pid/stat" >>"$samples" 2>/dev/null || true
-    done
-    sleep 0.5
+    ps -eo pid=,args= | awk -v db="$database" -v engine="$engine" -v simulator="$simulator" '
+      $1 == engine { role[$1] = "engine" }
+      $1 == simulator { role[$1] = "simulator" }
+      $2 == "postgres:" && $4 == db { role[$1] = "postgres" }
+      END {
+        for (pid in role) {
+          file = "/proc/" pid "/stat"
+          if ((getline line < file) > 0) { split(line, f, " "); print role[pid], pid, f[14] + f[15] }
+          close(file)
+        }
+      }' >>"$samples" 2>/dev/null || true
+    sleep 1
   done
 }
 
@@ -100,7 +106,7 @@ for run in $(seq 1 "$runs"); do
     sim=$!
     samples="$out/cpu-$run-$rate.txt"
     : >"$samples"
-    sample_cpu "$samples" "$db" "engine:$engine" "simulator:$sim" &
+    sample_cpu "$samples" "$db" "$engine" "$sim" &
     sampler=$!
     wait "$sim" || true
     sleep 1 # the engine's and its backends' last samples, before it stops
