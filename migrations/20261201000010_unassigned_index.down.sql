@@ -1,0 +1,1 @@
+drop index if exists service_requests_unassigned_closed_at_idx;
