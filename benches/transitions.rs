@@ -13,7 +13,8 @@
 //! - **engine**: `C` tokio tasks calling `Store::transition` through one pool of `C + 2`
 //!   connections (the store's coalesced post-commit `NOTIFY` sender takes one), with the
 //!   engine's Prometheus recorder installed, as in production: transitions that arrive
-//!   together share a commit (group commit, `DATABASE_GROUP_COMMIT_MAX` 64).
+//!   together share a commit (group commit, `DATABASE_GROUP_COMMIT_MAX` 64), each kind in
+//!   a group one multi-row statement.
 //! - **engine-alone**: the same with group commit off (`with_group_commit(1)`): each
 //!   transition its own statement and commit, the engine before group commit.
 //! - **pgbench**: `C` clients (`-M prepared`, `-j` up to the core count) running
