@@ -149,90 +149,45 @@ async fn seeding_twice_leaves_the_same_data_and_keeps_tuned_values() {
 async fn migrations_revert_and_apply_again() {
     let url = fresh_database().await;
     let store = Store::connect(&url, 2).await.unwrap();
-    let edges = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from service_request_transitions where \"fromStatus\" = 'COMPLETED'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let skips_table = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_tables where tablename = 'dispatch_skips'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let strikes_table = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_tables where tablename = 'worker_strikes'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let rollout_function = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_proc where proname = 'arreglame_rollout_bucket'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let leases_table = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_tables where tablename = 'city_leases'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let closed_at_column = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from information_schema.columns
-             where table_name = 'service_requests' and column_name = 'closedAt'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
-    let status_index = |store: Store| async move {
-        sqlx::query_scalar::<_, i64>(
-            "select count(*) from pg_indexes where indexname = 'service_requests_status_idx'",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap()
-    };
+    // What each migration adds, counted (1 while it is applied, 0 once reverted).
+    let edges =
+        "select count(*) from service_request_transitions where \"fromStatus\" = 'COMPLETED'";
+    let skips_table = "select count(*) from pg_tables where tablename = 'dispatch_skips'";
+    let strikes_table = "select count(*) from pg_tables where tablename = 'worker_strikes'";
+    let rollout_function =
+        "select count(*) from pg_proc where proname = 'arreglame_rollout_bucket'";
+    let leases_table = "select count(*) from pg_tables where tablename = 'city_leases'";
+    let closed_at_column = "select count(*) from information_schema.columns
+             where table_name = 'service_requests' and column_name = 'closedAt'";
+    let status_index =
+        "select count(*) from pg_indexes where indexname = 'service_requests_status_idx'";
     // One migration at a time, newest first: the five of the HOT-friendly schema (the
     // dropped indexes come back, then the new ones go, then "closedAt"), the city leases,
     // the rollout bucket, booked slots, the identity migration, then the dispute edge.
-    assert_eq!(status_index(store.clone()).await, 0);
+    assert_eq!(count(&store, status_index).await, 0);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(status_index(store.clone()).await, 1);
+    assert_eq!(count(&store, status_index).await, 1);
     for _ in 0..3 {
         assert!(store.revert_latest_migration().await.unwrap().is_some());
     }
-    assert_eq!(closed_at_column(store.clone()).await, 1);
+    assert_eq!(count(&store, closed_at_column).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(closed_at_column(store.clone()).await, 0);
-    assert_eq!(leases_table(store.clone()).await, 1);
+    assert_eq!(count(&store, closed_at_column).await, 0);
+    assert_eq!(count(&store, leases_table).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(leases_table(store.clone()).await, 0);
-    assert_eq!(rollout_function(store.clone()).await, 1);
+    assert_eq!(count(&store, leases_table).await, 0);
+    assert_eq!(count(&store, rollout_function).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(rollout_function(store.clone()).await, 0);
-    assert_eq!(strikes_table(store.clone()).await, 1);
+    assert_eq!(count(&store, rollout_function).await, 0);
+    assert_eq!(count(&store, strikes_table).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(strikes_table(store.clone()).await, 0);
-    assert_eq!(skips_table(store.clone()).await, 1);
+    assert_eq!(count(&store, strikes_table).await, 0);
+    assert_eq!(count(&store, skips_table).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(skips_table(store.clone()).await, 0);
-    assert_eq!(edges(store.clone()).await, 1);
+    assert_eq!(count(&store, skips_table).await, 0);
+    assert_eq!(count(&store, edges).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
-    assert_eq!(edges(store.clone()).await, 0);
+    assert_eq!(count(&store, edges).await, 0);
     // All the way back: nothing of ours is left.
     while store.revert_latest_migration().await.unwrap().is_some() {}
     let tables: i64 = sqlx::query_scalar("select count(*) from pg_tables where schemaname = 'public' and tablename <> '_sqlx_migrations'")
@@ -247,7 +202,7 @@ async fn migrations_revert_and_apply_again() {
         .await
         .unwrap();
     assert!(cities >= 2);
-    assert_eq!(edges(store.clone()).await, 1);
+    assert_eq!(count(&store, edges).await, 1);
 }
 
 #[tokio::test]
@@ -513,4 +468,12 @@ async fn the_closed_at_backfill_closes_the_requests_that_ended_before_it() {
         .map(|r| r.id)
         .collect();
     assert_eq!(open_now, vec![open.id]);
+}
+
+/// The single count a catalog query returns.
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
 }

@@ -111,6 +111,14 @@ async fn with_group_commit_off_each_transition_commits_alone() {
     assert_eq!(writers_of(&store, &ids).await, 4);
 }
 
+async fn closed_at(store: &Store, id: Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar(r#"select "closedAt" from service_requests where id = $1"#)
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
 /// The row versions of one request on its heap page, in line-pointer order, with whether
 /// each is a heap-only tuple (a HOT update's new version, which no index points at), from
 /// `pageinspect` (contrib, shipped with PostgreSQL).
@@ -198,13 +206,7 @@ async fn offers_rejections_and_starts_are_hot_updates_and_closing_sets_closed_at
         open(&store).await,
         "an open request is found by the open index"
     );
-    let closed_before: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar(r#"select "closedAt" from service_requests where id = $1"#)
-            .bind(request.id)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(closed_before, None);
+    assert_eq!(closed_at(&store, request.id).await, None);
     let request = store
         .transition(
             &request,
@@ -214,13 +216,10 @@ async fn offers_rejections_and_starts_are_hot_updates_and_closing_sets_closed_at
         )
         .await
         .unwrap();
-    let closed: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar(r#"select "closedAt" from service_requests where id = $1"#)
-            .bind(request.id)
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert!(closed.is_some(), "completion closes the request");
+    assert!(
+        closed_at(&store, request.id).await.is_some(),
+        "completion closes the request"
+    );
     assert!(!open(&store).await);
     // Accepting (a new assignee) and completing (closed) touched the indexes; the start did not.
     assert_eq!(heap_only_versions(&store, request.id).await, (7, 4));
