@@ -252,9 +252,10 @@ pub async fn run_all(fleet: Arc<Fleet>, bars: &Bars, start: Instant) -> Vec<(Uui
 }
 
 /// POSTs to the `n`th node of `--url`, and to the next ones while a node cannot be reached
-/// (connection refused: a node that died). A node that took the request but answered late
-/// is not tried again: the create carries an idempotency key, but the answer would still
-/// be the first node's.
+/// (connection refused: a node that died) or dropped the connection before answering (a
+/// node killed after it took the request, which may have committed it: the create's
+/// idempotency key makes the next node answer with the same request instead of a second
+/// one). A node that is only slow is not tried again (a timeout is the run's answer).
 async fn post<V: Serialize>(
     client: &reqwest::Client,
     fleet: &Fleet,
@@ -262,10 +263,20 @@ async fn post<V: Serialize>(
     token: &str,
     body: &GraphqlRequest<'_, V>,
 ) -> reqwest::Result<reqwest::Response> {
-    let nodes = fleet.args.urls().len() as u64;
+    post_to(client, &fleet.args.urls(), n, token, body).await
+}
+
+async fn post_to<V: Serialize>(
+    client: &reqwest::Client,
+    urls: &[&str],
+    n: u64,
+    token: &str,
+    body: &GraphqlRequest<'_, V>,
+) -> reqwest::Result<reqwest::Response> {
+    let nodes = urls.len().max(1) as u64;
     let mut attempt = 0;
     loop {
-        let url = fleet.args.url_for(n + attempt);
+        let url = urls[((n + attempt) % nodes) as usize];
         let sent = client
             .post(format!("{url}/graphql"))
             .bearer_auth(token)
@@ -273,7 +284,11 @@ async fn post<V: Serialize>(
             .send()
             .await;
         match sent {
-            Err(e) if e.is_connect() && attempt + 1 < nodes => attempt += 1,
+            Err(e)
+                if (e.is_connect() || e.is_request()) && !e.is_timeout() && attempt + 1 < nodes =>
+            {
+                attempt += 1
+            }
             other => return other,
         }
     }
@@ -393,6 +408,50 @@ pub async fn final_statuses(fleet: &Fleet, created: &[(Uuid, Uuid)]) -> HashMap<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that reads the request and drops the connection (killed after taking it): the
+    /// create goes to the next node, with the same body (and so the same idempotency key).
+    #[tokio::test]
+    async fn a_create_whose_node_drops_the_connection_is_sent_to_the_next_node() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dropping = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let urls = [
+            format!("http://{}", dropping.local_addr().unwrap()),
+            format!("http://{}", answering.local_addr().unwrap()),
+        ];
+        tokio::spawn(async move {
+            let (mut socket, _) = dropping.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            // Dropped here, before any answer.
+        });
+        let seen = tokio::spawn(async move {
+            let (mut socket, _) = answering.accept().await.unwrap();
+            let mut request = vec![0u8; 8192];
+            let n = socket.read(&mut request).await.unwrap();
+            let body = "{\"data\":{}}";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request[..n]).to_string()
+        });
+        let body = GraphqlRequest {
+            query: "mutation { x }",
+            variables: serde_json::json!({"i": {"idempotencyKey": "sim-7"}}),
+        };
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        let response = post_to(&reqwest::Client::new(), &urls, 0, "token", &body)
+            .await
+            .expect("the second node answers");
+        assert_eq!(response.status(), 200);
+        assert!(
+            seen.await.unwrap().contains("sim-7"),
+            "the same idempotency key"
+        );
+    }
 
     #[test]
     fn the_request_index_travels_in_the_description() {
