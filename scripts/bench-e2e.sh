@@ -140,6 +140,8 @@ print(json.dumps({
     "baseline_requests_per_second": baseline["requests_per_second"],
     "engine_over_baseline": round((sim.get("achieved_per_second") or 0) / baseline["requests_per_second"], 2),
     "cpu_seconds": cpu,
+    "cpu_seconds_per_created": {k: round(v / created, 6) for k, v in
+                                dict(cpu, engine_plus_postgres=cpu["engine"] + cpu["postgres"]).items()},
     "cpu_ms_per_created": {"engine": ms(cpu["engine"]), "postgres": ms(cpu["postgres"]),
                            "simulator": ms(cpu["simulator"]),
                            "engine_plus_postgres": ms(cpu["engine"] + cpu["postgres"])},
