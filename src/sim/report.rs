@@ -13,6 +13,15 @@ use uuid::Uuid;
 use super::{Created, Fleet};
 use crate::store::Store;
 
+/// `time_to_assign_ms` and its first name, `time_to_assignment_ms`, one value under both.
+fn under_both_names<S: serde::Serializer>(p: &Percentiles, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(2))?;
+    map.serialize_entry("time_to_assign_ms", p)?;
+    map.serialize_entry("time_to_assignment_ms", p)?;
+    map.end()
+}
+
 /// Live progress: a bar for elapsed time and a line of counters.
 pub struct Bars {
     time: Option<ProgressBar>,
@@ -176,7 +185,9 @@ pub struct Summary {
     /// the drain ended.
     pub never_offered: usize,
     /// From a create's due time to its first assignment confirmation at a worker (measured
-    /// requests wanted now).
+    /// requests wanted now). In `--json` also under the simulator's first name for it,
+    /// `time_to_assignment_ms`, for scripts written against that.
+    #[serde(flatten, serialize_with = "under_both_names")]
     pub time_to_assign_ms: Percentiles,
     /// From a create's due time to its first offer frame at a worker, misses included.
     pub create_to_offer_ms: Percentiles,

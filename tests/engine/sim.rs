@@ -212,6 +212,7 @@ async fn compare_runs_every_mode_on_the_same_scenario_and_restores_the_configura
     for key in [
         "mode",
         "time_to_assign_ms",
+        "time_to_assignment_ms",
         "offers_per_assignment",
         "acceptance_rate",
         "share_assigned",
