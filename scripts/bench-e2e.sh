@@ -11,12 +11,15 @@
 # - the **engine** at each offered rate: a release engine (with NATS, as in production) on
 #   a fresh database, then `arreglame simulate` with N workers sending a location every 4 s
 #   and customers open-loop (a warm-up left out; `--check` cross-checks the database).
-#   The CPU of the engine, of the PostgreSQL backends serving the bench database and of
-#   the simulator is sampled every 0.5 s from /proc.
+#   The CPU of the engine, of every process of the durable PostgreSQL (its backends and
+#   its WAL writer, checkpointer and autovacuum) and of the simulator is sampled every
+#   second from /proc.
 # One JSON line per run and rate goes to stdout (and target/bench-e2e/results.jsonl):
 # achieved rate, create → offer p50/p99/p99.9, time to assign, misses, engine creates/s
-# over the baseline's requests/s, CPU milliseconds per created request. The last lines
-# are the medians per rate over the runs.
+# over the baseline's requests/s, CPU milliseconds per created request (steady state: the
+# CPU spent in the measured window over the requests created in it; `_whole_run` also
+# charges the fleet's going online, the warm-up and the drain). The last lines are the
+# medians per rate over the runs.
 #
 # BENCH_USE_RUNNING_SERVERS=1 uses the PostgreSQL and NATS of DATABASE_URL and NATS_URL
 # as they are (durable or not: the output says which); BENCH_BIN runs that binary instead
@@ -45,6 +48,9 @@ tick="$(getconf CLK_TCK)"
 out=target/bench-e2e
 mkdir -p "$out"
 : >"$out/results.jsonl"
+# The cluster's postmaster: its children are what PostgreSQL spends.
+postmaster="$(psql "$server/postgres" -At -c "select pid from pg_stat_activity where backend_type = 'checkpointer'" | xargs -r ps -o ppid= -p | tr -d ' ')"
+[ -n "$postmaster" ] || { echo "bench-e2e: cannot find the postmaster of $server" >&2; exit 1; }
 durability="$(psql "$server/postgres" -At -c "select string_agg(name || '=' || setting, ' ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'full_page_writes')")"
 echo "== PostgreSQL at $server: $durability; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
@@ -56,22 +62,23 @@ fresh_database() {
   psql "$server/$1" -qc "create extension if not exists pg_stat_statements" >/dev/null 2>&1 || true
 }
 
-# Every second: "<role> <pid> <utime+stime ticks>" for the engine, the simulator and each
-# PostgreSQL backend of the bench database. CPU counters only grow, so the last sample of
+# Every second: "<unix seconds> <role> <pid> <utime+stime ticks>" for the engine, the
+# simulator and each child of the durable cluster's postmaster (the bench database's
+# backends and the cluster's own workers; nothing else uses that cluster during a run). CPU counters only grow, so the last sample of
 # each pid is its total; sampling (not one read at the end) keeps backends that exited (the
 # pool's connections live through the run). Two processes per sample (ps, awk): the
 # sampler's own CPU stays small beside what it measures.
 sample_cpu() {
-  local samples="$1" database="$2" engine="$3" simulator="$4"
+  local samples="$1" postmaster="$2" engine="$3" simulator="$4"
   while :; do
-    ps -eo pid=,args= | awk -v db="$database" -v engine="$engine" -v simulator="$simulator" '
+    ps -eo pid=,ppid= | awk -v now="${EPOCHREALTIME/,/.}" -v postmaster="$postmaster" -v engine="$engine" -v simulator="$simulator" '
       $1 == engine { role[$1] = "engine" }
       $1 == simulator { role[$1] = "simulator" }
-      $2 == "postgres:" && $4 == db { role[$1] = "postgres" }
+      $2 == postmaster { role[$1] = "postgres" }
       END {
         for (pid in role) {
           file = "/proc/" pid "/stat"
-          if ((getline line < file) > 0) { split(line, f, " "); print role[pid], pid, f[14] + f[15] }
+          if ((getline line < file) > 0) { split(line, f, " "); print now, role[pid], pid, f[14] + f[15] }
           close(file)
         }
       }' >>"$samples" 2>/dev/null || true
@@ -89,7 +96,8 @@ for run in $(seq 1 "$runs"); do
   psql "$server/postgres" -qc "drop database if exists ${db}_baseline with (force)" >/dev/null 2>&1
   for rate in $rates; do
     fresh_database "$db"
-    export DATABASE_URL="$server/$db" PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn DATABASE_MAX_CONNECTIONS=40
+    export DATABASE_URL="$server/$db" PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn DATABASE_MAX_CONNECTIONS=40 \
+      METRICS_TOKEN=bench-e2e
     "$bin" serve >"$out/serve-$run-$rate.log" 2>&1 &
     engine=$!
     for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -106,11 +114,13 @@ for run in $(seq 1 "$runs"); do
     sim=$!
     samples="$out/cpu-$run-$rate.txt"
     : >"$samples"
-    sample_cpu "$samples" "$db" "$engine" "$sim" &
+    sample_cpu "$samples" "$postmaster" "$engine" "$sim" &
     sampler=$!
     wait "$sim" || true
     sleep 1 # the engine's and its backends' last samples, before it stops
     kill "$sampler"; wait "$sampler" 2>/dev/null || true
+    # The engine's own histograms (group sizes, statement and acquire times), for reading.
+    curl -fs -H "Authorization: Bearer $METRICS_TOKEN" "http://127.0.0.1:$PORT/metrics" >"$out/metrics-$run-$rate.txt" 2>/dev/null || true
     kill "$engine"; wait "$engine" 2>/dev/null || true
     # What PostgreSQL did for it: statements (every top-level call of the bench database,
     # the workers' going online included) and how many row updates were HOT.
@@ -119,16 +129,29 @@ for run in $(seq 1 "$runs"); do
                        where dbid = (select oid from pg_database where datname = current_database())),
         'service_request_updates', (select n_tup_upd from pg_stat_user_tables where relname = 'service_requests'),
         'service_request_hot_updates', (select n_tup_hot_upd from pg_stat_user_tables where relname = 'service_requests'))" 2>/dev/null || echo '{}')"
-    cpu="$(awk -v tick="$tick" '{ last[$1 " " $2] = $3 }
-      END { for (k in last) { split(k, p, " "); total[p[1]] += last[k] / tick }
-            printf "{\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f}", total["engine"], total["postgres"], total["simulator"] }' "$samples")"
+    # CPU over the whole run, and over the measured window alone (the simulator's
+    # measured_from/until_unix_ms: after the warm-up, until the last create was due). The
+    # window is the steady state: the 10 000 sessions' going online before it and the drain
+    # after it are not charged to the requests, their location frames during it are.
+    read -r from_s until_s < <(python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))
+print(s.get("measured_from_unix_ms", 0) / 1e3, s.get("measured_until_unix_ms", 0) / 1e3)' "$summary")
+    cpu="$(awk -v tick="$tick" -v from="$from_s" -v until="$until_s" '
+      { key = $2 " " $3; last[key] = $4
+        if ($1 + 0 <= from + 0) base[key] = $4
+        if ($1 + 0 <= until + 0) upto[key] = $4 }
+      END { for (k in last) { split(k, p, " "); total[p[1]] += last[k] / tick
+                              window[p[1]] += (upto[k] - base[k]) / tick }
+            printf "{\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f,", total["engine"], total["postgres"], total["simulator"]
+            printf "\"window\":{\"engine\":%.2f,\"postgres\":%.2f,\"simulator\":%.2f}}", window["engine"], window["postgres"], window["simulator"] }' "$samples")"
     python3 - "$run" "$rate" "$summary" "$cpu" "$baseline" "$durability" "$database" <<'PY' | tee -a "$out/results.jsonl"
 import json, sys
 run, rate, summary_path, cpu, baseline, durability, database = sys.argv[1:]
 sim = json.load(open(summary_path))
 cpu, baseline, database = json.loads(cpu), json.loads(baseline), json.loads(database or "{}")
 created = max(sim.get("created", 0), 1)
-ms = lambda seconds: round(seconds * 1000.0 / created, 3)
+measured = max(sim.get("measured", 0), 1)
+window = cpu.pop("window")
+ms = lambda seconds, per=measured: round(seconds * 1000.0 / per, 3)
 print(json.dumps({
     "run": int(run), "offered_per_second": sim.get("offered_per_second"),
     "achieved_per_second": sim.get("achieved_per_second"),
@@ -139,12 +162,19 @@ print(json.dumps({
     "cancelled": sim.get("cancelled"), "check_ok": (sim.get("check") or {}).get("ok"),
     "baseline_requests_per_second": baseline["requests_per_second"],
     "engine_over_baseline": round((sim.get("achieved_per_second") or 0) / baseline["requests_per_second"], 2),
+    # Steady state: CPU in the measured window over the requests created in it.
+    "cpu_seconds_measured_window": window,
+    "cpu_seconds_per_created": {k: round(v / measured, 6) for k, v in
+                                dict(window, engine_plus_postgres=window["engine"] + window["postgres"]).items()},
+    "cpu_ms_per_created": {"engine": ms(window["engine"]), "postgres": ms(window["postgres"]),
+                           "simulator": ms(window["simulator"]),
+                           "engine_plus_postgres": ms(window["engine"] + window["postgres"])},
+    # The whole run (going online, warm-up, drain) over every created request.
     "cpu_seconds": cpu,
-    "cpu_seconds_per_created": {k: round(v / created, 6) for k, v in
-                                dict(cpu, engine_plus_postgres=cpu["engine"] + cpu["postgres"]).items()},
-    "cpu_ms_per_created": {"engine": ms(cpu["engine"]), "postgres": ms(cpu["postgres"]),
-                           "simulator": ms(cpu["simulator"]),
-                           "engine_plus_postgres": ms(cpu["engine"] + cpu["postgres"])},
+    "cpu_ms_per_created_whole_run": {"engine": ms(cpu["engine"], created),
+                                     "postgres": ms(cpu["postgres"], created),
+                                     "simulator": ms(cpu["simulator"], created),
+                                     "engine_plus_postgres": ms(cpu["engine"] + cpu["postgres"], created)},
     "statements_per_created": round(database.get("statements", 0) / created, 2),
     "hot_update_share": round((database.get("service_request_hot_updates") or 0)
                               / max(database.get("service_request_updates") or 0, 1), 3),
@@ -172,7 +202,10 @@ for rate, rs in sorted(by_rate.items(), key=lambda kv: kv[0] or 0):
         "never_offered": med([r["never_offered"] for r in rs]),
         "baseline_requests_per_second": med([r["baseline_requests_per_second"] for r in rs]),
         "engine_over_baseline": med([r["engine_over_baseline"] for r in rs]),
+        "engine_cpu_ms_per_created": med([r["cpu_ms_per_created"]["engine"] for r in rs]),
+        "postgres_cpu_ms_per_created": med([r["cpu_ms_per_created"]["postgres"] for r in rs]),
         "engine_plus_postgres_cpu_ms_per_created": med([r["cpu_ms_per_created"]["engine_plus_postgres"] for r in rs]),
+        "engine_plus_postgres_cpu_ms_per_created_whole_run": med([r["cpu_ms_per_created_whole_run"]["engine_plus_postgres"] for r in rs]),
         "simulator_cpu_ms_per_created": med([r["cpu_ms_per_created"]["simulator"] for r in rs]),
         "statements_per_created": med([r["statements_per_created"] for r in rs]),
         "hot_update_share": med([r["hot_update_share"] for r in rs]),

@@ -352,6 +352,7 @@ impl Fleet {
         }
         let online = self.stats.online.load(Ordering::Relaxed) as usize;
         let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let created = customer::run_all(self.clone(), &bars, started).await;
         self.stop_creating.store(true, Ordering::Relaxed);
         let running = started.elapsed();
@@ -385,7 +386,14 @@ impl Fleet {
         .await;
         tasks.abort_all();
         bars.finish();
-        Ok(Summary::build(&self, &finals, running, ended, online))
+        Ok(Summary::build(
+            &self,
+            &finals,
+            running,
+            ended,
+            online,
+            started_wall,
+        ))
     }
 }
 

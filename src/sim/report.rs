@@ -152,6 +152,12 @@ pub fn gini(amounts: &[i64]) -> f64 {
     round3(g)
 }
 
+fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The run's summary (also the `--json` output).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -162,6 +168,11 @@ pub struct Summary {
     pub duration_s: f64,
     /// The leading part of the run left out of the rates and latencies.
     pub warmup_s: f64,
+    /// The measured window (after the warm-up, until the last create was due) on the wall
+    /// clock, Unix milliseconds: what `scripts/bench-e2e.sh` takes its steady-state CPU
+    /// figures over, so the fleet's going online and the drain are not charged to requests.
+    pub measured_from_unix_ms: u64,
+    pub measured_until_unix_ms: u64,
     /// Creates per second due after the warm-up (the open-loop schedule).
     pub offered_per_second: f64,
     /// Creates per second answered, over the time from the warm-up's end to the last answer.
@@ -227,6 +238,7 @@ impl Summary {
         ran: Duration,
         ended: Instant,
         online: usize,
+        started_wall: std::time::SystemTime,
     ) -> Summary {
         let s = &fleet.stats;
         let count = |wanted: &[&str]| {
@@ -283,6 +295,8 @@ impl Summary {
             customers: fleet.customer_ids.len(),
             duration_s: round1(ran.as_secs_f64()),
             warmup_s: round1(warmup.as_secs_f64()),
+            measured_from_unix_ms: unix_ms(started_wall + warmup),
+            measured_until_unix_ms: unix_ms(started_wall + fleet.args.duration.min(ran)),
             offered_per_second: ratio(due_measured, window),
             achieved_per_second: ratio(measured.len() as f64, achieved_window),
             created: n_created,

@@ -1,6 +1,8 @@
 //! Group commit across request actors (issue 13, item 3): transitions that arrive while
 //! the writers are busy are written together, in one transaction, so one commit (one WAL
-//! flush on a durable PostgreSQL) carries many of them.
+//! flush on a durable PostgreSQL) carries many of them. New requests (GraphQL's creates)
+//! take the same way: each keeps its own statement, but shares the group's commit and
+//! needs no pooled connection of its own.
 //!
 //! There is no timer: a writer takes whatever is queued when it gets to it (up to
 //! `max_rows`), so an idle engine writes each transition at once, alone, exactly as
@@ -21,24 +23,46 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::{pool::PoolConnection, Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Mutex, OnceCell};
 
 use std::collections::{BTreeMap, HashSet};
 
 use super::{
+    requests::CreateArgs,
     transition::TransitionArgs,
     transition_batch::{self, BatchKind},
     ServiceRequest,
 };
 
-/// Writers running groups at once (each holds one pooled connection while it writes).
+/// Most writers running groups at once. Each holds one pooled connection for as long as it
+/// runs, so a pool gets one writer per four connections (at least one): the rest stay for
+/// reads, the relay and the rare statements outside the group commit.
 const WRITERS: usize = 4;
 
 type Answer = Result<Option<ServiceRequest>, sqlx::Error>;
 
+/// What a writer writes: a transition of an existing request, or a new request.
+pub(super) enum Write {
+    Transition(TransitionArgs),
+    Create(CreateArgs),
+}
+
+impl Write {
+    /// Its statement alone: what a group of one, or a retried member of a refused group,
+    /// runs.
+    fn query(
+        &self,
+    ) -> sqlx::query::QueryAs<'_, sqlx::Postgres, ServiceRequest, sqlx::postgres::PgArguments> {
+        match self {
+            Write::Transition(args) => args.query(),
+            Write::Create(args) => args.query(),
+        }
+    }
+}
+
 struct Job {
-    args: TransitionArgs,
+    write: Write,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -62,20 +86,22 @@ impl GroupCommit {
         self.max_rows
     }
 
-    /// Writes one transition, alone or in a group; returns its row (`None`: its guard did
-    /// not match) once the commit that carries it is done.
-    pub(super) async fn write(&self, pool: &PgPool, args: TransitionArgs) -> Answer {
-        if self.max_rows == 1 {
-            return args.query().fetch_optional(pool).await;
+    /// Writes one transition or create, alone or in a group; returns its row (`None`: a
+    /// transition's guard did not match, or a create's idempotency key was taken) once the
+    /// commit that carries it is done.
+    pub(super) async fn write(&self, pool: &PgPool, write: Write) -> Answer {
+        // A pool of one connection cannot spare one for a writer to hold.
+        if self.max_rows == 1 || pool.options().get_max_connections() < 2 {
+            return write.query().fetch_optional(pool).await;
         }
         let queue = self
             .queue
             .get_or_init(|| async { self.start(pool.clone()) })
             .await;
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = queue.send(Job { args, reply }) {
+        if let Err(mpsc::error::SendError(job)) = queue.send(Job { write, reply }) {
             // The writers are gone (their runtime is shutting down): write it here.
-            return job.args.query().fetch_optional(pool).await;
+            return job.write.query().fetch_optional(pool).await;
         }
         answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
@@ -83,7 +109,8 @@ impl GroupCommit {
     fn start(&self, pool: PgPool) -> mpsc::UnboundedSender<Job> {
         let (queue, jobs) = mpsc::unbounded_channel();
         let jobs = Arc::new(Mutex::new(jobs));
-        for _ in 0..WRITERS {
+        let writers = (pool.options().get_max_connections() as usize / 4).clamp(1, WRITERS);
+        for _ in 0..writers {
             tokio::spawn(writer(pool.clone(), jobs.clone(), self.max_rows));
         }
         queue
@@ -92,12 +119,27 @@ impl GroupCommit {
 
 /// Takes the first queued transition and whatever else is queued behind it, writes them,
 /// answers each, and starts again.
+///
+/// A writer keeps its connection from one group to the next instead of returning it to the
+/// pool: sqlx pings every connection it takes back (a round trip, before anyone else may
+/// use it), which was one extra round trip per group. The connection is let go when it
+/// failed (anything but the database refusing a statement: it may be broken) and when the
+/// pool closes, so `Pool::close` (which waits for every connection) is not held up.
 async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, max_rows: usize) {
+    let mut held: Option<PoolConnection<Postgres>> = None;
+    let mut closed = std::pin::pin!(pool.close_event());
     loop {
         let mut group = Vec::new();
         {
-            let mut jobs = jobs.lock().await;
-            match jobs.recv().await {
+            let mut jobs = tokio::select! {
+                jobs = jobs.lock() => jobs,
+                _ = &mut closed => return,
+            };
+            let first = tokio::select! {
+                job = jobs.recv() => job,
+                _ = &mut closed => return,
+            };
+            match first {
                 Some(job) => group.push(job),
                 None => return,
             }
@@ -109,13 +151,26 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
             }
         }
         metrics::histogram!("arreglame_db_group_commit_transitions").record(group.len() as f64);
+        let conn = match held.as_mut() {
+            Some(conn) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => held.insert(conn),
+                Err(e) => {
+                    answer_all_with(group, &e);
+                    continue;
+                }
+            },
+        };
         if group.len() == 1 {
             let job = group.pop().expect("one job");
-            let answer = job.args.query().fetch_optional(&pool).await;
+            let answer = job.write.query().fetch_optional(&mut **conn).await;
+            if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
+                held = None;
+            }
             let _ = job.reply.send(answer);
             continue;
         }
-        match write_group(&pool, &group).await {
+        match write_group(conn, &group).await {
             Ok(rows) => {
                 for (job, row) in group.into_iter().zip(rows) {
                     let _ = job.reply.send(Ok(row));
@@ -126,59 +181,92 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
                     "group commit refused; writing its transitions one by one");
                 metrics::counter!("arreglame_db_group_commit_retried_total").increment(1);
                 for job in group {
-                    let answer = job.args.query().fetch_optional(&pool).await;
+                    let answer = match held.as_mut() {
+                        Some(conn) => job.write.query().fetch_optional(&mut **conn).await,
+                        None => job.write.query().fetch_optional(&pool).await,
+                    };
+                    if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
+                        held = None;
+                    }
                     let _ = job.reply.send(answer);
                 }
             }
             Err(e) => {
-                let message = e.to_string();
-                for job in group {
-                    let _ = job
-                        .reply
-                        .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
-                }
+                held = None;
+                answer_all_with(group, &e);
             }
         }
     }
 }
 
-/// One transaction, then one commit: the transitions of a kind a request's life is made of
-/// as one multi-row statement per kind (`transition_batch`), the rare kinds with their own
-/// statement, first (they release workers: a cancellation withdraws its offers). A second
+/// Whether a connection that returned `error` is still fit for the next group: only when the
+/// database itself answered (it refused a statement; the transaction was rolled back).
+fn keeps_connection(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(_))
+}
+
+/// Every transition of `group` fails with `error` (no connection, or the connection lost,
+/// possibly during the commit): each actor is rebuilt from what the database committed.
+fn answer_all_with(group: Vec<Job>, error: &sqlx::Error) {
+    let message = error.to_string();
+    for job in group {
+        let _ = job
+            .reply
+            .send(Err(sqlx::Error::Io(std::io::Error::other(message.clone()))));
+    }
+}
+
+/// One transaction, then one commit: new requests first (one statement each: no transition
+/// of a request can share a group with its create, whose answer starts the request's actor),
+/// the transitions of a kind a request's life is made of as one multi-row statement per kind
+/// (`transition_batch`), the rare kinds with their own statement, first (they release
+/// workers: a cancellation withdraws its offers). A second
 /// transition of a request already in a kind's batch (which one actor never sends: it
 /// waits for each answer) is written on its own after the batches.
 async fn write_group(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     group: &[Job],
 ) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
     let mut batches: BTreeMap<BatchKind, Vec<usize>> = BTreeMap::new();
     let (mut alone, mut later) = (Vec::new(), Vec::new());
     let mut seen = HashSet::with_capacity(group.len());
     for (at, job) in group.iter().enumerate() {
-        match BatchKind::of(&job.args.change) {
-            Some(kind) if seen.insert(job.args.id) => batches.entry(kind).or_default().push(at),
+        let Write::Transition(args) = &job.write else {
+            alone.push(at);
+            continue;
+        };
+        match BatchKind::of(&args.change) {
+            Some(kind) if seen.insert(args.id) => batches.entry(kind).or_default().push(at),
             Some(_) => later.push(at),
             None => alone.push(at),
         }
     }
+    // Creates before the rare transitions (the order `alone` was filled in may mix them).
+    alone.sort_by_key(|&at| !matches!(group[at].write, Write::Create(_)));
     let mut rows: Vec<Option<ServiceRequest>> = vec![None; group.len()];
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     for &at in &alone {
-        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
+        rows[at] = group[at].write.query().fetch_optional(&mut *tx).await?;
     }
     for (kind, members) in &batches {
         if let [at] = members.as_slice() {
-            rows[*at] = group[*at].args.query().fetch_optional(&mut *tx).await?;
+            rows[*at] = group[*at].write.query().fetch_optional(&mut *tx).await?;
             continue;
         }
-        let args: Vec<&TransitionArgs> = members.iter().map(|&at| &group[at].args).collect();
+        let args: Vec<&TransitionArgs> = members
+            .iter()
+            .map(|&at| match &group[at].write {
+                Write::Transition(args) => args,
+                Write::Create(_) => unreachable!("only transitions are batched"),
+            })
+            .collect();
         let answers = transition_batch::write(&mut tx, *kind, &args).await?;
         for (&at, answer) in members.iter().zip(answers) {
             rows[at] = answer;
         }
     }
     for &at in &later {
-        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
+        rows[at] = group[at].write.query().fetch_optional(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(rows)

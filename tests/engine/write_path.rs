@@ -69,6 +69,60 @@ async fn transitions_queued_together_commit_together_each_with_its_own_version_c
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn creates_queued_together_commit_together_and_a_repeated_key_is_answered_with_the_first() {
+    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
+    let mut keyed = new_request(CUSTOMER, -58.40, -34.60);
+    keyed.idempotency_key = Some("same-tap".into());
+    let mut news: Vec<_> = (0..6)
+        .map(|i| new_request(CUSTOMER, -58.40 + f64::from(i) * 0.001, -34.60))
+        .collect();
+    news.push(keyed.clone());
+    news.push(keyed);
+    let results = futures::future::join_all(news.iter().map(|n| store.create_request(n))).await;
+    let rows: Vec<(ServiceRequest, bool)> = results.into_iter().map(Result::unwrap).collect();
+    assert!(rows[..7].iter().all(|(_, created)| *created));
+    let (repeated, created) = &rows[7];
+    assert!(!created, "the second create with the key writes nothing");
+    assert_eq!(repeated.id, rows[6].0.id, "and is answered with the first");
+    let ids: Vec<Uuid> = rows[..7].iter().map(|(r, _)| r.id).collect();
+    assert_eq!(
+        writers_of(&store, &ids).await,
+        1,
+        "one commit carried them all"
+    );
+    for id in &ids {
+        assert_eq!(
+            outbox_of(&store, *id).await.len(),
+            1,
+            "one created event each"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_commits() {
+    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
+    let mut news: Vec<_> = (0..4)
+        .map(|i| new_request(CUSTOMER, -58.40 + f64::from(i) * 0.001, -34.60))
+        .collect();
+    // PostgreSQL refuses a NUL character in text: the whole group's statement fails, then
+    // each create is written alone.
+    news[2].description = "sink\0leak".into();
+    let results = futures::future::join_all(news.iter().map(|n| store.create_request(n))).await;
+    assert!(
+        matches!(&results[2], Err(StoreError::InvalidValue(_))),
+        "{:?}",
+        results[2]
+    );
+    for at in [0, 1, 3] {
+        let (row, created) = results[at].as_ref().unwrap();
+        assert!(created);
+        assert_eq!(store.get_request(row.id).await.unwrap().id, row.id);
+        assert_eq!(outbox_of(&store, row.id).await.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_transition_a_constraint_refuses_fails_alone_and_the_rest_of_its_group_commits() {
     let store = Store::connect(&fresh_database().await, 8).await.unwrap();
     let (requests, workers) = requests_and_workers(&store, 6).await;
