@@ -51,7 +51,7 @@ mkdir -p "$out"
 # The cluster's postmaster: its children are what PostgreSQL spends.
 postmaster="$(psql "$server/postgres" -At -c "select pid from pg_stat_activity where backend_type = 'checkpointer'" | xargs -r ps -o ppid= -p | tr -d ' ')"
 [ -n "$postmaster" ] || { echo "bench-e2e: cannot find the postmaster of $server" >&2; exit 1; }
-durability="$(psql "$server/postgres" -At -c "select string_agg(name || '=' || setting, ' ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'full_page_writes')")"
+durability="$(psql "$server/postgres" -At -c "select string_agg(name || '=' || setting, ' ' order by name) from pg_settings where name in ('fsync', 'synchronous_commit', 'full_page_writes', 'autovacuum_naptime')")"
 echo "== PostgreSQL at $server: $durability; $(nproc) cores; load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 fresh_database() {

@@ -53,9 +53,12 @@ psql "$url" -At -c "select calls, left(regexp_replace(query, '\s+', ' ', 'g'), 1
   >target/statements-all.txt
 psql "$url" -At <<SQL
 with everything as (
+  -- Matched on the text with its whitespace folded: a statement written over several lines
+  -- (update worker_profiles\n set ...) would otherwise escape its pattern and be counted
+  -- against the requests.
   select query, calls,
-         query ~* 'where "assignedWorkerId" = [^ ]+ and status in|select w.rating::float8|select o.id as "offerId"|select id, "isActive", skills from worker_profiles|select "requestId" from offers where "workerId"|update worker_profiles set "cityId"' as presence,
-         query ~* 'from service_requests where "customerId" = [^ ]+ and' as read_back
+         regexp_replace(query, '\s+', ' ', 'g') ~* 'where "assignedWorkerId" = [^ ]+ and status in|select w.rating::float8|select o.id as "offerId"|select id, "isActive", skills from worker_profiles|select "requestId" from offers where "workerId"|update worker_profiles set "cityId"' as presence,
+         regexp_replace(query, '\s+', ' ', 'g') ~* 'from service_requests where "customerId" = [^ ]+ and' as read_back
   from pg_stat_statements
   where dbid = (select oid from pg_database where datname = current_database())
     and query !~* 'pg_stat_statements|insert into (worker_profiles|customers)|from pg_database|from cities where id'
