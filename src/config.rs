@@ -43,6 +43,9 @@ pub struct Config {
     /// `DATABASE_GROUP_COMMIT_MAX` (64): the most transitions one commit carries when
     /// actors write at once; 1 commits each transition alone.
     pub database_group_commit_max: usize,
+    /// `DATABASE_GROUP_COMMIT_WRITERS` (2): groups written at once, each on a pooled
+    /// connection it keeps (at most a quarter of the pool).
+    pub database_group_commit_writers: usize,
     /// How `/metrics` is protected: with this token (or an ops JWT) on the main port...
     pub metrics_token: Option<String>,
     /// ...or served without auth on this separate address (e.g. 127.0.0.1:9100), and not
@@ -213,6 +216,8 @@ impl Config {
         };
         let gemini_max_concurrent_calls = positive("GEMINI_MAX_CONCURRENT_CALLS", 16)? as usize;
         let database_group_commit_max = positive("DATABASE_GROUP_COMMIT_MAX", 64)? as usize;
+        // The store's DEFAULT_GROUP_COMMIT_WRITERS (config sits below the store).
+        let database_group_commit_writers = positive("DATABASE_GROUP_COMMIT_WRITERS", 2)? as usize;
         let gemini_max_calls_per_minute = positive("GEMINI_MAX_CALLS_PER_MINUTE", 600)?;
         let pricing_rate_per_minute = positive("PRICING_RATE_PER_MINUTE", 120)?;
         let pricing_rate_burst = positive("PRICING_RATE_BURST", 30)?;
@@ -284,6 +289,7 @@ impl Config {
             app_env,
             database_max_connections,
             database_group_commit_max,
+            database_group_commit_writers,
             gemini_max_concurrent_calls,
             gemini_max_calls_per_minute,
             pricing_rate_per_minute,
@@ -370,6 +376,25 @@ mod tests {
         assert_eq!(c.log_level, "info");
         assert_eq!(c.app_env, AppEnv::Development);
         assert!(c.gemini_api_key.is_none());
+    }
+
+    #[test]
+    fn group_commit_writers_default_to_two_and_must_be_positive() {
+        let db = ("DATABASE_URL", "postgres://u@h/db");
+        let c = Config::from_vars(vars(&[db])).unwrap();
+        assert_eq!(
+            (c.database_group_commit_max, c.database_group_commit_writers),
+            (64, 2)
+        );
+        let c = Config::from_vars(vars(&[db, ("DATABASE_GROUP_COMMIT_WRITERS", "3")])).unwrap();
+        assert_eq!(c.database_group_commit_writers, 3);
+        assert!(matches!(
+            Config::from_vars(vars(&[db, ("DATABASE_GROUP_COMMIT_WRITERS", "0")])),
+            Err(ConfigError::Invalid {
+                name: "DATABASE_GROUP_COMMIT_WRITERS",
+                ..
+            })
+        ));
     }
 
     #[test]

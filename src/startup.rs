@@ -86,7 +86,8 @@ impl Application {
         crate::ops::metrics::handle();
         let store = Store::connect(&config.database_url, config.database_max_connections)
             .await?
-            .with_group_commit(config.database_group_commit_max);
+            .with_group_commit(config.database_group_commit_max)
+            .with_group_commit_writers(config.database_group_commit_writers);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (settings, settings_task) = store.watch_settings(shutdown_rx.clone()).await?;
 

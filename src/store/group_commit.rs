@@ -35,11 +35,6 @@ use super::{
     ServiceRequest,
 };
 
-/// Most writers running groups at once. Each holds one pooled connection for as long as it
-/// runs, so a pool gets one writer per four connections (at least one): the rest stay for
-/// reads, the relay and the rare statements outside the group commit.
-const WRITERS: usize = 4;
-
 type Answer = Result<Option<ServiceRequest>, sqlx::Error>;
 
 /// What a writer writes: a transition of an existing request, or a new request.
@@ -71,19 +66,28 @@ struct Job {
 pub(super) struct GroupCommit {
     /// Most transitions per commit; 1 writes each alone (no queue, no writers).
     max_rows: usize,
+    /// Most writers running groups at once. Each holds one pooled connection for as long
+    /// as it runs, so a pool gets at most one writer per four connections (at least one):
+    /// the rest stay for reads, the relay and the rare statements outside the group commit.
+    writers: usize,
     queue: Arc<OnceCell<mpsc::UnboundedSender<Job>>>,
 }
 
 impl GroupCommit {
-    pub(super) fn new(max_rows: usize) -> GroupCommit {
+    pub(super) fn new(max_rows: usize, writers: usize) -> GroupCommit {
         GroupCommit {
             max_rows: max_rows.max(1),
+            writers: writers.max(1),
             queue: Arc::default(),
         }
     }
 
     pub(super) fn max_rows(&self) -> usize {
         self.max_rows
+    }
+
+    pub(super) fn writers(&self) -> usize {
+        self.writers
     }
 
     /// Writes one transition or create, alone or in a group; returns its row (`None`: a
@@ -109,7 +113,10 @@ impl GroupCommit {
     fn start(&self, pool: PgPool) -> mpsc::UnboundedSender<Job> {
         let (queue, jobs) = mpsc::unbounded_channel();
         let jobs = Arc::new(Mutex::new(jobs));
-        let writers = (pool.options().get_max_connections() as usize / 4).clamp(1, WRITERS);
+        let writers = self
+            .writers
+            .min(pool.options().get_max_connections() as usize / 4)
+            .max(1);
         for _ in 0..writers {
             tokio::spawn(writer(pool.clone(), jobs.clone(), self.max_rows));
         }
