@@ -1,8 +1,6 @@
 //! Group commit across request actors (issue 13, item 3): transitions that arrive while
 //! the writers are busy are written together, in one transaction, so one commit (one WAL
-//! flush on a durable PostgreSQL) carries many of them. New requests (GraphQL's creates)
-//! take the same way: each keeps its own statement, but shares the group's commit and
-//! needs no pooled connection of its own.
+//! flush on a durable PostgreSQL) carries many of them.
 //!
 //! There is no timer: a writer takes whatever is queued when it gets to it (up to
 //! `max_rows`), so an idle engine writes each transition at once, alone, exactly as
@@ -29,7 +27,6 @@ use tokio::sync::{mpsc, oneshot, Mutex, OnceCell};
 use std::collections::{BTreeMap, HashSet};
 
 use super::{
-    requests::CreateArgs,
     transition::TransitionArgs,
     transition_batch::{self, BatchKind},
     ServiceRequest,
@@ -37,27 +34,8 @@ use super::{
 
 type Answer = Result<Option<ServiceRequest>, sqlx::Error>;
 
-/// What a writer writes: a transition of an existing request, or a new request.
-pub(super) enum Write {
-    Transition(TransitionArgs),
-    Create(CreateArgs),
-}
-
-impl Write {
-    /// Its statement alone: what a group of one, or a retried member of a refused group,
-    /// runs.
-    fn query(
-        &self,
-    ) -> sqlx::query::QueryAs<'_, sqlx::Postgres, ServiceRequest, sqlx::postgres::PgArguments> {
-        match self {
-            Write::Transition(args) => args.query(),
-            Write::Create(args) => args.query(),
-        }
-    }
-}
-
 struct Job {
-    write: Write,
+    args: TransitionArgs,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -90,22 +68,21 @@ impl GroupCommit {
         self.writers
     }
 
-    /// Writes one transition or create, alone or in a group; returns its row (`None`: a
-    /// transition's guard did not match, or a create's idempotency key was taken) once the
-    /// commit that carries it is done.
-    pub(super) async fn write(&self, pool: &PgPool, write: Write) -> Answer {
+    /// Writes one transition, alone or in a group; returns its row (`None`: its guard did
+    /// not match) once the commit that carries it is done.
+    pub(super) async fn write(&self, pool: &PgPool, args: TransitionArgs) -> Answer {
         // A pool of one connection cannot spare one for a writer to hold.
         if self.max_rows == 1 || pool.options().get_max_connections() < 2 {
-            return write.query().fetch_optional(pool).await;
+            return args.query().fetch_optional(pool).await;
         }
         let queue = self
             .queue
             .get_or_init(|| async { self.start(pool.clone()) })
             .await;
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = queue.send(Job { write, reply }) {
+        if let Err(mpsc::error::SendError(job)) = queue.send(Job { args, reply }) {
             // The writers are gone (their runtime is shutting down): write it here.
-            return job.write.query().fetch_optional(pool).await;
+            return job.args.query().fetch_optional(pool).await;
         }
         answer.await.map_err(|_| sqlx::Error::WorkerCrashed)?
     }
@@ -170,7 +147,7 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
         };
         if group.len() == 1 {
             let job = group.pop().expect("one job");
-            let answer = job.write.query().fetch_optional(&mut **conn).await;
+            let answer = job.args.query().fetch_optional(&mut **conn).await;
             if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
                 held = None;
             }
@@ -189,8 +166,8 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
                 metrics::counter!("arreglame_db_group_commit_retried_total").increment(1);
                 for job in group {
                     let answer = match held.as_mut() {
-                        Some(conn) => job.write.query().fetch_optional(&mut **conn).await,
-                        None => job.write.query().fetch_optional(&pool).await,
+                        Some(conn) => job.args.query().fetch_optional(&mut **conn).await,
+                        None => job.args.query().fetch_optional(&pool).await,
                     };
                     if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
                         held = None;
@@ -223,11 +200,9 @@ fn answer_all_with(group: Vec<Job>, error: &sqlx::Error) {
     }
 }
 
-/// One transaction, then one commit: new requests first (one statement each: no transition
-/// of a request can share a group with its create, whose answer starts the request's actor),
-/// the transitions of a kind a request's life is made of as one multi-row statement per kind
-/// (`transition_batch`), the rare kinds with their own statement, first (they release
-/// workers: a cancellation withdraws its offers). A second
+/// One transaction, then one commit: the transitions of a kind a request's life is made of
+/// as one multi-row statement per kind (`transition_batch`), the rare kinds with their own
+/// statement, first (they release workers: a cancellation withdraws its offers). A second
 /// transition of a request already in a kind's batch (which one actor never sends: it
 /// waits for each answer) is written on its own after the batches.
 async fn write_group(
@@ -238,42 +213,30 @@ async fn write_group(
     let (mut alone, mut later) = (Vec::new(), Vec::new());
     let mut seen = HashSet::with_capacity(group.len());
     for (at, job) in group.iter().enumerate() {
-        let Write::Transition(args) = &job.write else {
-            alone.push(at);
-            continue;
-        };
-        match BatchKind::of(&args.change) {
-            Some(kind) if seen.insert(args.id) => batches.entry(kind).or_default().push(at),
+        match BatchKind::of(&job.args.change) {
+            Some(kind) if seen.insert(job.args.id) => batches.entry(kind).or_default().push(at),
             Some(_) => later.push(at),
             None => alone.push(at),
         }
     }
-    // Creates before the rare transitions (the order `alone` was filled in may mix them).
-    alone.sort_by_key(|&at| !matches!(group[at].write, Write::Create(_)));
     let mut rows: Vec<Option<ServiceRequest>> = vec![None; group.len()];
     let mut tx = conn.begin().await?;
     for &at in &alone {
-        rows[at] = group[at].write.query().fetch_optional(&mut *tx).await?;
+        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     for (kind, members) in &batches {
         if let [at] = members.as_slice() {
-            rows[*at] = group[*at].write.query().fetch_optional(&mut *tx).await?;
+            rows[*at] = group[*at].args.query().fetch_optional(&mut *tx).await?;
             continue;
         }
-        let args: Vec<&TransitionArgs> = members
-            .iter()
-            .map(|&at| match &group[at].write {
-                Write::Transition(args) => args,
-                Write::Create(_) => unreachable!("only transitions are batched"),
-            })
-            .collect();
+        let args: Vec<&TransitionArgs> = members.iter().map(|&at| &group[at].args).collect();
         let answers = transition_batch::write(&mut tx, *kind, &args).await?;
         for (&at, answer) in members.iter().zip(answers) {
             rows[at] = answer;
         }
     }
     for &at in &later {
-        rows[at] = group[at].write.query().fetch_optional(&mut *tx).await?;
+        rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(rows)

@@ -308,10 +308,7 @@ impl Store {
         };
         let unmatched = args.change.clone();
         let started = std::time::Instant::now();
-        let updated = self
-            .group_commit
-            .write(&self.pool, super::group_commit::Write::Transition(args))
-            .await?;
+        let updated = self.group_commit.write(&self.pool, args).await?;
         // Acquiring a pooled connection (or waiting for a group commit) and the statement's
         // round trip: under load, mostly the wait.
         metrics::histogram!("arreglame_db_pool_acquire_duration_seconds")

@@ -68,58 +68,23 @@ async fn transitions_queued_together_commit_together_each_with_its_own_version_c
     }
 }
 
+// Creates keep their own statement and commit (they do not take the group commit); two
+// at once with one idempotency key still make one request, and both are answered with it.
 #[tokio::test(flavor = "current_thread")]
-async fn creates_queued_together_commit_together_and_a_repeated_key_is_answered_with_the_first() {
+async fn concurrent_creates_with_one_key_make_one_request_and_both_are_answered_with_it() {
     let store = Store::connect(&fresh_database().await, 8).await.unwrap();
     let mut keyed = new_request(CUSTOMER, -58.40, -34.60);
     keyed.idempotency_key = Some("same-tap".into());
-    let mut news: Vec<_> = (0..6)
-        .map(|i| new_request(CUSTOMER, -58.40 + f64::from(i) * 0.001, -34.60))
-        .collect();
-    news.push(keyed.clone());
-    news.push(keyed);
-    let results = futures::future::join_all(news.iter().map(|n| store.create_request(n))).await;
-    let rows: Vec<(ServiceRequest, bool)> = results.into_iter().map(Result::unwrap).collect();
-    assert!(rows[..7].iter().all(|(_, created)| *created));
-    let (repeated, created) = &rows[7];
-    assert!(!created, "the second create with the key writes nothing");
-    assert_eq!(repeated.id, rows[6].0.id, "and is answered with the first");
-    let ids: Vec<Uuid> = rows[..7].iter().map(|(r, _)| r.id).collect();
+    let (first, second) =
+        futures::future::join(store.create_request(&keyed), store.create_request(&keyed)).await;
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert!(first.1 != second.1, "exactly one of them created it");
+    assert_eq!(first.0.id, second.0.id);
     assert_eq!(
-        writers_of(&store, &ids).await,
+        outbox_of(&store, first.0.id).await.len(),
         1,
-        "one commit carried them all"
+        "one created event"
     );
-    for id in &ids {
-        assert_eq!(
-            outbox_of(&store, *id).await.len(),
-            1,
-            "one created event each"
-        );
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_create_the_database_refuses_fails_alone_and_the_rest_of_its_group_commits() {
-    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
-    let mut news: Vec<_> = (0..4)
-        .map(|i| new_request(CUSTOMER, -58.40 + f64::from(i) * 0.001, -34.60))
-        .collect();
-    // PostgreSQL refuses a NUL character in text: the whole group's statement fails, then
-    // each create is written alone.
-    news[2].description = "sink\0leak".into();
-    let results = futures::future::join_all(news.iter().map(|n| store.create_request(n))).await;
-    assert!(
-        matches!(&results[2], Err(StoreError::InvalidValue(_))),
-        "{:?}",
-        results[2]
-    );
-    for at in [0, 1, 3] {
-        let (row, created) = results[at].as_ref().unwrap();
-        assert!(created);
-        assert_eq!(store.get_request(row.id).await.unwrap().id, row.id);
-        assert_eq!(outbox_of(&store, row.id).await.len(), 1);
-    }
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -143,6 +108,32 @@ async fn a_transition_a_constraint_refuses_fails_alone_and_the_rest_of_its_group
     let refused = store.get_request(requests[5].id).await.unwrap();
     assert_eq!(refused.version, requests[5].version, "nothing written");
     assert_eq!(outbox_of(&store, requests[5].id).await.len(), 1);
+}
+
+// The writers keep their connections between groups (no release round trip per group),
+// and let them go when the pool closes: `Pool::close` waits for every connection.
+#[tokio::test]
+async fn the_writers_keep_their_connections_and_let_them_go_when_the_pool_closes() {
+    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
+    let (requests, workers) = requests_and_workers(&store, 4).await;
+    let writes: Vec<_> = requests
+        .iter()
+        .zip(&workers)
+        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
+        .collect();
+    assert!(futures::future::join_all(writes)
+        .await
+        .iter()
+        .all(Result::is_ok));
+    // Two writers (the default, a quarter of 8) hold one connection each.
+    assert!(
+        store.pool().size() as usize - store.pool().num_idle() >= 1,
+        "a writer holds its connection"
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(30), store.pool().close())
+        .await
+        .expect("the writers let their connections go when the pool closes");
+    assert!(store.pool().is_closed());
 }
 
 #[tokio::test(flavor = "current_thread")]
