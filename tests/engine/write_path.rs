@@ -21,6 +21,21 @@ async fn requests_and_workers(store: &Store, n: usize) -> (Vec<ServiceRequest>, 
     (requests, workers)
 }
 
+/// Four requests, each offered to its own worker at once; every offer commits.
+async fn offer_four_at_once(store: &Store) -> Vec<ServiceRequest> {
+    let (requests, workers) = requests_and_workers(store, 4).await;
+    let writes: Vec<_> = requests
+        .iter()
+        .zip(&workers)
+        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
+        .collect();
+    assert!(futures::future::join_all(writes)
+        .await
+        .iter()
+        .all(Result::is_ok));
+    requests
+}
+
 /// Distinct transactions that last wrote these rows.
 async fn writers_of(store: &Store, ids: &[Uuid]) -> i64 {
     sqlx::query_scalar("select count(distinct xmin::text) from service_requests where id = any($1)")
@@ -115,16 +130,7 @@ async fn a_transition_a_constraint_refuses_fails_alone_and_the_rest_of_its_group
 #[tokio::test]
 async fn the_writers_keep_their_connections_and_let_them_go_when_the_pool_closes() {
     let store = Store::connect(&fresh_database().await, 8).await.unwrap();
-    let (requests, workers) = requests_and_workers(&store, 4).await;
-    let writes: Vec<_> = requests
-        .iter()
-        .zip(&workers)
-        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
-        .collect();
-    assert!(futures::future::join_all(writes)
-        .await
-        .iter()
-        .all(Result::is_ok));
+    offer_four_at_once(&store).await;
     // Two writers (the default, a quarter of 8) hold one connection each.
     assert!(
         store.pool().size() as usize - store.pool().num_idle() >= 1,
@@ -142,16 +148,7 @@ async fn with_group_commit_off_each_transition_commits_alone() {
         .await
         .unwrap()
         .with_group_commit(1);
-    let (requests, workers) = requests_and_workers(&store, 4).await;
-    let writes: Vec<_> = requests
-        .iter()
-        .zip(&workers)
-        .map(|(r, w)| store.transition(r, offer_to(*w, 1)))
-        .collect();
-    assert!(futures::future::join_all(writes)
-        .await
-        .iter()
-        .all(|r| r.is_ok()));
+    let requests = offer_four_at_once(&store).await;
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     assert_eq!(writers_of(&store, &ids).await, 4);
 }
