@@ -107,32 +107,19 @@ pub struct RequestPage {
     pub has_more: bool,
 }
 
-/// The create statement: the insert and, only if it inserted (a repeated idempotency key
-/// inserts nothing), its `ServiceRequestCreated` outbox row.
-const CREATE: &str = r#"with r as (
-     insert into service_requests
-       (id, "customerId", "cityId", latitude, longitude, address, description, "squareMeters",
-        "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
-        "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey",
-        "scheduledStart", "scheduledEnd", status)
-     values ($21, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-             $18, $19, $20)
-     on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
-     returning *),
-   e as (insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", type, payload)
-         select 'service_request', r.id::text, r.version, 'ServiceRequestCreated', $22 from r)
-   select * from r"#;
-
-/// Everything a create binds.
-struct CreateArgs {
-    id: Uuid,
-    new: NewServiceRequest,
-    payload: serde_json::Value,
-}
-
-impl CreateArgs {
-    /// The id is chosen here so the event's payload is complete before the round trip.
-    fn new(new: NewServiceRequest) -> CreateArgs {
+impl Store {
+    /// Inserts a new PENDING request and its `ServiceRequestCreated` outbox row in one
+    /// transaction. A repeated idempotency key from the same customer returns the existing
+    /// request (`created = false`) and writes nothing.
+    pub async fn create_request(
+        &self,
+        new: &NewServiceRequest,
+    ) -> Result<(ServiceRequest, bool), StoreError> {
+        // One statement: the insert and, only if it inserted, its outbox row. The id is
+        // chosen here so the event's payload is complete before the round trip. Creates do
+        // not take the group commit: queued behind the transitions' groups they waited for
+        // the writers, and create -> offer p99 at 500/s about doubled (docs/benchmarks.md,
+        // "Tried and reverted: creates through the group commit").
         let id = Uuid::now_v7();
         let state = super::events::RequestState {
             request_id: id,
@@ -152,53 +139,45 @@ impl CreateArgs {
             },
         })
         .expect("event payloads always serialize");
-        CreateArgs { id, new, payload }
-    }
-
-    fn query(
-        &self,
-    ) -> sqlx::query::QueryAs<'_, sqlx::Postgres, ServiceRequest, sqlx::postgres::PgArguments> {
-        let new = &self.new;
-        sqlx::query_as(CREATE)
-            .bind(new.customer_id)
-            .bind(&new.city_id)
-            .bind(new.latitude)
-            .bind(new.longitude)
-            .bind(&new.address)
-            .bind(&new.description)
-            .bind(new.square_meters)
-            .bind(&new.image_ref)
-            .bind(&new.service_category)
-            .bind(&new.difficulty_level)
-            .bind(&new.extras)
-            .bind(&new.currency)
-            .bind(new.price_total.0)
-            .bind(new.worker_net.0)
-            .bind(new.platform_fee.0)
-            .bind(&new.pricing_engine)
-            .bind(&new.idempotency_key)
-            .bind(new.slot.map(|(start, _)| start))
-            .bind(new.slot.map(|(_, end)| end))
-            .bind(new.status.as_str())
-            .bind(self.id)
-            .bind(&self.payload)
-    }
-}
-
-impl Store {
-    /// Inserts a new PENDING request and its `ServiceRequestCreated` outbox row in one
-    /// transaction. A repeated idempotency key from the same customer returns the existing
-    /// request (`created = false`) and writes nothing.
-    pub async fn create_request(
-        &self,
-        new: &NewServiceRequest,
-    ) -> Result<(ServiceRequest, bool), StoreError> {
-        // One statement: the insert and, only if it inserted, its outbox row. Creates do
-        // not take the group commit: queued behind the transitions' groups, they waited for
-        // the writers, and create → offer p99 at 500 creates/s was about twice as long
-        // (docs/benchmarks.md, "creates through the group commit, measured and reverted").
-        let args = CreateArgs::new(new.clone());
-        let inserted = args.query().fetch_optional(&self.pool).await?;
+        let inserted: Option<ServiceRequest> = sqlx::query_as(
+            r#"with r as (
+                 insert into service_requests
+                   (id, "customerId", "cityId", latitude, longitude, address, description, "squareMeters",
+                    "imageRef", "serviceCategory", "difficultyLevel", extras, currency,
+                    "priceTotalCents", "workerNetCents", "platformFeeCents", "pricingEngine", "idempotencyKey",
+                    "scheduledStart", "scheduledEnd", status)
+                 values ($21, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                         $18, $19, $20)
+                 on conflict ("customerId", "idempotencyKey") where "idempotencyKey" is not null do nothing
+                 returning *),
+               e as (insert into outbox_events ("aggregateType", "aggregateId", "aggregateVersion", type, payload)
+                     select 'service_request', r.id::text, r.version, 'ServiceRequestCreated', $22 from r)
+               select * from r"#,
+        )
+        .bind(new.customer_id)
+        .bind(&new.city_id)
+        .bind(new.latitude)
+        .bind(new.longitude)
+        .bind(&new.address)
+        .bind(&new.description)
+        .bind(new.square_meters)
+        .bind(&new.image_ref)
+        .bind(&new.service_category)
+        .bind(&new.difficulty_level)
+        .bind(&new.extras)
+        .bind(&new.currency)
+        .bind(new.price_total.0)
+        .bind(new.worker_net.0)
+        .bind(new.platform_fee.0)
+        .bind(&new.pricing_engine)
+        .bind(&new.idempotency_key)
+        .bind(new.slot.map(|(start, _)| start))
+        .bind(new.slot.map(|(_, end)| end))
+        .bind(new.status.as_str())
+        .bind(id)
+        .bind(&payload)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(request) = inserted else {
             let existing: ServiceRequest = sqlx::query_as(
                 r#"select * from service_requests where "customerId" = $1 and "idempotencyKey" = $2"#,
