@@ -316,6 +316,8 @@ pub struct Guard {
     pub limits: Limits,
     /// For documents that only introspect; `None` (production): the ordinary limits.
     pub introspection: Option<Limits>,
+    /// Documents already parsed and checked under these limits.
+    pub documents: Arc<Documents>,
 }
 
 impl ExtensionFactory for Guard {
@@ -324,7 +326,69 @@ impl ExtensionFactory for Guard {
             limits: self.limits,
             introspection: self.introspection,
             introspecting: std::sync::atomic::AtomicBool::new(false),
+            documents: self.documents.clone(),
         })
+    }
+}
+
+/// Documents that were parsed and passed [`check_document`], by their exact text.
+///
+/// Apps send the same few operations over and over (a create, a list, a status), each time
+/// as the same text with different variables; parsing (pest) and the depth check were a
+/// fifth of the engine's GraphQL CPU under load. A cached document is cloned (its names
+/// are shared `Arc<str>`s), which costs a fraction of a parse. Only documents that parsed
+/// and passed [`check_document`] are kept; validation and the depth and complexity limits
+/// run on every request, cached or not, so a refused document is refused the same way each
+/// time. The text is the key, so a different document never gets another's parse. At most
+/// [`Documents::CAPACITY`] are kept, and a full cache starts over (no eviction order to
+/// keep up, and a flood of distinct documents costs what it cost without a cache).
+#[derive(Debug, Default)]
+pub struct Documents {
+    parsed: dashmap::DashMap<Box<str>, Arc<Checked>>,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Checked {
+    document: ExecutableDocument,
+    introspection_only: bool,
+}
+
+impl Documents {
+    /// Distinct documents kept at once.
+    pub const CAPACITY: usize = 512;
+    /// Longer documents are parsed each time: the operations apps repeat are short.
+    pub const MAX_LEN: usize = 16 * 1024;
+
+    fn get(&self, query: &str) -> Option<Arc<Checked>> {
+        let checked = self.parsed.get(query).map(|c| c.value().clone())?;
+        self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(checked)
+    }
+
+    fn keep(&self, query: &str, checked: Checked) {
+        if query.len() > Self::MAX_LEN {
+            return;
+        }
+        if self.parsed.len() >= Self::CAPACITY {
+            self.parsed.clear();
+        }
+        self.parsed.insert(query.into(), Arc::new(checked));
+    }
+
+    /// Documents kept now.
+    pub fn len(&self) -> usize {
+        self.parsed.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.parsed.is_empty()
+    }
+
+    /// Parses saved since start.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -334,6 +398,7 @@ struct GuardExtension {
     limits: Limits,
     introspection: Option<Limits>,
     introspecting: std::sync::atomic::AtomicBool,
+    documents: Arc<Documents>,
 }
 
 impl GuardExtension {
@@ -415,15 +480,30 @@ impl Extension for GuardExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let _ = (ctx, variables, next);
+        if let Some(checked) = self.documents.get(query) {
+            self.introspecting.store(
+                checked.introspection_only,
+                std::sync::atomic::Ordering::Release,
+            );
+            return Ok(checked.document.clone());
+        }
         // Parsed here rather than by `next`, so the depth check below is ours (iterative)
         // and every parse error gets its code.
         let doc = async_graphql::parser::parse_query(query)
             .map_err(|e| with_code(ServerError::from(e), codes::PARSE_FAILED))?;
-        if self.introspection.is_some() && is_introspection_only(&doc) {
+        let introspection_only = self.introspection.is_some() && is_introspection_only(&doc);
+        if introspection_only {
             self.introspecting
                 .store(true, std::sync::atomic::Ordering::Release);
         }
         check_document(&doc, self.limits()).map_err(Refusal::into_server_error)?;
+        self.documents.keep(
+            query,
+            Checked {
+                document: doc.clone(),
+                introspection_only,
+            },
+        );
         Ok(doc)
     }
 
@@ -598,6 +678,78 @@ mod tests {
         }
     }
 
+    fn schema_with(
+        documents: &Arc<Documents>,
+        introspection: Option<Limits>,
+    ) -> crate::api::graphql::ArreglameSchema {
+        use crate::api::graphql::{MutationRoot, QueryRoot, SubscriptionRoot};
+        async_graphql::Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+            .extension(Guard {
+                limits: Limits::default(),
+                introspection,
+                documents: documents.clone(),
+            })
+            .finish()
+    }
+
+    #[tokio::test]
+    async fn a_repeated_document_is_parsed_once_and_keeps_its_introspection_limits() {
+        let documents = Arc::new(Documents::default());
+        let schema = schema_with(&documents, Some(Limits::introspection()));
+        let first = schema.execute(GRAPHQL_JS_INTROSPECTION).await;
+        assert!(first.errors.is_empty(), "{:?}", first.errors);
+        assert_eq!((documents.len(), documents.hits()), (1, 0));
+        // The second time it comes from the cache, still held to the introspection limits
+        // (under the ordinary ones it would be refused: depth 15).
+        let second = schema.execute(GRAPHQL_JS_INTROSPECTION).await;
+        assert!(second.errors.is_empty(), "{:?}", second.errors);
+        assert_eq!((documents.len(), documents.hits()), (1, 1));
+        assert_eq!(
+            first.data.into_json().unwrap(),
+            second.data.into_json().unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn unparsable_documents_are_not_kept_and_refused_documents_are_refused_each_time() {
+        let documents = Arc::new(Documents::default());
+        let strict = schema_with(&documents, None);
+        for _ in 0..2 {
+            let refused = strict.execute(GRAPHQL_JS_INTROSPECTION).await;
+            assert_eq!(refused.errors.len(), 1, "{:?}", refused.errors);
+            assert!(refused.errors[0].message.contains("depth 15"));
+            let broken = strict.execute("{ __typename").await;
+            let code = broken.errors[0]
+                .extensions
+                .as_ref()
+                .and_then(|e| e.get("code"))
+                .map(|v| v.to_string());
+            assert_eq!(code, Some(format!("{:?}", codes::PARSE_FAILED)));
+        }
+        // The unparsable one is never kept; the deep one parsed and is kept, and is refused
+        // each time by validation (which runs on every request, cached or not).
+        assert_eq!((documents.len(), documents.hits()), (1, 1));
+        assert!(documents.get("{ __typename").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_document_cache_starts_over_and_every_document_still_answers() {
+        let documents = Arc::new(Documents::default());
+        let schema = schema_with(&documents, None);
+        for n in 0..=Documents::CAPACITY {
+            let answer = schema.execute(format!("{{ a{n}: __typename }}")).await;
+            assert!(answer.errors.is_empty(), "{:?}", answer.errors);
+            assert_eq!(answer.data.into_json().unwrap()[format!("a{n}")], "Query");
+        }
+        // The 513th found the cache full: it was emptied and holds that one alone.
+        assert_eq!(documents.len(), 1);
+        let again = schema
+            .execute(format!("{{ a{}: __typename }}", Documents::CAPACITY))
+            .await;
+        assert!(again.errors.is_empty());
+        assert_eq!(documents.hits(), 1);
+    }
+
     #[tokio::test]
     async fn the_graphql_js_introspection_query_answers_outside_production_only() {
         let doc = async_graphql::parser::parse_query(GRAPHQL_JS_INTROSPECTION).unwrap();
@@ -618,6 +770,7 @@ mod tests {
         .extension(Guard {
             limits: Limits::default(),
             introspection: None,
+            documents: Arc::default(),
         })
         .finish();
         let refused = strict.execute(GRAPHQL_JS_INTROSPECTION).await;

@@ -75,6 +75,7 @@ pub(crate) fn guard(production: bool) -> guard::Guard {
     guard::Guard {
         limits: guard::Limits::default(),
         introspection: (!production).then(guard::Limits::introspection),
+        documents: std::sync::Arc::default(),
     }
 }
 
