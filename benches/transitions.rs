@@ -27,7 +27,8 @@
 //!
 //! `eval "$(scripts/dev-env.sh)"; cargo bench --bench transitions`
 //! (`BENCH_RUNS`, default 5; `BENCH_SECONDS`, 5; `BENCH_CLIENTS`, a list, default `1,8,32`;
-//! `PGBENCH`, the pgbench binary, found under /usr/lib/postgresql/*/bin otherwise)
+//! `PGBENCH`, the pgbench binary, found under /usr/lib/postgresql/*/bin otherwise;
+//! `DATABASE_GROUP_COMMIT_WRITERS`, the engine's own setting, its default otherwise)
 
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // each benchmark uses some of the shared helpers
@@ -141,6 +142,8 @@ struct Params {
     runs: usize,
     seconds: f64,
     clients: Vec<usize>,
+    /// `Store::with_group_commit_writers` for the engine side.
+    writers: usize,
     pgbench: PathBuf,
     script: PathBuf,
 }
@@ -188,6 +191,10 @@ fn main() -> anyhow::Result<()> {
         runs: env_num("BENCH_RUNS", 5.0) as usize,
         seconds: env_num("BENCH_SECONDS", 5.0),
         clients: env_list("BENCH_CLIENTS", &[1, 8, 32]),
+        writers: env_num(
+            "DATABASE_GROUP_COMMIT_WRITERS",
+            arreglame::store::DEFAULT_GROUP_COMMIT_WRITERS as f64,
+        ) as usize,
         pgbench: find_pgbench()?,
         script,
     };
@@ -210,6 +217,7 @@ async fn bench(params: &Params, server_url: String) -> anyhow::Result<()> {
         loadavg()
     );
     println!("pgbench: {}", params.pgbench.display());
+    println!("engine: {} group-commit writers", params.writers);
     // The engine records its query histograms; so does this process.
     arreglame::ops::metrics::handle();
     let (db_name, url) = create_database(&server_url, "bench_transitions").await?;
@@ -223,7 +231,9 @@ async fn measure_all(params: &Params, url: &str) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &clients in &params.clients {
         let db = Db {
-            store: Store::connect(url, clients as u32 + 2).await?,
+            store: Store::connect(url, clients as u32 + 2)
+                .await?
+                .with_group_commit_writers(params.writers),
             url: url.to_string(),
         };
         // Warm-up: the pool's connections, their statement caches, the tables' pages.

@@ -18,11 +18,20 @@
 //!
 //! An actor gets its answer only after the commit that made it durable, so it pushes an
 //! offer only after its transition committed, as before.
+//!
+//! The writers take turns rather than run side by side: the queue is held by one writer
+//! from gathering its group until its commit starts, and the next writer gathers and runs
+//! its own group while that commit waits for its WAL flush. Two writers running at once
+//! split what arrived into two smaller groups, so more statements for the same
+//! transitions: at 500 creates/s end to end that cost PostgreSQL about a quarter more CPU
+//! per request and doubled the create → offer p99 (docs/benchmarks.md, "The write path,
+//! fourth round"). Taking turns keeps the groups as large as one writer makes them while
+//! still overlapping one group's commit with the next group's statements.
 
 use std::sync::Arc;
 
 use sqlx::{pool::PoolConnection, Connection, PgConnection, PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot, Mutex, OnceCell};
+use tokio::sync::{mpsc, oneshot, Mutex, OnceCell, OwnedMutexGuard};
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -44,8 +53,8 @@ struct Job {
 pub(super) struct GroupCommit {
     /// Most transitions per commit; 1 writes each alone (no queue, no writers).
     max_rows: usize,
-    /// Most writers running groups at once. Each holds one pooled connection for as long
-    /// as it runs, so a pool gets at most one writer per four connections (at least one):
+    /// Writers taking turns (one gathering and running its statements while the others'
+    /// commits finish). Each holds one pooled connection for as long as it runs, so a pool gets at most one writer per four connections (at least one):
     /// the rest stay for reads, the relay and the rare statements outside the group commit.
     writers: usize,
     queue: Arc<OnceCell<mpsc::UnboundedSender<Job>>>,
@@ -114,24 +123,25 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
     let mut closed = std::pin::pin!(pool.close_event());
     loop {
         let mut group = Vec::new();
-        {
-            let mut jobs = tokio::select! {
-                jobs = jobs.lock() => jobs,
-                _ = &mut closed => return,
-            };
-            let first = tokio::select! {
-                job = jobs.recv() => job,
-                _ = &mut closed => return,
-            };
-            match first {
-                Some(job) => group.push(job),
-                None => return,
-            }
-            while group.len() < max_rows {
-                match jobs.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
-                }
+        // The queue is this writer's turn: held while it gathers and runs its statements,
+        // let go only when its commit starts (`write_group`), so the next writer gathers what
+        // arrived meanwhile and runs it while this commit waits for its WAL flush.
+        let mut turn = tokio::select! {
+            jobs = jobs.clone().lock_owned() => jobs,
+            _ = &mut closed => return,
+        };
+        let first = tokio::select! {
+            job = turn.recv() => job,
+            _ = &mut closed => return,
+        };
+        match first {
+            Some(job) => group.push(job),
+            None => return,
+        }
+        while group.len() < max_rows {
+            match turn.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
         }
         metrics::histogram!("arreglame_db_group_commit_transitions").record(group.len() as f64);
@@ -154,7 +164,7 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
             let _ = job.reply.send(answer);
             continue;
         }
-        match write_group(conn, &group).await {
+        match write_group(conn, &group, turn).await {
             Ok(rows) => {
                 for (job, row) in group.into_iter().zip(rows) {
                     let _ = job.reply.send(Ok(row));
@@ -208,6 +218,7 @@ fn answer_all_with(group: Vec<Job>, error: &sqlx::Error) {
 async fn write_group(
     conn: &mut PgConnection,
     group: &[Job],
+    turn: OwnedMutexGuard<mpsc::UnboundedReceiver<Job>>,
 ) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
     let mut batches: BTreeMap<BatchKind, Vec<usize>> = BTreeMap::new();
     let (mut alone, mut later) = (Vec::new(), Vec::new());
@@ -238,6 +249,8 @@ async fn write_group(
     for &at in &later {
         rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
+    // The next writer may gather and run its group while this commit waits.
+    drop(turn);
     tx.commit().await?;
     Ok(rows)
 }
