@@ -29,7 +29,7 @@ Environment (see .env.example):
   ARREGLAME_CLUSTER=nats, NODE_ID, CITY_LEASE_SECONDS   cities by lease (docs/scale-out.md)
   DATABASE_MAX_CONNECTIONS     pool size (20)
   DATABASE_GROUP_COMMIT_MAX    transitions per commit when written together (64; 1 = alone)
-  DATABASE_GROUP_COMMIT_WRITERS  groups written at once, each on a connection it keeps (2)
+  DATABASE_GROUP_COMMIT_WRITERS  group-commit writers, taking turns, each on a connection it keeps (2)
   METRICS_TOKEN, METRICS_ADDR  how /metrics is protected, or where it is served instead
   OTEL_EXPORTER_OTLP_ENDPOINT  OpenTelemetry traces over OTLP/HTTP (off when unset)";
 

@@ -43,8 +43,9 @@ pub struct Config {
     /// `DATABASE_GROUP_COMMIT_MAX` (64): the most transitions one commit carries when
     /// actors write at once; 1 commits each transition alone.
     pub database_group_commit_max: usize,
-    /// `DATABASE_GROUP_COMMIT_WRITERS` (2): groups written at once, each on a pooled
-    /// connection it keeps (at most a quarter of the pool).
+    /// `DATABASE_GROUP_COMMIT_WRITERS` (2): group-commit writers, taking turns (one runs its
+    /// group's statements while the others' commits finish), each on a pooled connection it
+    /// keeps (at most a quarter of the pool).
     pub database_group_commit_writers: usize,
     /// How `/metrics` is protected: with this token (or an ops JWT) on the main port...
     pub metrics_token: Option<String>,
