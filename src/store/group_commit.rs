@@ -23,9 +23,9 @@
 //! from gathering its group until its commit starts, and the next writer gathers and runs
 //! its own group while that commit waits for its WAL flush. Two writers running at once
 //! split what arrived into two smaller groups, so more statements for the same
-//! transitions: at 500 creates/s end to end that cost PostgreSQL about a quarter more CPU
-//! per request and doubled the create → offer p99 (docs/benchmarks.md, "The write path,
-//! fourth round"). Taking turns keeps the groups as large as one writer makes them while
+//! transitions: in paired runs at 500 creates/s end to end that cost PostgreSQL about a
+//! fifth more CPU per request and raised the create → offer p99 by about half
+//! (docs/benchmarks.md, "The write path, fourth round"). Taking turns keeps the groups as large as one writer makes them while
 //! still overlapping one group's commit with the next group's statements.
 
 use std::sync::Arc;
@@ -54,8 +54,9 @@ pub(super) struct GroupCommit {
     /// Most transitions per commit; 1 writes each alone (no queue, no writers).
     max_rows: usize,
     /// Writers taking turns (one gathering and running its statements while the others'
-    /// commits finish). Each holds one pooled connection for as long as it runs, so a pool gets at most one writer per four connections (at least one):
-    /// the rest stay for reads, the relay and the rare statements outside the group commit.
+    /// commits finish). Each holds one pooled connection for as long as it runs, so a pool
+    /// gets at most one writer per four connections (at least one): the rest stay for
+    /// reads, the relay and the rare statements outside the group commit.
     writers: usize,
     queue: Arc<OnceCell<mpsc::UnboundedSender<Job>>>,
 }
