@@ -192,6 +192,10 @@ fn describe_all() {
             "GraphQL errors, by extensions.code.",
         ),
         (
+            "arreglame_graphql_documents_total",
+            "GraphQL documents received, by source: cache (an identical document's parse, kept) or parsed.",
+        ),
+        (
             "arreglame_db_group_commit_retried_total",
             "Group commits that failed and were written again one transition at a time.",
         ),

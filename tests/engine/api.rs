@@ -787,6 +787,11 @@ async fn every_operation_is_timed_by_name_and_type_and_every_error_counted_by_co
         after.contains("# TYPE arreglame_graphql_errors_total counter"),
         "{after}"
     );
+    // The estimate's second send reused the first one's parse; the refused documents were
+    // parsed (or failed to parse) each time.
+    let documents = "arreglame_graphql_documents_total";
+    assert!(delta(documents, &["source=\"cache\""]) >= 1.0, "{after}");
+    assert!(delta(documents, &["source=\"parsed\""]) >= 4.0, "{after}");
     assert_eq!(
         delta(
             duration,

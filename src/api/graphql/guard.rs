@@ -360,8 +360,16 @@ impl Documents {
     /// Longer documents are parsed each time: the operations apps repeat are short.
     pub const MAX_LEN: usize = 16 * 1024;
 
+    /// The kept parse of `query`, if any. Each call is counted for operators in
+    /// `arreglame_graphql_documents_total` by `source` (`cache` or `parsed`); `hits` is
+    /// this cache's own count.
     fn get(&self, query: &str) -> Option<Arc<Checked>> {
-        let checked = self.parsed.get(query).map(|c| c.value().clone())?;
+        let Some(checked) = self.parsed.get(query).map(|c| c.value().clone()) else {
+            metrics::counter!("arreglame_graphql_documents_total", "source" => "parsed")
+                .increment(1);
+            return None;
+        };
+        metrics::counter!("arreglame_graphql_documents_total", "source" => "cache").increment(1);
         self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(checked)
     }
