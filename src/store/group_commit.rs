@@ -25,8 +25,11 @@
 //! split what arrived into two smaller groups, so more statements for the same
 //! transitions: in paired runs at 500 creates/s end to end that cost PostgreSQL about a
 //! fifth more CPU per request and raised the create → offer p99 by about half
-//! (docs/benchmarks.md, "The write path, fourth round"). Taking turns keeps the groups as large as one writer makes them while
-//! still overlapping one group's commit with the next group's statements.
+//! (docs/benchmarks.md, "The write path, fourth round"). A writer passes its turn early,
+//! before a statement, once as many transitions are waiting as its group holds: then the
+//! next group is no smaller for starting at once, and the two groups' statements use two
+//! cores. Strict turns cost the transitions bench (PostgreSQL alone on the cores, 32
+//! clients) about a seventh of its throughput; passing early won it back.
 
 use std::sync::Arc;
 
@@ -158,6 +161,8 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
         };
         if group.len() == 1 {
             let job = group.pop().expect("one job");
+            let mut turn = Some(turn);
+            pass_turn_if_backlogged(&mut turn, 1);
             let answer = job.args.query().fetch_optional(&mut **conn).await;
             if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
                 held = None;
@@ -194,6 +199,19 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
     }
 }
 
+/// Lets the next writer start now, before this group's commit, once at least as many
+/// transitions are waiting as this group holds: its group will be no smaller than this
+/// one, so running the two side by side costs no group size and uses a second core for
+/// statements. Checked before each statement of the group.
+fn pass_turn_if_backlogged<T>(
+    turn: &mut Option<OwnedMutexGuard<mpsc::UnboundedReceiver<T>>>,
+    group_len: usize,
+) {
+    if turn.as_ref().is_some_and(|queue| queue.len() >= group_len) {
+        *turn = None;
+    }
+}
+
 /// Whether a connection that returned `error` is still fit for the next group: only when the
 /// database itself answered (it refused a statement; the transaction was rolled back).
 fn keeps_connection(error: &sqlx::Error) -> bool {
@@ -221,6 +239,7 @@ async fn write_group(
     group: &[Job],
     turn: OwnedMutexGuard<mpsc::UnboundedReceiver<Job>>,
 ) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
+    let mut turn = Some(turn);
     let mut batches: BTreeMap<BatchKind, Vec<usize>> = BTreeMap::new();
     let (mut alone, mut later) = (Vec::new(), Vec::new());
     let mut seen = HashSet::with_capacity(group.len());
@@ -234,9 +253,11 @@ async fn write_group(
     let mut rows: Vec<Option<ServiceRequest>> = vec![None; group.len()];
     let mut tx = conn.begin().await?;
     for &at in &alone {
+        pass_turn_if_backlogged(&mut turn, group.len());
         rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     for (kind, members) in &batches {
+        pass_turn_if_backlogged(&mut turn, group.len());
         if let [at] = members.as_slice() {
             rows[*at] = group[*at].args.query().fetch_optional(&mut *tx).await?;
             continue;
@@ -248,10 +269,41 @@ async fn write_group(
         }
     }
     for &at in &later {
+        pass_turn_if_backlogged(&mut turn, group.len());
         rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     // The next writer may gather and run its group while this commit waits.
     drop(turn);
     tx.commit().await?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The turn is passed only once the waiting transitions would make a group at least as
+    /// large as the current one.
+    #[tokio::test]
+    async fn the_turn_passes_early_only_to_a_backlog_as_large_as_the_group() {
+        let (queue, jobs) = mpsc::unbounded_channel::<u32>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut turn = Some(jobs.clone().lock_owned().await);
+
+        queue.send(1).unwrap();
+        pass_turn_if_backlogged(&mut turn, 2);
+        assert!(
+            turn.is_some() && jobs.try_lock().is_err(),
+            "one waiting, group of two"
+        );
+
+        queue.send(2).unwrap();
+        pass_turn_if_backlogged(&mut turn, 2);
+        assert!(
+            turn.is_none(),
+            "two waiting, group of two: the turn is passed"
+        );
+        let mut next = jobs.try_lock().expect("the next writer may gather now");
+        assert_eq!((next.try_recv(), next.try_recv()), (Ok(1), Ok(2)));
+    }
 }
