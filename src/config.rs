@@ -44,8 +44,9 @@ pub struct Config {
     /// actors write at once; 1 commits each transition alone.
     pub database_group_commit_max: usize,
     /// `DATABASE_GROUP_COMMIT_WRITERS` (2): group-commit writers, taking turns (one runs its
-    /// group's statements while the others' commits finish), each on a pooled connection it
-    /// keeps (at most a quarter of the pool).
+    /// group's statements while the others' commits finish, side by side only when a backlog
+    /// as large as its group waits), each on a pooled connection it keeps (at most a quarter
+    /// of the pool).
     pub database_group_commit_writers: usize,
     /// How `/metrics` is protected: with this token (or an ops JWT) on the main port...
     pub metrics_token: Option<String>,

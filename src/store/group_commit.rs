@@ -128,14 +128,15 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
     loop {
         let mut group = Vec::new();
         // The queue is this writer's turn: held while it gathers and runs its statements,
-        // let go only when its commit starts (`write_group`), so the next writer gathers what
-        // arrived meanwhile and runs it while this commit waits for its WAL flush.
-        let mut turn = tokio::select! {
+        // let go when its commit starts (`write_group`), so the next writer gathers what
+        // arrived meanwhile and runs it while this commit waits for its WAL flush; or sooner,
+        // once a backlog as large as this group waits (`pass_turn_if_backlogged`).
+        let mut queue = tokio::select! {
             jobs = jobs.clone().lock_owned() => jobs,
             _ = &mut closed => return,
         };
         let first = tokio::select! {
-            job = turn.recv() => job,
+            job = queue.recv() => job,
             _ = &mut closed => return,
         };
         match first {
@@ -143,7 +144,7 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
             None => return,
         }
         while group.len() < max_rows {
-            match turn.try_recv() {
+            match queue.try_recv() {
                 Ok(job) => group.push(job),
                 Err(_) => break,
             }
@@ -159,9 +160,9 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
                 }
             },
         };
+        let mut turn = Some(queue);
         if group.len() == 1 {
             let job = group.pop().expect("one job");
-            let mut turn = Some(turn);
             pass_turn_if_backlogged(&mut turn, 1);
             let answer = job.args.query().fetch_optional(&mut **conn).await;
             if answer.as_ref().is_err_and(|e| !keeps_connection(e)) {
@@ -170,7 +171,7 @@ async fn writer(pool: PgPool, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>, ma
             let _ = job.reply.send(answer);
             continue;
         }
-        match write_group(conn, &group, turn).await {
+        match write_group(conn, &group, &mut turn).await {
             Ok(rows) => {
                 for (job, row) in group.into_iter().zip(rows) {
                     let _ = job.reply.send(Ok(row));
@@ -237,9 +238,8 @@ fn answer_all_with(group: Vec<Job>, error: &sqlx::Error) {
 async fn write_group(
     conn: &mut PgConnection,
     group: &[Job],
-    turn: OwnedMutexGuard<mpsc::UnboundedReceiver<Job>>,
+    turn: &mut Option<OwnedMutexGuard<mpsc::UnboundedReceiver<Job>>>,
 ) -> Result<Vec<Option<ServiceRequest>>, sqlx::Error> {
-    let mut turn = Some(turn);
     let mut batches: BTreeMap<BatchKind, Vec<usize>> = BTreeMap::new();
     let (mut alone, mut later) = (Vec::new(), Vec::new());
     let mut seen = HashSet::with_capacity(group.len());
@@ -253,11 +253,11 @@ async fn write_group(
     let mut rows: Vec<Option<ServiceRequest>> = vec![None; group.len()];
     let mut tx = conn.begin().await?;
     for &at in &alone {
-        pass_turn_if_backlogged(&mut turn, group.len());
+        pass_turn_if_backlogged(turn, group.len());
         rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     for (kind, members) in &batches {
-        pass_turn_if_backlogged(&mut turn, group.len());
+        pass_turn_if_backlogged(turn, group.len());
         if let [at] = members.as_slice() {
             rows[*at] = group[*at].args.query().fetch_optional(&mut *tx).await?;
             continue;
@@ -269,11 +269,11 @@ async fn write_group(
         }
     }
     for &at in &later {
-        pass_turn_if_backlogged(&mut turn, group.len());
+        pass_turn_if_backlogged(turn, group.len());
         rows[at] = group[at].args.query().fetch_optional(&mut *tx).await?;
     }
     // The next writer may gather and run its group while this commit waits.
-    drop(turn);
+    *turn = None;
     tx.commit().await?;
     Ok(rows)
 }
