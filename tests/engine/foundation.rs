@@ -161,9 +161,22 @@ async fn migrations_revert_and_apply_again() {
              where table_name = 'service_requests' and column_name = 'closedAt'";
     let status_index =
         "select count(*) from pg_indexes where indexname = 'service_requests_status_idx'";
-    // One migration at a time, newest first: the five of the HOT-friendly schema (the
-    // dropped indexes come back, then the new ones go, then "closedAt"), the city leases,
-    // the rollout bucket, booked slots, the identity migration, then the dispute edge.
+    let guard_rebuild = "select count(*) from pg_trigger
+             where tgname = 'service_request_transitions_rebuild_guard'";
+    let guard_when = "select count(*) from pg_trigger
+             where tgname = 'service_requests_status_transition' and tgqual is not null";
+    let guard =
+        "select count(*) from pg_trigger where tgname = 'service_requests_status_transition'";
+    // One migration at a time, newest first: the status guard in the trigger's WHEN clause
+    // (the plain trigger comes back), the five of the HOT-friendly schema (the dropped
+    // indexes come back, then the new ones go, then "closedAt"), the city leases, the
+    // rollout bucket, booked slots, the identity migration, then the dispute edge.
+    assert_eq!(count(&store, guard_rebuild).await, 1);
+    assert_eq!(count(&store, guard_when).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(count(&store, guard_rebuild).await, 0);
+    assert_eq!(count(&store, guard_when).await, 0);
+    assert_eq!(count(&store, guard).await, 1);
     assert_eq!(count(&store, status_index).await, 0);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
     assert_eq!(count(&store, status_index).await, 1);
@@ -425,13 +438,107 @@ async fn the_database_and_the_engine_share_one_status_machine() {
     assert_eq!(stored, engine);
 }
 
+/// The status trigger carries the edges of `service_request_transitions` in its WHEN clause
+/// (migration 20261202000001): a legal change calls no function at all, an illegal one is
+/// refused as before, and the clause follows the table when an edge is added or removed.
+#[tokio::test]
+async fn the_status_guard_follows_its_table_and_calls_no_function_for_a_legal_change() {
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let (request, _) = store
+        .create_request(&new_request(CUSTOMER, -58.40, -34.60))
+        .await
+        .unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    // Function calls of this session's open transaction (pg_stat_xact_user_functions).
+    sqlx::query("set track_functions = 'pl'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let calls = "select coalesce(sum(calls), 0)::int8 from pg_stat_xact_user_functions
+                 where funcname = 'service_requests_check_transition'";
+    let set_status = "update service_requests set status = $2 where id = $1";
+
+    // Legal (PENDING -> CANCELLED): written, and the trigger's function was never called.
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let changed = sqlx::query(set_status)
+        .bind(request.id)
+        .bind("CANCELLED")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    let called: i64 = sqlx::query_scalar(calls).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(called, 0, "a legal change calls no function");
+    tx.commit().await.unwrap();
+
+    // Illegal (CANCELLED -> PENDING): refused with the same error as before.
+    let refused = |e: sqlx::Error| {
+        let db = e.as_database_error().expect("the database refuses it");
+        assert!(db
+            .message()
+            .contains("illegal service request transition CANCELLED -> PENDING"));
+        assert_eq!(
+            db.constraint(),
+            Some("service_requests_status_transition_check")
+        );
+    };
+    let err = sqlx::query(set_status)
+        .bind(request.id)
+        .bind("PENDING")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    refused(err);
+
+    // An edge added to the table is allowed at once, again without a call...
+    sqlx::query(
+        r#"insert into service_request_transitions ("fromStatus", "toStatus") values ('CANCELLED', 'PENDING')"#,
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let changed = sqlx::query(set_status)
+        .bind(request.id)
+        .bind("PENDING")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    let called: i64 = sqlx::query_scalar(calls).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(called, 0);
+    tx.commit().await.unwrap();
+
+    // ...and one removed is refused again.
+    sqlx::query(set_status)
+        .bind(request.id)
+        .bind("CANCELLED")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"delete from service_request_transitions where "fromStatus" = 'CANCELLED' and "toStatus" = 'PENDING'"#,
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let err = sqlx::query(set_status)
+        .bind(request.id)
+        .bind("PENDING")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    refused(err);
+}
+
 // Migration 8 gives the requests closed before "closedAt" existed their closing time, in
 // batches of its own transactions, so the open-request index leaves them out.
 #[tokio::test]
 async fn the_closed_at_backfill_closes_the_requests_that_ended_before_it() {
     let url = fresh_database().await;
     let store = Store::connect(&url, 2).await.unwrap();
-    for _ in 0..5 {
+    for _ in 0..6 {
         store.revert_latest_migration().await.unwrap();
     }
     let cancelled_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(

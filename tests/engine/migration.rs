@@ -862,12 +862,12 @@ async fn revert_walks_back_to_the_legacy_schema_with_every_row_and_column_intact
     }
     // Migrations after the baseline first, then every adoption step, newest first.
     let steps = arreglame::store::legacy::STEPS;
-    assert_eq!(reverted.len(), 7 + steps.len(), "{reverted:?}");
-    let newest_first: Vec<Reverted> = (5..=11)
-        .rev()
-        .map(|n| Reverted::Migration(20261201000000 + n))
+    assert_eq!(reverted.len(), 8 + steps.len(), "{reverted:?}");
+    let newest_first: Vec<Reverted> = std::iter::once(20261202000001)
+        .chain((5..=11).rev().map(|n| 20261201000000 + n))
+        .map(Reverted::Migration)
         .collect();
-    assert_eq!(reverted[..7], newest_first[..]);
+    assert_eq!(reverted[..8], newest_first[..]);
     assert_eq!(
         reverted.last(),
         Some(&Reverted::AdoptionStep {
