@@ -167,10 +167,16 @@ async fn migrations_revert_and_apply_again() {
              where tgname = 'service_requests_status_transition' and tgqual is not null";
     let guard =
         "select count(*) from pg_trigger where tgname = 'service_requests_status_transition'";
-    // One migration at a time, newest first: the status guard in the trigger's WHEN clause
-    // (the plain trigger comes back), the five of the HOT-friendly schema (the dropped
+    let compact_status_check = "select count(*) from pg_constraint
+             where conname = 'service_requests_status_check' and pg_get_constraintdef(oid) like '%::text[]%'";
+    // One migration at a time, newest first: the compact CHECK constraints (the former
+    // forms come back), the status guard in the trigger's WHEN clause (the plain trigger
+    // comes back), the five of the HOT-friendly schema (the dropped
     // indexes come back, then the new ones go, then "closedAt"), the city leases, the
     // rollout bucket, booked slots, the identity migration, then the dispute edge.
+    assert_eq!(count(&store, compact_status_check).await, 1);
+    assert!(store.revert_latest_migration().await.unwrap().is_some());
+    assert_eq!(count(&store, compact_status_check).await, 0);
     assert_eq!(count(&store, guard_rebuild).await, 1);
     assert_eq!(count(&store, guard_when).await, 1);
     assert!(store.revert_latest_migration().await.unwrap().is_some());
@@ -438,6 +444,56 @@ async fn the_database_and_the_engine_share_one_status_machine() {
     assert_eq!(stored, engine);
 }
 
+/// Migration 20261202000002 rewrote seven CHECK constraints of `service_requests` in a form
+/// PostgreSQL reads faster: each still refuses exactly what it refused, under its own name,
+/// and lets the edge values and NULLs through.
+#[tokio::test]
+async fn the_compact_checks_refuse_what_they_refused_under_the_same_names() {
+    let url = fresh_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let refused = [
+        (r#"status"#, "'BOGUS'", "service_requests_status_check"),
+        (
+            r#""cancelledBy""#,
+            "'NOBODY'",
+            "service_requests_cancelledBy_check",
+        ),
+        (r#"status"#, "'ASSIGNED'", "service_requests_assignee_check"),
+        (r#""closedAt""#, "now()", "service_requests_closed_at_check"),
+        (r#"latitude"#, "90.5", "service_requests_latitude_check"),
+        (r#"latitude"#, "-90.5", "service_requests_latitude_check"),
+        (r#"longitude"#, "180.5", "service_requests_longitude_check"),
+        (r#"longitude"#, "-180.5", "service_requests_longitude_check"),
+        (
+            r#""squareMeters""#,
+            "0",
+            "service_requests_squareMeters_check",
+        ),
+    ];
+    for (column, value, constraint) in refused {
+        let sql =
+            format!("insert into service_requests (description, {column}) values ('x', {value})");
+        let err = sqlx::query(&sql).execute(store.pool()).await.unwrap_err();
+        let db = err.as_database_error().expect("refused by the database");
+        assert_eq!(db.constraint(), Some(constraint), "{sql}: {db}");
+    }
+    let accepted = [
+        r#"(description) values ('x')"#,
+        r#"(description, latitude, longitude, "squareMeters") values ('x', -90, 180, 0.5)"#,
+        r#"(description, latitude, longitude) values ('x', 90, -180)"#,
+        r#"(description, status, "cancelledBy", "closedAt") values ('x', 'CANCELLED', 'OPS', now())"#,
+        r#"(description, status, "closedAt") values ('x', 'UNASSIGNED', now())"#,
+    ];
+    for columns_and_values in accepted {
+        sqlx::query(&format!(
+            "insert into service_requests {columns_and_values}"
+        ))
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{columns_and_values}: {e}"));
+    }
+}
+
 /// The status trigger carries the edges of `service_request_transitions` in its WHEN clause
 /// (migration 20261202000001): a legal change calls no function at all, an illegal one is
 /// refused as before, and the clause follows the table when an edge is added or removed.
@@ -538,7 +594,7 @@ async fn the_status_guard_follows_its_table_and_calls_no_function_for_a_legal_ch
 async fn the_closed_at_backfill_closes_the_requests_that_ended_before_it() {
     let url = fresh_database().await;
     let store = Store::connect(&url, 2).await.unwrap();
-    for _ in 0..6 {
+    for _ in 0..7 {
         store.revert_latest_migration().await.unwrap();
     }
     let cancelled_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
