@@ -494,6 +494,28 @@ async fn the_compact_checks_refuse_what_they_refused_under_the_same_names() {
     }
 }
 
+/// Sets one request's status in a transaction of its own; returns how many times the status
+/// trigger's function ran in it (pg_stat_xact_user_functions, with `track_functions` on).
+async fn set_status_counting_calls(conn: &mut sqlx::PgConnection, id: Uuid, status: &str) -> i64 {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let changed = sqlx::query("update service_requests set status = $2 where id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 1, "{status}");
+    let called = sqlx::query_scalar(
+        "select coalesce(sum(calls), 0)::int8 from pg_stat_xact_user_functions
+         where funcname = 'service_requests_check_transition'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    called
+}
+
 /// The status trigger carries the edges of `service_request_transitions` in its WHEN clause
 /// (migration 20261202000001): a legal change calls no function at all, an illegal one is
 /// refused as before, and the clause follows the table when an edge is added or removed.
@@ -511,22 +533,11 @@ async fn the_status_guard_follows_its_table_and_calls_no_function_for_a_legal_ch
         .execute(&mut *conn)
         .await
         .unwrap();
-    let calls = "select coalesce(sum(calls), 0)::int8 from pg_stat_xact_user_functions
-                 where funcname = 'service_requests_check_transition'";
     let set_status = "update service_requests set status = $2 where id = $1";
 
     // Legal (PENDING -> CANCELLED): written, and the trigger's function was never called.
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let changed = sqlx::query(set_status)
-        .bind(request.id)
-        .bind("CANCELLED")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(changed.rows_affected(), 1);
-    let called: i64 = sqlx::query_scalar(calls).fetch_one(&mut *tx).await.unwrap();
+    let called = set_status_counting_calls(&mut conn, request.id, "CANCELLED").await;
     assert_eq!(called, 0, "a legal change calls no function");
-    tx.commit().await.unwrap();
 
     // Illegal (CANCELLED -> PENDING): refused with the same error as before.
     let refused = |e: sqlx::Error| {
@@ -554,17 +565,8 @@ async fn the_status_guard_follows_its_table_and_calls_no_function_for_a_legal_ch
     .execute(&mut *conn)
     .await
     .unwrap();
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let changed = sqlx::query(set_status)
-        .bind(request.id)
-        .bind("PENDING")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(changed.rows_affected(), 1);
-    let called: i64 = sqlx::query_scalar(calls).fetch_one(&mut *tx).await.unwrap();
+    let called = set_status_counting_calls(&mut conn, request.id, "PENDING").await;
     assert_eq!(called, 0);
-    tx.commit().await.unwrap();
 
     // ...and one removed is refused again.
     sqlx::query(set_status)
