@@ -5,7 +5,9 @@
 -- the table once more and refuses it exactly as before (same message, errcode and
 -- constraint name). The table stays the one source of the edges: any change to it rebuilds
 -- the trigger (a statement trigger below), so a later migration adds an edge as it always
--- did, with an insert.
+-- did, with an insert. Like any trigger change, that rebuild holds an ACCESS EXCLUSIVE lock
+-- on service_requests (DROP TRIGGER) until the edit commits: edit the edges in a migration,
+-- in a transaction of its own, not beside long-running work.
 create function arreglame_rebuild_status_guard() returns void language plpgsql as $$
 declare
     edges text;
