@@ -440,3 +440,95 @@ async fn a_group_of_every_kind_writes_each_kind_as_one_statement_in_one_commit()
         "freed and offered again in one group"
     );
 }
+
+// The multi-row acceptance withdraws each request's other pending offers (parallel offers)
+// and names their workers in that request's own outbox row, and only there: the payload of
+// each row is joined to its own request, not to another row of the same statement.
+#[tokio::test(flavor = "current_thread")]
+async fn accepted_together_each_withdraws_its_own_other_offers_and_names_only_their_workers() {
+    use arreglame::store::Change;
+    let store = Store::connect(&fresh_database().await, 8).await.unwrap();
+    let (requests, first) = requests_and_workers(&store, 3).await;
+    let (_, second) = requests_and_workers(&store, 2).await;
+    let offer_id = |change: &Change| match change {
+        Change::OfferSent(offer) => offer.id,
+        _ => unreachable!(),
+    };
+    // Requests 0 and 1 hold two pending offers each (first[n], then second[n]); request 2
+    // holds one.
+    let mut offered = Vec::new();
+    for (n, request) in requests.iter().enumerate() {
+        let mut offers = Vec::new();
+        let offer = offer_to(first[n], 1);
+        offers.push(offer_id(&offer));
+        let mut request = store.transition(request, offer).await.unwrap();
+        if n < 2 {
+            let offer = offer_to(second[n], 2);
+            offers.push(offer_id(&offer));
+            request = store.transition(&request, offer).await.unwrap();
+        }
+        offered.push((request, offers));
+    }
+    // Request 0 accepted by its first worker, request 1 by its second, request 2 by its only.
+    let accepts = [(0, first[0]), (1, second[1]), (0, first[2])];
+    let writes: Vec<_> = offered
+        .iter()
+        .zip(accepts)
+        .map(|((request, offers), (which, worker))| {
+            store.transition(
+                request,
+                Change::OfferAccepted {
+                    offer_id: offers[which],
+                    worker_id: worker,
+                },
+            )
+        })
+        .collect();
+    let results = futures::future::join_all(writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
+    assert_eq!(writers_of(&store, &ids).await, 1, "one commit");
+    let payload_of = |id: Uuid| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                r#"select payload from outbox_events where "aggregateId" = $1 and type = 'WorkerAssigned'"#,
+            )
+            .bind(id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        payload_of(ids[0]).await["withdrawnFromWorkerIds"],
+        serde_json::json!([second[0].to_string()])
+    );
+    assert_eq!(
+        payload_of(ids[1]).await["withdrawnFromWorkerIds"],
+        serde_json::json!([first[1].to_string()])
+    );
+    assert!(
+        payload_of(ids[2])
+            .await
+            .get("withdrawnFromWorkerIds")
+            .is_none(),
+        "nothing was withdrawn from request 2"
+    );
+    let outcomes: Vec<(Uuid, String)> = sqlx::query_as(
+        r#"select "workerId", outcome from offers where "requestId" = any($1) order by "workerId""#,
+    )
+    .bind(&ids)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (first[0], "ACCEPTED".to_string()),
+        (second[0], "WITHDRAWN".to_string()),
+        (first[1], "WITHDRAWN".to_string()),
+        (second[1], "ACCEPTED".to_string()),
+        (first[2], "ACCEPTED".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(outcomes, expected);
+}
