@@ -74,7 +74,10 @@ mkdir -p "$dir"
 if ! cmp -s "$src/package-lock.json" "$dir/package-lock.json" || [ ! -d "$dir/node_modules" ]; then
   echo "check-graphql-tooling: npm ci into $dir" >&2
   cp "$src/package.json" "$src/package-lock.json" "$dir/"
-  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2 || fail "npm ci failed"
+  # The real path: when target/ is a symlink (a clone sharing another checkout's build),
+  # npm ci takes a prefix reached through it for a linked package missing from the lock
+  # file ("Missing: graphql-tooling@ from lock file") and refuses to install.
+  npm ci --prefix "$(realpath "$dir")" --no-audit --no-fund --loglevel=error >&2 || fail "npm ci failed"
 fi
 cp "$src/tsconfig.json" "$src/live-test.ts" "$dir/"
 
