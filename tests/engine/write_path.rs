@@ -45,6 +45,26 @@ async fn writers_of(store: &Store, ids: &[Uuid]) -> i64 {
         .unwrap()
 }
 
+/// The id of the offer a `Change::OfferSent` sends.
+fn offer_id_of(change: &arreglame::store::Change) -> Uuid {
+    match change {
+        arreglame::store::Change::OfferSent(offer) => offer.id,
+        other => unreachable!("not a new offer: {other:?}"),
+    }
+}
+
+/// The payload of a request's one outbox row of `event_type`.
+async fn payload_of(store: &Store, request: Uuid, event_type: &str) -> serde_json::Value {
+    sqlx::query_scalar(
+        r#"select payload from outbox_events where "aggregateId" = $1 and type = $2"#,
+    )
+    .bind(request.to_string())
+    .bind(event_type)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
 // A current-thread runtime: every transition below is queued before a writer runs, so
 // they form one group (an idle engine's lone transition is written alone, as before).
 #[tokio::test(flavor = "current_thread")]
@@ -291,10 +311,6 @@ async fn a_group_of_every_kind_writes_each_kind_as_one_statement_in_one_commit()
     use arreglame::store::{Change, OfferOutcome};
     let store = Store::connect(&fresh_database().await, 8).await.unwrap();
     let (requests, workers) = requests_and_workers(&store, 12).await;
-    let offer_id = |change: &Change| match change {
-        Change::OfferSent(offer) => offer.id,
-        _ => unreachable!(),
-    };
     // Bring each set to its stage one transition at a time (each alone).
     let mut staged = Vec::new();
     for (n, (request, worker)) in requests.iter().zip(&workers).enumerate() {
@@ -302,7 +318,7 @@ async fn a_group_of_every_kind_writes_each_kind_as_one_statement_in_one_commit()
         let mut pending_offer = None;
         if n >= 3 {
             let offer = offer_to(*worker, 1);
-            pending_offer = Some(offer_id(&offer));
+            pending_offer = Some(offer_id_of(&offer));
             request = store.transition(&request, offer).await.unwrap();
         }
         if n >= 6 {
@@ -420,14 +436,10 @@ async fn a_group_of_every_kind_writes_each_kind_as_one_statement_in_one_commit()
     assert!(rejected
         .iter()
         .all(|(_, reason)| reason.as_deref() == Some("busy")));
-    let settled_payload: serde_json::Value = sqlx::query_scalar(
-        r#"select payload from outbox_events where "aggregateId" = $1 and type = 'OfferRejected'"#,
-    )
-    .bind(ids[3].to_string())
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(settled_payload["workerId"], workers[3].to_string());
+    assert_eq!(
+        payload_of(&store, ids[3], "OfferRejected").await["workerId"],
+        workers[3].to_string()
+    );
     let re_offered: Uuid = sqlx::query_scalar(
         r#"select "workerId" from offers where "requestId" = $1 and outcome is null"#,
     )
@@ -449,22 +461,21 @@ async fn accepted_together_each_withdraws_its_own_other_offers_and_names_only_th
     use arreglame::store::Change;
     let store = Store::connect(&fresh_database().await, 8).await.unwrap();
     let (requests, first) = requests_and_workers(&store, 3).await;
-    let (_, second) = requests_and_workers(&store, 2).await;
-    let offer_id = |change: &Change| match change {
-        Change::OfferSent(offer) => offer.id,
-        _ => unreachable!(),
-    };
+    let mut second = Vec::new();
+    for _ in 0..2 {
+        second.push(insert_worker(&store, "buenos-aires").await);
+    }
     // Requests 0 and 1 hold two pending offers each (first[n], then second[n]); request 2
     // holds one.
     let mut offered = Vec::new();
     for (n, request) in requests.iter().enumerate() {
         let mut offers = Vec::new();
         let offer = offer_to(first[n], 1);
-        offers.push(offer_id(&offer));
+        offers.push(offer_id_of(&offer));
         let mut request = store.transition(request, offer).await.unwrap();
         if n < 2 {
             let offer = offer_to(second[n], 2);
-            offers.push(offer_id(&offer));
+            offers.push(offer_id_of(&offer));
             request = store.transition(&request, offer).await.unwrap();
         }
         offered.push((request, offers));
@@ -488,31 +499,17 @@ async fn accepted_together_each_withdraws_its_own_other_offers_and_names_only_th
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let ids: Vec<Uuid> = requests.iter().map(|r| r.id).collect();
     assert_eq!(writers_of(&store, &ids).await, 1, "one commit");
-    let payload_of = |id: Uuid| {
-        let store = store.clone();
-        async move {
-            sqlx::query_scalar::<_, serde_json::Value>(
-                r#"select payload from outbox_events where "aggregateId" = $1 and type = 'WorkerAssigned'"#,
-            )
-            .bind(id.to_string())
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-        }
-    };
+    let assigned = |n: usize| payload_of(&store, ids[n], "WorkerAssigned");
     assert_eq!(
-        payload_of(ids[0]).await["withdrawnFromWorkerIds"],
+        assigned(0).await["withdrawnFromWorkerIds"],
         serde_json::json!([second[0].to_string()])
     );
     assert_eq!(
-        payload_of(ids[1]).await["withdrawnFromWorkerIds"],
+        assigned(1).await["withdrawnFromWorkerIds"],
         serde_json::json!([first[1].to_string()])
     );
     assert!(
-        payload_of(ids[2])
-            .await
-            .get("withdrawnFromWorkerIds")
-            .is_none(),
+        assigned(2).await.get("withdrawnFromWorkerIds").is_none(),
         "nothing was withdrawn from request 2"
     );
     let outcomes: Vec<(Uuid, String)> = sqlx::query_as(
